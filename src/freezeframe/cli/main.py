@@ -1,0 +1,72 @@
+"""``freezeframe``: the server and the client commands.
+
+Exit codes: 0 success; 1 the request failed (the server said no, or the operation failed);
+2 usage or configuration error; 3 could not reach the service; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from freezeframe import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from freezeframe import settings as settings_mod
+    from freezeframe.server import serve
+
+    flags = {
+        "data_dir": args.data_dir,
+        "server.port": args.port,
+        "server.host": args.host,
+        "auth.mode": args.auth,
+        "auth.tokens_file": args.tokens_file,
+        "database.url": args.database_url,
+        "server.log_level": args.log_level,
+    }
+    try:
+        settings = settings_mod.load(args.config, flags=flags)
+    except settings_mod.SettingsError as exc:
+        print(f"freezeframe: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    serve(settings)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freezeframe", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--version", action="version", version=f"freezeframe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run every API, the reaper and (later) the conductor in one process")
+    serve.add_argument("--config", help="TOML settings file (also FREEZEFRAME_CONFIG)")
+    serve.add_argument("--data-dir", help="where the database, image store and tokens live")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 9292)")
+    serve.add_argument("--auth", choices=["tokens", "noauth"], help="authentication mode (default tokens)")
+    serve.add_argument("--tokens-file", help="JSON file mapping tokens to {user_id, project_id, roles}")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    try:
+        from freezeframe.cli import image
+    except ImportError:  # pragma: no cover - the image commands are optional while building
+        image = None
+    if image is not None:
+        image.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -1,0 +1,30 @@
+"""Who is calling, and the request id that every log line and response carries."""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from dataclasses import dataclass, field
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4()}"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    user_id: str
+    project_id: str | None
+    roles: frozenset[str] = field(default_factory=frozenset)
+    request_id: str = "-"
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    @property
+    def is_service(self) -> bool:
+        """Internal callers (the workflows) that may write reserved properties."""
+        return "service" in self.roles

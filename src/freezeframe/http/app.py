@@ -1,0 +1,105 @@
+"""Build the ASGI application: every service mounted under its path, one edge, one error map."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+from freezeframe.db.engine import make_engine, make_sessionmaker, redact
+from freezeframe.db.migrate import upgrade
+from freezeframe.db.session import Database
+from freezeframe.http.auth import Authenticator, load_tokens, write_default_tokens
+from freezeframe.http.errors import HANDLERS
+from freezeframe.http.middleware import EdgeMiddleware
+from freezeframe.images import states
+from freezeframe.images.api import ImageAPI
+from freezeframe.images.data import ImageData
+from freezeframe.images.drivers.file import FileStore
+from freezeframe.images.members import MemberService
+from freezeframe.images.reaper import Reaper
+from freezeframe.images.service import ImageService
+from freezeframe.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    db: Database
+    store: FileStore
+    images: ImageService
+    data: ImageData
+    members: MemberService
+    reaper: Reaper
+
+
+def build_services(settings: Settings) -> Services:
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    db = Database(engine, make_sessionmaker(engine))
+    store = FileStore(settings.store_path, fsync=settings.store.fsync)
+    return Services(
+        db=db,
+        store=store,
+        images=ImageService(db, store, settings.images),
+        data=ImageData(db, store, settings.images),
+        members=MemberService(db, settings.images),
+        reaper=Reaper(db, store, settings.reaper),
+    )
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    if settings.auth.mode == "noauth":
+        LOG.warning("authentication is OFF (--auth noauth): every caller is an admin. Development only.")
+        return Authenticator("noauth")
+    path = settings.tokens_path
+    if not path.exists() and not settings.auth.tokens_file:
+        write_default_tokens(path)
+    return Authenticator("tokens", load_tokens(path))
+
+
+def build_app(settings: Settings) -> Starlette:
+    services = build_services(settings)
+    authenticator = build_authenticator(settings)
+    LOG.info("database %s, store %s", redact(settings.database_url), settings.store_path)
+
+    async def healthcheck(request: Request) -> Response:
+        try:
+            await services.db.run(lambda s: s.execute(text("SELECT 1")))
+        except Exception as exc:
+            return PlainTextResponse(f"database unavailable: {exc}", status_code=503)
+        if "detailed" in request.query_params:
+            return JSONResponse({"status": "OK", "image_transitions": dict(states.COUNTS),
+                                 "reaper": dict(services.reaper.counts)})
+        return PlainTextResponse("OK")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        services.reaper.start()
+        try:
+            yield
+        finally:
+            await services.reaper.stop()
+            await services.data.close()
+            services.db.engine.dispose()
+
+    app = Starlette(
+        routes=[
+            Route("/healthcheck", healthcheck, methods=["GET", "HEAD"]),
+            Mount("/image", app=ImageAPI(services.images, services.data, services.members).router()),
+        ],
+        exception_handlers=HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.add_middleware(EdgeMiddleware, authenticator=authenticator,
+                       max_header_bytes=settings.server.max_header_bytes)
+    return app

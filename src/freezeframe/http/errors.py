@@ -1,0 +1,65 @@
+"""Domain errors to HTTP, in one place. Every error body carries the request id."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from freezeframe.common import errors
+from freezeframe.common.context import request_id_var
+
+LOG = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.FreezeframeError], int] = {
+    errors.Invalid: 400,
+    errors.NotAuthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Gone: 410,
+    errors.TooLarge: 413,
+    errors.QuotaExceeded: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.RangeNotSatisfiable: 416,
+    errors.BackendUnavailable: 503,
+}
+TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+          405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 411: "Length Required",
+          413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+          431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def status_of(exc: errors.FreezeframeError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": status, "title": TITLES.get(status, "Error"), "message": message,
+                      "request_id": request_id_var.get()}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.FreezeframeError)
+    status = status_of(exc)
+    headers = {"WWW-Authenticate": 'Token realm="freezeframe"'} if status == 401 else None
+    if status >= 500:
+        LOG.error("%s: %s", type(exc).__name__, exc.message)
+    return error_response(status, exc.message, headers)
+
+
+async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail or TITLES.get(exc.status_code, "Error"), exc.headers)
+
+
+HANDLERS = {
+    errors.FreezeframeError: domain_error,
+    HTTPException: http_error,
+}

@@ -1,0 +1,80 @@
+"""The edge of every request: request id, header limits, authentication, access log.
+
+Pure ASGI (no BaseHTTPMiddleware) so request bodies stream through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from freezeframe.common import errors
+from freezeframe.common.context import new_request_id, request_id_var
+from freezeframe.http.auth import Authenticator
+from freezeframe.http.errors import error_response, status_of
+
+LOG = logging.getLogger("freezeframe.access")
+_REQ_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def is_public(path: str) -> bool:
+    """Version documents and the health check need no token (as in OpenStack)."""
+    stripped = path.rstrip("/")
+    return stripped in ("", "/healthcheck", "/image", "/image/versions") or stripped == "/versions"
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_header_bytes: int) -> None:
+        self.app = app
+        self.auth = authenticator
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        incoming = headers.get("x-openstack-request-id", "")
+        request_id = incoming if _REQ_ID.match(incoming) else new_request_id()
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_holder = [0]
+        rid_header = (b"x-openstack-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            header_bytes = sum(len(k) + len(v) for k, v in scope["headers"])
+            if header_bytes > self.max_header_bytes:
+                response = error_response(431, f"Request headers total {header_bytes} bytes; the limit is "
+                                               f"{self.max_header_bytes}")
+                await response(scope, receive, send_with_id)
+                return
+            path = scope["path"]
+            if not is_public(path):
+                try:
+                    ctx = self.auth.authenticate(headers.get("x-auth-token"), request_id, headers)
+                except errors.FreezeframeError as exc:
+                    status = status_of(exc)
+                    extra = {"WWW-Authenticate": 'Token realm="freezeframe"'} if status == 401 else None
+                    await error_response(status, exc.message, extra)(scope, receive, send_with_id)
+                    return
+                scope.setdefault("state", {})["ctx"] = ctx
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:  # a bug: answer 500 with the request id, log the traceback
+                LOG.exception("unexpected error: %s", exc)
+                if not status_holder[0]:
+                    await error_response(500, "An unexpected error occurred; the request id identifies it "
+                                              "in the server log")(scope, receive, send_with_id)
+        finally:
+            LOG.info("%s %s %s %.1fms", scope["method"], scope["path"],
+                     status_holder[0] or "-", (time.perf_counter() - started) * 1000)
+            request_id_var.reset(token)

@@ -1,0 +1,286 @@
+"""The Glance v2 image API (thin: parse the request, call the service, shape the response)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any, AsyncIterator
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, Router
+
+from freezeframe.common import errors
+from freezeframe.common.context import RequestContext
+from freezeframe.images import patch, schema
+from freezeframe.images.data import IMPORT_METHODS, ImageData
+from freezeframe.images.members import MemberService
+from freezeframe.images.service import ImageService
+
+MAX_JSON_BODY = 1 << 20
+READ_SIZE = 2 << 20
+VERSIONS = ["2.17", "2.16", "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5",
+            "2.4", "2.3", "2.2", "2.1", "2.0"]
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def ctx_of(request: Request) -> RequestContext:
+    return request.scope["state"]["ctx"]
+
+
+async def json_body(request: Request, allow_empty: bool = False) -> Any:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "") and not ctype.endswith("+json") and ctype not in patch.MEDIA_TYPES:
+        raise errors.UnsupportedMediaType(f"Unsupported Content-Type {ctype!r}: send application/json")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY:
+            raise errors.TooLarge(f"Request body exceeds {MAX_JSON_BODY} bytes")
+    if not raw:
+        if allow_empty:
+            return {}
+        raise errors.Invalid("The request body is empty; a JSON document is expected")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise errors.Invalid(f"Malformed JSON in request body: {exc}") from None
+
+
+def content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise errors.Invalid(f"Invalid Content-Length {value!r}")
+    return int(value)
+
+
+def check_data_media_type(request: Request) -> None:
+    ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
+    if ctype not in ("application/octet-stream", ""):
+        raise errors.UnsupportedMediaType(
+            f"Unsupported Content-Type {ctype!r} for image data: send application/octet-stream"
+        )
+
+
+class ImageAPI:
+    def __init__(self, images: ImageService, data: ImageData, members: MemberService) -> None:
+        self.images = images
+        self.data = data
+        self.members = members
+
+    def router(self) -> Router:
+        r = "/v2/images/{image_id}"
+        return Router(routes=[
+            Route("/", self.versions, methods=["GET"]),
+            Route("/versions", self.versions, methods=["GET"]),
+            Route("/v2/images", self.list_images, methods=["GET"]),
+            Route("/v2/images", self.create_image, methods=["POST"]),
+            Route(r, self.show_image, methods=["GET"]),
+            Route(r, self.update_image, methods=["PATCH"]),
+            Route(r, self.delete_image, methods=["DELETE"]),
+            Route(r + "/file", self.upload, methods=["PUT"]),
+            Route(r + "/file", self.download, methods=["GET"]),
+            Route(r + "/stage", self.stage, methods=["PUT"]),
+            Route(r + "/import", self.import_image, methods=["POST"]),
+            Route(r + "/tasks", self.tasks, methods=["GET"]),
+            Route(r + "/actions/deactivate", self.deactivate, methods=["POST"]),
+            Route(r + "/actions/reactivate", self.reactivate, methods=["POST"]),
+            Route(r + "/tags/{tag}", self.add_tag, methods=["PUT"]),
+            Route(r + "/tags/{tag}", self.delete_tag, methods=["DELETE"]),
+            Route(r + "/members", self.list_members, methods=["GET"]),
+            Route(r + "/members", self.add_member, methods=["POST"]),
+            Route(r + "/members/{member_id}", self.show_member, methods=["GET"]),
+            Route(r + "/members/{member_id}", self.update_member, methods=["PUT"]),
+            Route(r + "/members/{member_id}", self.delete_member, methods=["DELETE"]),
+            Route("/v2/schemas/{name}", self.schemas, methods=["GET"]),
+            Route("/v2/info/import", self.import_info, methods=["GET"]),
+            Route("/v2/info/stores", self.stores_info, methods=["GET"]),
+        ])
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    async def versions(self, request: Request) -> Response:
+        base = f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
+        docs = [{"id": f"v{v}", "status": "CURRENT" if i == 0 else "SUPPORTED",
+                 "links": [{"rel": "self", "href": f"{base}/v2/"}]} for i, v in enumerate(VERSIONS)]
+        status = 200 if request.url.path.rstrip("/").endswith("versions") else 300
+        return JSONResponse({"versions": docs}, status_code=status)
+
+    async def schemas(self, request: Request) -> Response:
+        docs = {"image": schema.IMAGE_SCHEMA, "images": schema.IMAGES_SCHEMA,
+                "member": schema.MEMBER_SCHEMA, "members": schema.MEMBERS_SCHEMA}
+        name = request.path_params["name"]
+        if name not in docs:
+            raise errors.NotFound(f"No schema named {name!r}")
+        return JSONResponse(docs[name])
+
+    async def import_info(self, request: Request) -> Response:
+        return JSONResponse({"import-methods": {"description": "Import methods available.",
+                                                "type": "array", "value": list(IMPORT_METHODS)}})
+
+    async def stores_info(self, request: Request) -> Response:
+        return JSONResponse({"stores": [{"id": self.images.store.name, "default": True,
+                                         "description": "Local filesystem store"}]})
+
+    # -- images ------------------------------------------------------------------------------
+
+    def _image_headers(self, image_id: str) -> dict[str, str]:
+        return {"Location": f"/v2/images/{image_id}",
+                "OpenStack-Image-Import-Methods": ",".join(IMPORT_METHODS),
+                "OpenStack-Image-Store-IDs": self.images.store.name}
+
+    async def create_image(self, request: Request) -> Response:
+        view = await self.images.create(ctx_of(request), await json_body(request))
+        headers = self._image_headers(view["id"])
+        headers["Location"] = str(request.url).split("?")[0].rstrip("/") + "/" + view["id"]
+        return JSONResponse(view, status_code=201, headers=headers)
+
+    async def list_images(self, request: Request) -> Response:
+        params = list(request.query_params.multi_items())
+        images, more = await self.images.list(ctx_of(request), params)
+        body: dict[str, Any] = {"images": images, "first": "/v2/images", "schema": "/v2/schemas/images"}
+        if more and images:
+            kept = [(k, v) for k, v in params if k != "marker"] + [("marker", images[-1]["id"])]
+            body["next"] = "/v2/images?" + urlencode(kept)
+        return JSONResponse(body)
+
+    async def show_image(self, request: Request) -> Response:
+        return JSONResponse(await self.images.show(ctx_of(request), request.path_params["image_id"]))
+
+    async def update_image(self, request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in patch.MEDIA_TYPES:
+            raise_patch_media(ctype)
+        changes = patch.parse(ctype, await json_body(request))
+        view = await self.images.update(ctx_of(request), request.path_params["image_id"], changes)
+        return JSONResponse(view)
+
+    async def delete_image(self, request: Request) -> Response:
+        await self.images.delete(ctx_of(request), request.path_params["image_id"])
+        return Response(status_code=204)
+
+    async def deactivate(self, request: Request) -> Response:
+        await self.images.deactivate(ctx_of(request), request.path_params["image_id"])
+        return Response(status_code=204)
+
+    async def reactivate(self, request: Request) -> Response:
+        await self.images.reactivate(ctx_of(request), request.path_params["image_id"])
+        return Response(status_code=204)
+
+    async def add_tag(self, request: Request) -> Response:
+        await self.images.add_tag(ctx_of(request), request.path_params["image_id"], request.path_params["tag"])
+        return Response(status_code=204)
+
+    async def delete_tag(self, request: Request) -> Response:
+        await self.images.delete_tag(ctx_of(request), request.path_params["image_id"], request.path_params["tag"])
+        return Response(status_code=204)
+
+    # -- data --------------------------------------------------------------------------------
+
+    async def upload(self, request: Request) -> Response:
+        check_data_media_type(request)
+        await self.data.upload(ctx_of(request), request.path_params["image_id"], request.stream(),
+                               content_length(request))
+        return Response(status_code=204)
+
+    async def stage(self, request: Request) -> Response:
+        check_data_media_type(request)
+        await self.data.stage(ctx_of(request), request.path_params["image_id"], request.stream(),
+                              content_length(request))
+        return Response(status_code=204)
+
+    async def import_image(self, request: Request) -> Response:
+        await self.data.import_image(ctx_of(request), request.path_params["image_id"], await json_body(request))
+        return Response(status_code=202)
+
+    async def tasks(self, request: Request) -> Response:
+        return JSONResponse({"tasks": await self.data.tasks(ctx_of(request), request.path_params["image_id"])})
+
+    async def download(self, request: Request) -> Response:
+        found = await self.data.download(ctx_of(request), request.path_params["image_id"])
+        if found.reader is None:
+            return Response(status_code=204)
+        size, reader = found.size, found.reader
+        start, end, status = 0, size - 1, 200
+        headers = {"Accept-Ranges": "bytes"}
+        spec = request.headers.get("range")
+        if spec:
+            try:
+                start, end = parse_range(spec, size)
+            except errors.RangeNotSatisfiable:
+                reader.close()
+                raise
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        elif found.checksum:
+            headers["Content-MD5"] = found.checksum
+        headers["Content-Length"] = str(end - start + 1)
+        return StreamingResponse(stream(reader, start, end + 1), status_code=status, headers=headers,
+                                 media_type="application/octet-stream")
+
+    # -- members -----------------------------------------------------------------------------
+
+    async def list_members(self, request: Request) -> Response:
+        members = await self.members.list(ctx_of(request), request.path_params["image_id"])
+        return JSONResponse({"members": members, "schema": "/v2/schemas/members"})
+
+    async def add_member(self, request: Request) -> Response:
+        return JSONResponse(await self.members.add(ctx_of(request), request.path_params["image_id"],
+                                                   await json_body(request)))
+
+    async def show_member(self, request: Request) -> Response:
+        p = request.path_params
+        return JSONResponse(await self.members.show(ctx_of(request), p["image_id"], p["member_id"]))
+
+    async def update_member(self, request: Request) -> Response:
+        p = request.path_params
+        return JSONResponse(await self.members.update(ctx_of(request), p["image_id"], p["member_id"],
+                                                      await json_body(request)))
+
+    async def delete_member(self, request: Request) -> Response:
+        p = request.path_params
+        await self.members.delete(ctx_of(request), p["image_id"], p["member_id"])
+        return Response(status_code=204)
+
+
+def raise_patch_media(ctype: str) -> None:
+    exc = errors.UnsupportedMediaType(
+        f"Unsupported Content-Type {ctype!r} for PATCH: use {' or '.join(patch.MEDIA_TYPES)}"
+    )
+    raise exc
+
+
+def parse_range(spec: str, size: int) -> tuple[int, int]:
+    """One ``bytes=a-b`` / ``a-`` / ``-n`` range to inclusive offsets; 416 if unsatisfiable."""
+    match = _RANGE.match(spec.strip())
+    if not match or match.groups() == ("", ""):
+        raise errors.RangeNotSatisfiable(f"Unsupported Range header {spec!r}: use one 'bytes=start-end' range")
+    first, last = match.groups()
+    if first == "":
+        length = int(last)
+        if length == 0:
+            raise errors.RangeNotSatisfiable(f"Range {spec!r} selects no bytes")
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise errors.RangeNotSatisfiable(f"Range {spec!r} is outside the image's {size} bytes")
+    return start, end
+
+
+async def stream(reader, start: int, stop: int) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    offset = start
+    try:
+        while offset < stop:
+            block = await loop.run_in_executor(None, reader.read, offset, min(READ_SIZE, stop - offset))
+            if not block:
+                break
+            offset += len(block)
+            yield block
+    finally:
+        reader.close()

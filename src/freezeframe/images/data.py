@@ -1,0 +1,294 @@
+"""Image data: upload (PUT file), download, stage + import (glance-direct), import tasks.
+
+An upload owns its image through a compare-and-set on ``upload_id``: of two concurrent
+uploads exactly one moves the image to ``saving``; the other gets 409. Whatever stops an
+upload (client gone, bad data, full disk, server shutting down) puts the image back to
+``queued`` and removes the partial data, as Glance does, so the owner can simply retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from freezeframe.common import errors
+from freezeframe.common.context import RequestContext
+from freezeframe.common.timeutil import utcnow
+from freezeframe.db.session import Database
+from freezeframe.images import queries
+from freezeframe.images.drivers.base import Reader, Store
+from freezeframe.images.model import Image, ImageTask
+from freezeframe.images.pipeline import Pipeline, UploadResult
+from freezeframe.images.service import check_owner
+from freezeframe.images.states import ImageStatus, transition
+from freezeframe.images.views import task_view
+from freezeframe.settings import ImageSettings
+
+LOG = logging.getLogger(__name__)
+IMPORT_METHODS = ("glance-direct",)
+
+
+@dataclass(frozen=True)
+class Download:
+    size: int
+    checksum: str | None
+    reader: Reader | None  # None: the image has no data yet (204)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where an upload goes: PUT file writes the image, PUT stage writes the staging area."""
+    busy: ImageStatus
+    key_prefix: str
+
+
+_FILE = _Target(ImageStatus.SAVING, "")
+_STAGE = _Target(ImageStatus.UPLOADING, "staging/")
+
+
+class ImageData:
+    def __init__(self, db: Database, store: Store, settings: ImageSettings) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+        self._background: set[asyncio.Task] = set()
+
+    # -- upload ------------------------------------------------------------------------------
+
+    async def upload(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
+                     content_length: int | None) -> None:
+        upload_id, pipeline = await self._begin(ctx, image_id, content_length, _FILE)
+        result = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE)
+        values = dict(
+            size=result.size, checksum=result.checksum, os_hash_algo=result.os_hash_algo,
+            os_hash_value=result.os_hash_value, virtual_size=result.detected.virtual_size or result.size,
+            store_key=image_id, upload_id=None, upload_progress_at=None, upload_bytes=None,
+        )
+        try:
+            await self.db.run(lambda s: transition(s, image_id, ImageStatus.SAVING, ImageStatus.ACTIVE,
+                                                   reason=f"upload of {result.size} bytes complete",
+                                                   upload_id=upload_id, values=values))
+        except (errors.NotFound, errors.InvalidState):
+            # Deleted (or reaped) while we were uploading: the data must not outlive the record.
+            await asyncio.get_running_loop().run_in_executor(None, self._delete_if_orphan, image_id)
+            raise errors.Gone(f"Image {image_id} was deleted while its data was being uploaded") from None
+
+    def _delete_if_orphan(self, image_id: str) -> None:
+        def owned(session: Session) -> bool:
+            image = session.get(Image, image_id)
+            return image is not None and image.store_key == image_id
+        if not self.db.run_sync(owned):
+            self.store.delete(image_id)
+
+    async def _begin(self, ctx: RequestContext, image_id: str, content_length: int | None,
+                     target: _Target) -> tuple[str, Pipeline]:
+        if content_length is not None and content_length > self.settings.max_size:
+            raise errors.TooLarge(
+                f"Image size {content_length} exceeds the maximum of {self.settings.max_size} bytes"
+            )
+        upload_id = str(uuid.uuid4())
+
+        def begin(session: Session) -> Image:
+            image = queries.get_visible(session, ctx, image_id)
+            check_owner(ctx, image)
+            if image.status != ImageStatus.QUEUED:
+                if image.status == target.busy:
+                    raise errors.Conflict(f"Image {image_id} is already being uploaded by another request")
+                raise errors.InvalidState(
+                    f"Image status transition from {image.status} to {target.busy} is not allowed"
+                )
+            if not image.disk_format or not image.container_format:
+                raise errors.Invalid(
+                    "Properties disk_format and container_format must be set prior to uploading image data"
+                )
+            transition(session, image_id, ImageStatus.QUEUED, target.busy, reason=f"upload {upload_id} started",
+                       values=dict(upload_id=upload_id, upload_progress_at=utcnow(), upload_bytes=0))
+            return image
+
+        image = await self.db.run(begin)
+        loop = asyncio.get_running_loop()
+        try:
+            writer = await loop.run_in_executor(None, self.store.writer, target.key_prefix + image_id)
+        except errors.FreezeframeError:
+            await self._revert(image_id, upload_id, target)
+            raise
+        pipeline = Pipeline(
+            writer, hash_algo=self.settings.hash_algo, legacy_md5=self.settings.legacy_md5,
+            chunk_size=self.settings.chunk_size, max_size=self.settings.max_size,
+            disk_format=image.disk_format,
+        )
+        return upload_id, pipeline
+
+    async def _receive(self, image_id: str, upload_id: str, pipeline: Pipeline, body: AsyncIterator[bytes],
+                       content_length: int | None, target: _Target) -> UploadResult:
+        progress: asyncio.Task | None = None
+        last = time.monotonic()
+        try:
+            async for chunk in body:
+                await pipeline.feed(chunk)
+                now = time.monotonic()
+                if now - last >= self.settings.progress_interval and (progress is None or progress.done()):
+                    last = now
+                    progress = asyncio.create_task(self._record_progress(image_id, upload_id, pipeline.received))
+            if content_length is not None and pipeline.received != content_length:
+                raise errors.Invalid(
+                    f"Received {pipeline.received} bytes but Content-Length said {content_length}"
+                )
+            return await pipeline.finish()
+        except BaseException as exc:
+            LOG.warning("upload %s of image %s failed after %d bytes: %s", upload_id, image_id,
+                        pipeline.received, exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
+            await asyncio.shield(self._cleanup(image_id, upload_id, pipeline, target))
+            raise
+        finally:
+            if progress is not None:
+                await asyncio.gather(progress, return_exceptions=True)
+
+    async def _cleanup(self, image_id: str, upload_id: str, pipeline: Pipeline, target: _Target) -> None:
+        try:
+            await pipeline.abort()
+        finally:
+            await self._revert(image_id, upload_id, target)
+
+    async def _revert(self, image_id: str, upload_id: str, target: _Target) -> None:
+        try:
+            await self.db.run(lambda s: transition(
+                s, image_id, target.busy, ImageStatus.QUEUED, reason=f"upload {upload_id} failed",
+                upload_id=upload_id, values=dict(upload_id=None, upload_progress_at=None, upload_bytes=None)))
+        except (errors.NotFound, errors.InvalidState):
+            pass  # deleted or reaped meanwhile: nothing to put back
+
+    async def _record_progress(self, image_id: str, upload_id: str, received: int) -> None:
+        def record(session: Session) -> None:
+            image = session.get(Image, image_id)
+            if image is not None and image.upload_id == upload_id:
+                image.upload_progress_at = utcnow()
+                image.upload_bytes = received
+        try:
+            await self.db.run(record)
+        except errors.FreezeframeError as exc:
+            LOG.warning("could not record upload progress of %s: %s", image_id, exc)
+
+    # -- download ----------------------------------------------------------------------------
+
+    async def download(self, ctx: RequestContext, image_id: str) -> Download:
+        def find(session: Session) -> Image:
+            image = queries.get_visible(session, ctx, image_id)
+            if image.status == ImageStatus.DEACTIVATED and not ctx.is_admin:
+                raise errors.Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+            return image
+
+        image = await self.db.run(find)
+        if image.status not in (ImageStatus.ACTIVE, ImageStatus.DEACTIVATED) or not image.store_key:
+            return Download(size=0, checksum=None, reader=None)
+        loop = asyncio.get_running_loop()
+        try:
+            reader = await loop.run_in_executor(None, self.store.reader, image.store_key)
+        except KeyError:
+            raise errors.BackendUnavailable(f"The data of image {image_id} is missing from the store") from None
+        return Download(size=reader.size, checksum=image.checksum, reader=reader)
+
+    # -- stage + import (glance-direct) ------------------------------------------------------
+
+    async def stage(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
+                    content_length: int | None) -> None:
+        upload_id, pipeline = await self._begin(ctx, image_id, content_length, _STAGE)
+        result = await self._receive(image_id, upload_id, pipeline, body, content_length, _STAGE)
+        staged = json.dumps(dict(size=result.size, checksum=result.checksum, os_hash_algo=result.os_hash_algo,
+                                 os_hash_value=result.os_hash_value,
+                                 virtual_size=result.detected.virtual_size or result.size))
+
+        def done(session: Session) -> None:
+            image = session.get(Image, image_id)
+            if image is None or image.upload_id != upload_id or image.status != ImageStatus.UPLOADING:
+                raise errors.Gone(f"Image {image_id} was deleted while its data was being staged")
+            image.staged = staged
+            image.upload_id = None
+            image.upload_progress_at = utcnow()
+            image.updated_at = utcnow()
+
+        try:
+            await self.db.run(done)
+        except errors.Gone:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.delete, f"staging/{image_id}")
+            raise
+
+    async def import_image(self, ctx: RequestContext, image_id: str, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("method"), dict):
+            raise errors.Invalid("The import request needs a 'method' object, e.g. {\"method\": {\"name\": \"glance-direct\"}}")
+        name = body["method"].get("name")
+        if name not in IMPORT_METHODS:
+            raise errors.Invalid(f"Import method {name!r} is not available; available: {', '.join(IMPORT_METHODS)}")
+        task_id = str(uuid.uuid4())
+
+        def start(session: Session) -> None:
+            image = queries.get_visible(session, ctx, image_id)
+            check_owner(ctx, image)
+            if image.status != ImageStatus.UPLOADING or image.staged is None:
+                raise errors.Conflict(
+                    f"Image {image_id} needs to be staged before the '{name}' import method can be used"
+                    f" (status is {image.status})"
+                )
+            transition(session, image_id, ImageStatus.UPLOADING, ImageStatus.IMPORTING, reason=f"import task {task_id}")
+            session.add(ImageTask(id=task_id, image_id=image_id, status="processing", owner=image.owner,
+                                  input=json.dumps({"image_id": image_id, "import_req": body}),
+                                  request_id=ctx.request_id, user_id=ctx.user_id))
+
+        await self.db.run(start)
+        task = asyncio.create_task(self._run_import(image_id, task_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_import(self, image_id: str, task_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            image = await self.db.run(lambda s: s.get(Image, image_id))
+            if image is None:
+                raise errors.Gone("the image was deleted")
+            staged = json.loads(image.staged)
+            await loop.run_in_executor(None, self.store.rename, f"staging/{image_id}", image_id)
+            await self.db.run(lambda s: (
+                transition(s, image_id, ImageStatus.IMPORTING, ImageStatus.ACTIVE, reason=f"import task {task_id}",
+                           values=dict(staged=None, store_key=image_id, **staged)),
+                self._finish_task(s, task_id, "success", "", {"image_id": image_id}),
+            ))
+        except Exception as exc:  # the task records why; the image goes back to queued
+            LOG.warning("import task %s of image %s failed: %s", task_id, image_id, exc)
+            await loop.run_in_executor(None, self.store.delete, f"staging/{image_id}")
+
+            def fail(session: Session) -> None:
+                try:
+                    transition(session, image_id, ImageStatus.IMPORTING, ImageStatus.QUEUED,
+                               reason=f"import task {task_id} failed", values=dict(staged=None))
+                except (errors.NotFound, errors.InvalidState):
+                    pass
+                self._finish_task(session, task_id, "failure", str(exc), None)
+            await self.db.run(fail)
+
+    @staticmethod
+    def _finish_task(session: Session, task_id: str, status: str, message: str, result: dict | None) -> None:
+        task = session.get(ImageTask, task_id)
+        if task is not None:
+            task.status, task.message, task.updated_at = status, message, utcnow()
+            task.result = json.dumps(result) if result is not None else None
+
+    async def tasks(self, ctx: RequestContext, image_id: str) -> list[dict[str, Any]]:
+        def find(session: Session) -> list[dict[str, Any]]:
+            queries.get_visible(session, ctx, image_id)
+            rows = session.scalars(select(ImageTask).where(ImageTask.image_id == image_id)
+                                   .order_by(ImageTask.created_at))
+            return [task_view(t) for t in rows]
+        return await self.db.run(find)
+
+    async def close(self) -> None:
+        """Let running imports finish (they are short: a rename and one transaction)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

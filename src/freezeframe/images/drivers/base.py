@@ -1,0 +1,68 @@
+"""The image store interface. Every store passes tests/unit/images/store_conformance.py."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    # Bytes the object really occupies (holes are not counted).
+    allocated: int
+
+
+class Writer(abc.ABC):
+    """Writes one object; nothing is visible under its key until ``commit``."""
+
+    @abc.abstractmethod
+    def write(self, block: bytes, offset: int) -> None:
+        """Write ``block`` at ``offset``. Runs of zeros may be left as holes."""
+
+    @abc.abstractmethod
+    def commit(self, size: int) -> StoredObject:
+        """Make the data durable and visible under the key, ``size`` bytes long."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Remove everything written. Safe to call more than once, or after commit failed."""
+
+
+class Reader(abc.ABC):
+    size: int
+
+    @abc.abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``; b"" at the end."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Store(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def writer(self, key: str) -> Writer: ...
+
+    @abc.abstractmethod
+    def reader(self, key: str) -> Reader:
+        """Open a stored object; ``KeyError`` if there is none."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Delete an object; False if it did not exist."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> StoredObject | None: ...
+
+    @abc.abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Move a committed object to another key (used by import)."""
+
+    @abc.abstractmethod
+    def cleanup_partials(self, older_than: float) -> int:
+        """Remove leftovers of writers that never committed (a crash) and were not written to
+        for ``older_than`` seconds; return how many."""

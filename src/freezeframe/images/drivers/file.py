@@ -1,0 +1,156 @@
+"""A local (or shared) filesystem store that keeps holes: runs of zeros are never written."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+from freezeframe.common import errors
+from freezeframe.images.drivers.base import Reader, Store, StoredObject, Writer
+
+# Holes are detected at this granularity (a multiple of every filesystem block size in use).
+HOLE_BLOCK = 64 << 10
+_ZEROS = bytes(HOLE_BLOCK)
+_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)?$")
+
+
+def _storage_error(exc: OSError, what: str) -> errors.FreezeframeError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return errors.StorageFull("Image storage media is full: there is not enough disk space for this image")
+    return errors.BackendUnavailable(f"The image store failed while {what}: {exc.strerror}")
+
+
+class FileWriter(Writer):
+    def __init__(self, store: "FileStore", key: str) -> None:
+        self._store = store
+        self._final = store.path_of(key)
+        self._partial = store.root / ".partial" / f"{key.replace('/', '__')}.{uuid.uuid4().hex}"
+        try:
+            self._fd: int | None = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except OSError as exc:
+            raise _storage_error(exc, "opening a new image file") from exc
+
+    def write(self, block: bytes, offset: int) -> None:
+        assert self._fd is not None, "write after commit/abort"
+        n = len(block)
+        view = memoryview(block)
+        start = None  # start of the current run of data
+        try:
+            for pos in range(0, n, HOLE_BLOCK):
+                piece = block[pos:pos + HOLE_BLOCK]
+                if piece == _ZEROS[: len(piece)]:
+                    if start is not None:
+                        os.pwrite(self._fd, view[start:pos], offset + start)
+                        start = None
+                elif start is None:
+                    start = pos
+            if start is not None:
+                os.pwrite(self._fd, view[start:], offset + start)
+        except OSError as exc:
+            raise _storage_error(exc, "writing image data") from exc
+
+    def commit(self, size: int) -> StoredObject:
+        assert self._fd is not None, "commit after commit/abort"
+        try:
+            os.ftruncate(self._fd, size)  # the tail may be a hole
+            if self._store.fsync:
+                os.fsync(self._fd)
+            st = os.fstat(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self._partial, self._final)
+            if self._store.fsync:
+                self._store.fsync_dir(self._final.parent)
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(exc, "saving image data") from exc
+        return StoredObject(key=str(self._final), size=size, allocated=st.st_blocks * 512)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            os.unlink(self._partial)
+        except FileNotFoundError:
+            pass
+
+
+class FileReader(Reader):
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class FileStore(Store):
+    name = "file"
+
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        (self.root / ".partial").mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        # Keys are made by the service (image ids), never taken from a request as-is.
+        if not _KEY.match(key):
+            raise ValueError(f"invalid store key {key!r}")
+        return self.root / key
+
+    @staticmethod
+    def fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def writer(self, key: str) -> FileWriter:
+        return FileWriter(self, key)
+
+    def reader(self, key: str) -> FileReader:
+        try:
+            return FileReader(self.path_of(key))
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self.path_of(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def stat(self, key: str) -> StoredObject | None:
+        try:
+            st = os.stat(self.path_of(key))
+        except FileNotFoundError:
+            return None
+        return StoredObject(key=key, size=st.st_size, allocated=st.st_blocks * 512)
+
+    def rename(self, src: str, dst: str) -> None:
+        target = self.path_of(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.path_of(src), target)
+
+    def cleanup_partials(self, older_than: float) -> int:
+        count = 0
+        limit = time.time() - older_than
+        for entry in (self.root / ".partial").iterdir():
+            try:
+                if entry.stat().st_mtime < limit:
+                    entry.unlink()
+                    count += 1
+            except FileNotFoundError:
+                pass
+        return count

@@ -1,0 +1,35 @@
+"""Run the all-in-one server with uvicorn: graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from freezeframe.common import logs
+from freezeframe.http.app import build_app
+from freezeframe.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+
+def serve(settings: Settings) -> None:
+    logs.setup(settings.server.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.server.graceful_timeout,
+        h11_max_incomplete_event_size=settings.server.max_header_bytes,
+        server_header=False,
+    )
+    LOG.info("freezeframe serving on http://%s:%d (image API at /image)", settings.server.host,
+             settings.server.port)
+    uvicorn.Server(config).run()

@@ -1,0 +1,226 @@
+"""Typed settings, built once at start-up and passed down.
+
+Precedence: defaults < TOML file (``--config``) < environment (``FREEZEFRAME_<SECTION>__<KEY>``)
+< command-line flags. There is no module-level configuration object: ``load()`` returns a frozen
+tree that the caller hands to whatever needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "FREEZEFRAME_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "freezeframe"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 9292
+    # Seconds to let in-flight requests finish on SIGTERM/SIGINT.
+    graceful_timeout: float = 30.0
+    # Largest request header block accepted (bytes); bigger ones get 431.
+    max_header_bytes: int = 16384
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    # Empty means the embedded default: SQLite (WAL) in the data directory.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    # Empty means <data_dir>/images.
+    path: str = ""
+    # fsync image data before an image becomes active (durability over speed).
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    # Largest image accepted, bytes (413 above it). 1 TiB by default, like Glance.
+    max_size: int = 1 << 40
+    # Multihash algorithm recorded as os_hash_algo (hashlib name).
+    hash_algo: str = "sha512"
+    # Legacy md5 `checksum`; off for a FIPS-friendly profile.
+    legacy_md5: bool = True
+    # Bytes handed to the hashing/writing threads at once.
+    chunk_size: int = 4 << 20
+    max_properties: int = 128
+    max_tags: int = 128
+    max_members: int = 128
+    list_limit_max: int = 1000
+    list_limit_default: int = 25
+    # How often an upload records its progress in the database (seconds).
+    progress_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class ReaperSettings:
+    enabled: bool = True
+    interval: float = 60.0
+    # A queued image with no live owning workflow is killed after this long (seconds).
+    queued_timeout: float = 86400.0
+    # A saving image whose upload made no progress for this long is killed (seconds).
+    saving_timeout: float = 600.0
+    # A killed image is deleted (record and data) after this long (seconds).
+    killed_grace: float = 3600.0
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    # "tokens" (a tokens file checked on X-Auth-Token) or "noauth" (development only).
+    mode: str = "tokens"
+    # Empty means <data_dir>/tokens.json, created with fresh tokens on first start.
+    tokens_file: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    images: ImageSettings = field(default_factory=ImageSettings)
+    reaper: ReaperSettings = field(default_factory=ReaperSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'freezeframe.db'}"
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store.path) if self.store.path else self.data_dir / "images"
+
+    @property
+    def tokens_path(self) -> Path:
+        return Path(self.auth.tokens_file) if self.auth.tokens_file else self.data_dir / "tokens.json"
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert a value from a file or the environment to the declared type."""
+    if typ is Path:
+        return Path(os.path.expanduser(str(value)))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{where}: expected a boolean, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise SettingsError(f"{where}: expected a number, got {value!r}")
+        try:
+            return typ(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise SettingsError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise SettingsError(f"{where}: unsupported type {typ!r}")
+
+
+def _apply(obj: Any, overrides: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in hints:
+            known = ", ".join(sorted(hints))
+            raise SettingsError(f"{where}.{key}: unknown setting (known: {known})")
+        typ = hints[name]
+        here = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, Mapping):
+                raise SettingsError(f"{here}: expected a table of settings")
+            changes[name] = _apply(getattr(obj, name), value, here)
+        else:
+            if isinstance(typ, types.UnionType):
+                typ = next(t for t in typing.get_args(typ) if t is not type(None))
+            changes[name] = _coerce(value, typ, here)
+    return dataclasses.replace(obj, **changes)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def load(
+    config_file: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings tree: defaults < file < environment < flags.
+
+    ``flags`` uses dotted keys (``{"server.port": 9300, "data_dir": "/srv/ff"}``); None values
+    are ignored so unset command-line options do not override anything.
+    """
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SettingsError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {config_file}: {exc}") from None
+        settings = _apply(settings, data, "")
+    settings = _apply(settings, _env_overrides(environ), "")
+    tree: dict[str, Any] = {}
+    for dotted, value in (flags or {}).items():
+        if value is None:
+            continue
+        parts = dotted.split(".")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    settings = _apply(settings, tree, "")
+    return validate(settings)
+
+
+def validate(settings: Settings) -> Settings:
+    import hashlib
+
+    if settings.auth.mode not in ("tokens", "noauth"):
+        raise SettingsError(f"auth.mode: must be 'tokens' or 'noauth', got {settings.auth.mode!r}")
+    if settings.images.hash_algo not in hashlib.algorithms_available:
+        raise SettingsError(f"images.hash_algo: unknown hash algorithm {settings.images.hash_algo!r}")
+    if not 0 < settings.server.port < 65536:
+        raise SettingsError(f"server.port: {settings.server.port} is not a TCP port")
+    if settings.images.chunk_size < 65536:
+        raise SettingsError("images.chunk_size: must be at least 65536")
+    return settings
