@@ -98,6 +98,13 @@ def detect(head: bytes, tail: bytes) -> Detected:
     return found
 
 
+def check_head(declared: str | None, found: Detected) -> None:
+    """The early check, on the first bytes: a fixed VHD is only recognisable by its footer."""
+    if declared == "vhd" and found.format == "raw":
+        return
+    check(declared, found)
+
+
 def check(declared: str | None, found: Detected) -> None:
     """Refuse data whose real format does not match the image's disk_format (415)."""
     if declared not in CHECKED:

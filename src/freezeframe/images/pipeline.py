@@ -96,7 +96,7 @@ class Pipeline:
 
     def _check_head(self) -> None:
         self._head_checked = True
-        formats.check(self._disk_format, formats.detect_head(self._head))
+        formats.check_head(self._disk_format, formats.detect_head(self._head))
 
     async def _drain(self) -> None:
         while self._in_flight:
