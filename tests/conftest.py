@@ -95,12 +95,21 @@ def start_server(data_dir: Path, *, auth: str = "tokens", env: dict | None = Non
     raise RuntimeError(f"server did not become healthy:\n{server.log()}")
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory) -> Iterator[LiveServer]:
-    """One server for the session (tokens auth); tests use fresh images, never shared ones."""
-    server = start_server(tmp_path_factory.mktemp("ff-live"))
-    yield server
-    server.stop()
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def live_server(request, tmp_path_factory) -> Iterator[LiveServer]:
+    """One server per database backend for the session (tokens auth): every API test runs on
+    the embedded SQLite and on the machine's PostgreSQL. Tests use fresh images, never shared ones."""
+    data_dir = tmp_path_factory.mktemp(f"ff-live-{request.param}")
+    if request.param == "sqlite":
+        server = start_server(data_dir)
+        yield server
+        server.stop()
+        return
+    from tests.pg import temp_database
+    with temp_database() as url:
+        server = start_server(data_dir, args=["--database-url", url])
+        yield server
+        server.stop()
 
 
 @pytest.fixture
