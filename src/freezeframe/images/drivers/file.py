@@ -24,6 +24,15 @@ def _storage_error(exc: OSError, what: str) -> errors.FreezeframeError:
     return errors.BackendUnavailable(f"The image store failed while {what}: {exc.strerror}")
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """pwrite may write less than asked (a disk filling up): finish the job or raise."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, "no progress writing image data")
+        data, offset = data[written:], offset + written
+
+
 class FileWriter(Writer):
     def __init__(self, store: "FileStore", key: str) -> None:
         self._store = store
@@ -44,12 +53,12 @@ class FileWriter(Writer):
                 piece = block[pos:pos + HOLE_BLOCK]
                 if piece == _ZEROS[: len(piece)]:
                     if start is not None:
-                        os.pwrite(self._fd, view[start:pos], offset + start)
+                        _pwrite_all(self._fd, view[start:pos], offset + start)
                         start = None
                 elif start is None:
                     start = pos
             if start is not None:
-                os.pwrite(self._fd, view[start:], offset + start)
+                _pwrite_all(self._fd, view[start:], offset + start)
         except OSError as exc:
             raise _storage_error(exc, "writing image data") from exc
 

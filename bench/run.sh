@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Image-service benchmark, Freezeframe side by side with a real OpenStack Glance, in one run.
+#
+#   bash bench/run.sh                                  # full run: --sizes 1G,4G --reps 3 --sparse 20G:2G
+#   bash bench/run.sh --sizes 256M --reps 1 --sparse 2G:256M  # quick run (a couple of minutes)
+#
+# Starts, each on a free 127.0.0.1 port and in a fresh temporary data dir:
+#   ours          freezeframe with default settings (md5 + sha512, fsync before active)
+#   ours-sha256   freezeframe with the FIPS-friendly profile (sha256, no md5)
+#   ours-nofsync  freezeframe with FREEZEFRAME_STORE__FSYNC=false (dense phase only, informational;
+#                 skip with --no-nofsync)
+#   glance        the Glance peer (/work/shared/peers/glance/start-glance.sh), in a private
+#                 GLANCE_ROOT so that it neither disturbs nor is disturbed by other users of the
+#                 shared peer (BENCH_GLANCE_SHARED=1 uses the default $TMPDIR/glance-peer instead)
+# then runs bench/image_bench.py against all of them, writes bench/results/latest.{json,md,txt},
+# and stops everything it started (trap on exit). Other arguments go to image_bench.py.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+PY="$ROOT/.venv/bin/python"
+FF="$ROOT/.venv/bin/freezeframe"
+PEER="${GLANCE_PEER_DIR:-/work/shared/peers/glance}"
+SHARED_GLANCE_ROOT="${TMPDIR:-/tmp}/glance-peer"
+RESULTS="$HERE/results"
+
+NOFSYNC=1
+PASS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-nofsync) NOFSYNC=0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exec "$PY" "$HERE/image_bench.py" --help ;;
+    *) PASS+=("$1") ;;
+  esac
+  shift
+done
+
+[ -x "$FF" ] || { echo "missing $FF (create the venv first)" >&2; exit 2; }
+[ -x "$SHARED_GLANCE_ROOT/venv/bin/uwsgi" ] || { echo "missing Glance peer venv: run $PEER/setup-glance.sh" >&2; exit 2; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/ffbench.XXXXXX")"
+PIDS=()
+GLANCE_STARTED=0
+if [ "${BENCH_GLANCE_SHARED:-0}" = 1 ]; then
+  GROOT="$SHARED_GLANCE_ROOT"
+else
+  GROOT="$WORK/glance"
+  mkdir -p "$GROOT"
+  ln -s "$SHARED_GLANCE_ROOT/venv" "$GROOT/venv"
+fi
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [ "$GLANCE_STARTED" = 1 ]; then
+    GLANCE_ROOT="$GROOT" "$PEER/stop-glance.sh" >/dev/null 2>&1 || true
+  fi
+  mkdir -p "$RESULTS/logs"
+  for f in "$WORK"/*.log "$GROOT/state/uwsgi.log" "$GROOT/state/glance-api.log"; do
+    [ -f "$f" ] && tail -c 2000000 "$f" > "$RESULTS/logs/$(basename "$f")" 2>/dev/null || true
+  done
+  if [ "${BENCH_GLANCE_SHARED:-0}" = 1 ]; then rm -rf "$SHARED_GLANCE_ROOT/images"/* 2>/dev/null || true; fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+wait_up() {  # URL PID NAME
+  for _ in $(seq 1 150); do
+    if curl -s --noproxy '*' -o /dev/null -f "$1"; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { echo "$3 exited during start-up; log:" >&2; tail -20 "$WORK/$3.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "$3 did not come up in 30 s" >&2; tail -20 "$WORK/$3.log" >&2; exit 1
+}
+
+TARGETS=()
+start_ours() {  # NAME TESTS [ENV=VALUE...]
+  local name="$1" tests="$2"; shift 2
+  local port data; port="$(free_port)"; data="$WORK/$name"
+  mkdir -p "$data"
+  env "$@" "$FF" serve --data-dir "$data" --port "$port" --auth noauth --log-level warning \
+    >"$WORK/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_up "http://127.0.0.1:$port/healthcheck" "$pid" "$name"
+  echo "started $name: PID=$pid URL=http://127.0.0.1:$port/image data=$data ${*:-(default settings)}"
+  TARGETS+=(--target "$name=http://127.0.0.1:$port/image,pid=$pid,store=$data/images,tests=$tests$( [ "$name" = ours-nofsync ] && echo ',checks=0' ))")
+}
+
+start_ours ours dense+sparse+creates
+start_ours ours-sha256 dense+sparse+creates FREEZEFRAME_IMAGES__HASH_ALGO=sha256 FREEZEFRAME_IMAGES__LEGACY_MD5=false
+if [ "$NOFSYNC" = 1 ]; then start_ours ours-nofsync dense FREEZEFRAME_STORE__FSYNC=false; fi
+
+OUT="$(GLANCE_ROOT="$GROOT" "$PEER/start-glance.sh")"
+GLANCE_STARTED=1
+echo "started glance: $OUT (GLANCE_ROOT=$GROOT)"
+GPID="$(sed -n 's/.*PID=\([0-9]*\).*/\1/p' <<<"$OUT")"
+GURL="$(sed -n 's/.*URL=\([^ ]*\).*/\1/p' <<<"$OUT")"
+[ -n "$GPID" ] && [ -n "$GURL" ] || { echo "could not parse start-glance.sh output: $OUT" >&2; exit 1; }
+TARGETS+=(--target "glance=$GURL,pid=$GPID,store=$GROOT/images,close=1")
+
+GLANCE_VERSION="$("$SHARED_GLANCE_ROOT/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("glance"))' 2>/dev/null || echo '?')"
+FF_COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+FF_DIRTY="$(git -C "$ROOT" status --porcelain --untracked-files=no -- src 2>/dev/null | wc -l)"
+
+mkdir -p "$RESULTS"
+set +e
+"$PY" "$HERE/image_bench.py" "${TARGETS[@]}" --baseline glance \
+  --json-out "$RESULTS/latest.json" --markdown-out "$RESULTS/latest.md" \
+  --meta "glance_version=$GLANCE_VERSION" --meta "freezeframe_commit=$FF_COMMIT" \
+  --meta "freezeframe_src_modified_files=$FF_DIRTY" --meta "command=bench/run.sh ${PASS[*]:-}" \
+  "${PASS[@]}" 2>&1 | tee "$RESULTS/latest.txt"
+rc=${PIPESTATUS[0]}
+set -e
+exit "$rc"

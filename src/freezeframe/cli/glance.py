@@ -1,0 +1,343 @@
+"""A small Glance v2 client on httpx, for any Glance-compatible endpoint (ours or OpenStack's).
+
+Image data is streamed in ``CHUNK_SIZE`` blocks both ways and never held whole in memory;
+downloads are hashed while they are written and checked against the image's ``checksum``
+(md5) and ``os_hash_algo``/``os_hash_value``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Collection, Iterator, Mapping, Sequence
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+
+from freezeframe import __version__
+
+CHUNK_SIZE = 4 << 20
+PAGE_SIZE = 500
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=30.0)
+MAX_MESSAGE = 2000
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+
+# Called with the number of bytes just sent or received.
+Progress = Callable[[int], None]
+
+
+class GlanceError(Exception):
+    """A request failed. ``status`` is None when no HTTP response was received."""
+
+    def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None,
+                 title: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.request_id = request_id
+        self.title = title
+
+    def __str__(self) -> str:
+        details = []
+        if self.status is not None:
+            details.append(f"HTTP {self.status}" + (f" {self.title}" if self.title else ""))
+        if self.request_id:
+            details.append(f"request id {self.request_id}")
+        return self.message + (f" ({'; '.join(details)})" if details else "")
+
+
+class Unreachable(GlanceError):
+    """No connection to the service could be made (refused, unknown host, connect timeout)."""
+
+
+class ChecksumMismatch(GlanceError):
+    """Downloaded data does not match the image's size or hashes."""
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    id: str
+    name: str | None
+    status: str
+    size: int | None
+    checksum: str | None
+    os_hash_algo: str | None
+    os_hash_value: str | None
+    # The whole document as the server sent it (core attributes, properties, links).
+    attrs: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Image:
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+            raise GlanceError(f"the server sent something that is not an image: {str(doc)[:200]}")
+        return cls(id=doc["id"], name=doc.get("name"), status=str(doc.get("status")), size=doc.get("size"),
+                   checksum=doc.get("checksum"), os_hash_algo=doc.get("os_hash_algo"),
+                   os_hash_value=doc.get("os_hash_value"), attrs=doc)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What a download received, and which of the image's hashes it was checked against."""
+    size: int
+    md5: str
+    hash_algo: str | None
+    hash_value: str | None
+    verified: tuple[str, ...]
+
+
+def looks_like_id(value: str) -> bool:
+    return bool(_UUID.match(value))
+
+
+def error_from(response: httpx.Response) -> GlanceError:
+    """One error from any failed response: our JSON error body, Glance's HTML, or plain text."""
+    request_id = response.headers.get("x-openstack-request-id")
+    title = response.reason_phrase or None
+    message = None
+    try:
+        text = response.text
+    except (httpx.HTTPError, UnicodeDecodeError):
+        text = ""
+    ctype = response.headers.get("content-type", "")
+    if "json" in ctype:
+        message, body_request_id = _json_message(text)
+        request_id = request_id or body_request_id
+    elif "html" in ctype or text.lstrip().startswith("<"):
+        message = _html_message(text, f"{response.status_code} {title or ''}".strip())
+    elif text.strip():
+        message = text.strip()
+    message = (message or title or "request failed")[:MAX_MESSAGE]
+    return GlanceError(message, status=response.status_code, request_id=request_id, title=title)
+
+
+def _json_message(text: str) -> tuple[str | None, str | None]:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text.strip() or None, None
+    if not isinstance(doc, dict):
+        return None, None
+    error = doc.get("error")
+    if isinstance(error, dict):  # ours, and Keystone's
+        return error.get("message") or error.get("title"), error.get("request_id")
+    for key in ("message", "detail", "title"):
+        if isinstance(doc.get(key), str):
+            return doc[key], None
+    if len(doc) == 1:  # Nova style: {"itemNotFound": {"message": ..., "code": 404}}
+        inner = next(iter(doc.values()))
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"], None
+    return None, None
+
+
+def _html_message(text: str, status_line: str) -> str | None:
+    text = re.sub(r"(?is)<(head|script|style)\b.*?</\1\s*>", " ", text)
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+    if text.startswith(status_line):  # Glance repeats "404 Not Found" in an <h1>
+        text = text[len(status_line):].strip()
+    return text or None
+
+
+class GlanceClient:
+    """Glance v2 calls against one image service root (``{url}/v2/images``)."""
+
+    def __init__(self, url: str, token: str | None = None, *, verify: bool | ssl.SSLContext = True,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"User-Agent": f"freezeframe/{__version__} httpx/{httpx.__version__}",
+                   "Accept": "application/json"}
+        if token:
+            headers["X-Auth-Token"] = token
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GlanceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        try:
+            response = self._http.send(request, stream=stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unreachable(f"cannot reach the image service at {self.url}: {exc}") from None
+        except httpx.TransportError as exc:
+            raise GlanceError(f"{request.method} {request.url} failed: {exc or type(exc).__name__}") from None
+        if response.is_error:
+            try:
+                response.read()
+            except httpx.HTTPError:
+                pass
+            finally:
+                response.close()
+            raise error_from(response)
+        return response
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self._send(self._http.build_request(method, path, **kw))
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        response = self._call(method, path, **kw)
+        try:
+            return response.json()
+        except ValueError:
+            raise GlanceError(f"{method} {path}: the server's answer is not JSON",
+                              status=response.status_code,
+                              request_id=response.headers.get("x-openstack-request-id")) from None
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def create(self, attrs: Mapping[str, Any]) -> Image:
+        return Image.from_json(self._json("POST", "/v2/images", json=dict(attrs)))
+
+    def show(self, image_id: str) -> Image:
+        return Image.from_json(self._json("GET", f"/v2/images/{image_id}"))
+
+    def delete(self, image_id: str) -> None:
+        self._call("DELETE", f"/v2/images/{image_id}")
+
+    def list(self, filters: Sequence[tuple[str, str]] = (), *, limit: int | None = None,
+             page_size: int = PAGE_SIZE) -> Iterator[Image]:
+        """Images matching ``filters`` (Glance query parameters), following ``next`` links."""
+        path, params = "/v2/images", [(k, v) for k, v in filters if k != "limit"]
+        count, seen = 0, set()
+        while True:
+            size = page_size if limit is None else min(page_size, limit - count)
+            body = self._json("GET", path, params=[*params, ("limit", str(size))])
+            page = body.get("images") if isinstance(body, dict) else None
+            if not isinstance(page, list):
+                raise GlanceError(f"GET {path}: the answer has no 'images' list")
+            for doc in page:
+                yield Image.from_json(doc)
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+            link = body.get("next")
+            if not link or not page:
+                return
+            if link in seen:
+                raise GlanceError(f"the server's 'next' link repeats ({link}); stopping")
+            seen.add(link)
+            # Glance's links are relative to the image service root, not to the host.
+            parts = urlsplit(link)
+            path = link.split("?", 1)[0] if parts.scheme else parts.path
+            params = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "limit"]
+
+    def find(self, name_or_id: str) -> Image:
+        """An image by ID, or by name when exactly one visible image has that name."""
+        missing: GlanceError | None = None
+        if looks_like_id(name_or_id):
+            try:
+                return self.show(name_or_id)
+            except GlanceError as exc:
+                if exc.status != 404:
+                    raise
+                missing = exc
+        matches = list(self.list([("name", name_or_id)], limit=2))
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise GlanceError(f"more than one image is named {name_or_id!r}; use its ID")
+        raise missing or GlanceError(f"no image with name or ID {name_or_id!r}", status=404, title="Not Found")
+
+    def wait(self, image_id: str, *, until: Collection[str] = ("active",), fail: Collection[str] = ("killed",),
+             timeout: float = 3600.0, interval: float = 0.5, max_interval: float = 5.0,
+             on_poll: Callable[[Image], None] | None = None) -> Image:
+        """Poll until the image's status is in ``until``; GlanceError if it reaches ``fail`` or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            image = self.show(image_id)
+            if on_poll:
+                on_poll(image)
+            if image.status in until:
+                return image
+            if image.status in fail:
+                raise GlanceError(f"image {image_id} is {image.status}, not {' or '.join(until)}")
+            if time.monotonic() >= deadline:
+                raise GlanceError(f"timed out after {timeout:g}s waiting for image {image_id} to become "
+                                  f"{' or '.join(until)} (status {image.status})")
+            time.sleep(min(interval, max(deadline - time.monotonic(), 0.05)))
+            interval = min(interval * 1.5, max_interval)
+
+    # -- data --------------------------------------------------------------------------------
+
+    def upload(self, image_id: str, source: BinaryIO, size: int | None = None,
+               progress: Progress | None = None) -> None:
+        """PUT the data, streamed from ``source`` (with Content-Length when ``size`` is known)."""
+        def blocks() -> Iterator[bytes]:
+            sent = 0
+            while block := source.read(CHUNK_SIZE):
+                sent += len(block)
+                if size is not None and sent > size:
+                    raise GlanceError(f"the data grew past its expected {size} bytes while uploading")
+                if progress:
+                    progress(len(block))
+                yield block
+            if size is not None and sent != size:
+                raise GlanceError(f"the data shrank to {sent} of its expected {size} bytes while uploading")
+
+        headers = {"Content-Type": "application/octet-stream"}
+        if size is not None:  # httpx sends chunked otherwise; some servers (uWSGI) prefer a length
+            headers["Content-Length"] = str(size)
+        self._call("PUT", f"/v2/images/{image_id}/file", content=blocks(), headers=headers)
+
+    def download(self, image: Image, sink: BinaryIO, progress: Progress | None = None) -> Transfer:
+        """GET the data into ``sink``, hashing as it goes; ChecksumMismatch if it is not the image's."""
+        request = self._http.build_request("GET", f"/v2/images/{image.id}/file",
+                                           headers={"Accept": "application/octet-stream"})
+        response = self._send(request, stream=True)
+        md5 = hashlib.md5(usedforsecurity=False)
+        algo = image.os_hash_algo if image.os_hash_algo in hashlib.algorithms_available else None
+        multihash = hashlib.new(algo) if algo else None
+        received = 0
+        try:
+            if response.status_code == 204:
+                raise GlanceError(f"image {image.id} has no data (status {image.status})",
+                                  status=204, request_id=response.headers.get("x-openstack-request-id"))
+            for block in response.iter_bytes(CHUNK_SIZE):
+                md5.update(block)
+                if multihash:
+                    multihash.update(block)
+                sink.write(block)
+                received += len(block)
+                if progress:
+                    progress(len(block))
+            header_md5 = response.headers.get("content-md5")
+        except httpx.TransportError as exc:
+            raise GlanceError(f"download of image {image.id} broke off after {received} bytes: "
+                              f"{exc or type(exc).__name__}") from None
+        finally:
+            response.close()
+        transfer = Transfer(size=received, md5=md5.hexdigest(), hash_algo=algo,
+                            hash_value=multihash.hexdigest() if multihash else None, verified=())
+        return verify(image, transfer, header_md5, response.headers.get("x-openstack-request-id"))
+
+
+def verify(image: Image, got: Transfer, header_md5: str | None = None, request_id: str | None = None) -> Transfer:
+    """Check a download against the image's size and hashes; the names of the checks made."""
+    expected: list[tuple[str, str | int | None, str | int | None]] = [
+        ("size", image.size, got.size),
+        ("checksum (md5)", image.checksum or header_md5, got.md5),
+    ]
+    if got.hash_algo:
+        expected.append((f"os_hash_value ({got.hash_algo})", image.os_hash_value, got.hash_value))
+    checked = []
+    for name, want, have in expected:
+        if want is None:
+            continue
+        if str(want).lower() != str(have).lower():
+            raise ChecksumMismatch(f"image {image.id}: {name} mismatch: expected {want}, got {have}",
+                                   request_id=request_id)
+        checked.append(name)
+    return Transfer(got.size, got.md5, got.hash_algo, got.hash_value, tuple(checked))

@@ -1,0 +1,82 @@
+"""The conformance suite every image store passes (only the file store exists so far)."""
+
+import os
+
+import pytest
+
+from freezeframe.common import errors
+from freezeframe.images.drivers.file import HOLE_BLOCK, FileStore
+
+
+@pytest.fixture(params=["file"])
+def any_store(request, tmp_path):
+    return FileStore(tmp_path / "store", fsync=True)
+
+
+def test_nothing_visible_before_commit(any_store):
+    writer = any_store.writer("img")
+    writer.write(b"abc", 0)
+    assert any_store.stat("img") is None
+    obj = writer.commit(3)
+    assert obj.size == 3
+    reader = any_store.reader("img")
+    assert reader.read(0, 10) == b"abc"
+    reader.close()
+
+
+def test_abort_leaves_nothing(any_store):
+    writer = any_store.writer("img")
+    writer.write(b"x" * 1000, 0)
+    writer.abort()
+    writer.abort()
+    assert any_store.stat("img") is None
+    assert any_store.cleanup_partials(0) == 0
+
+
+def test_zero_runs_become_holes(any_store):
+    writer = any_store.writer("sparse")
+    data = os.urandom(HOLE_BLOCK)
+    writer.write(data + bytes(16 * HOLE_BLOCK) + data, 0)
+    writer.write(bytes(4 << 20), 18 * HOLE_BLOCK)
+    obj = writer.commit(18 * HOLE_BLOCK + (4 << 20))
+    assert obj.allocated <= 4 * HOLE_BLOCK
+    reader = any_store.reader("sparse")
+    assert reader.read(0, HOLE_BLOCK) == data
+    assert reader.read(HOLE_BLOCK, 16 * HOLE_BLOCK) == bytes(16 * HOLE_BLOCK)
+    assert reader.read(17 * HOLE_BLOCK, HOLE_BLOCK) == data
+    assert reader.size == 18 * HOLE_BLOCK + (4 << 20)
+    reader.close()
+
+
+def test_delete_rename_and_missing(any_store):
+    w = any_store.writer("staging/a")
+    w.write(b"1", 0)
+    w.commit(1)
+    any_store.rename("staging/a", "b")
+    assert any_store.stat("staging/a") is None and any_store.stat("b").size == 1
+    assert any_store.delete("b") is True and any_store.delete("b") is False
+    with pytest.raises(KeyError):
+        any_store.reader("b")
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "a/../../b", "/abs", "", "a b", "a/b/c"])
+def test_keys_cannot_escape(any_store, key):
+    with pytest.raises(ValueError):
+        any_store.writer(key)
+
+
+def test_full_disk_is_storage_full(tmp_path):
+    import resource
+    store = FileStore(tmp_path / "s", fsync=False)
+    writer = store.writer("big")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    import signal
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(errors.StorageFull):
+            writer.write(os.urandom(2 << 20), 0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+        writer.abort()
