@@ -66,7 +66,6 @@ cleanup() {
   for f in "$WORK"/*.log "$GROOT/state/uwsgi.log" "$GROOT/state/glance-api.log"; do
     [ -f "$f" ] && tail -c 2000000 "$f" > "$RESULTS/logs/$(basename "$f")" 2>/dev/null || true
   done
-  if [ "${BENCH_GLANCE_SHARED:-0}" = 1 ]; then rm -rf "$SHARED_GLANCE_ROOT/images"/* 2>/dev/null || true; fi
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -90,13 +89,15 @@ start_ours() {  # NAME TESTS [ENV=VALUE...]
   local name="$1" tests="$2"; shift 2
   local port data; port="$(free_port)"; data="$WORK/$name"
   mkdir -p "$data"
-  env "$@" "$FF" serve --data-dir "$data" --port "$port" --auth noauth --log-level warning \
+  env "$@" "$FF" serve --data-dir "$data" --port "$port" --auth noauth \
     >"$WORK/$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   wait_up "http://127.0.0.1:$port/healthcheck" "$pid" "$name"
   echo "started $name: PID=$pid URL=http://127.0.0.1:$port/image data=$data ${*:-(default settings)}"
-  TARGETS+=(--target "$name=http://127.0.0.1:$port/image,pid=$pid,store=$data/images,tests=$tests$( [ "$name" = ours-nofsync ] && echo ',checks=0' ))")
+  local extra=""
+  if [ "$name" = ours-nofsync ]; then extra=",checks=0"; fi
+  TARGETS+=(--target "$name=http://127.0.0.1:$port/image,pid=$pid,store=$data/images,tests=$tests$extra")
 }
 
 start_ours ours dense+sparse+creates

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import uvicorn
 
@@ -32,4 +33,9 @@ def serve(settings: Settings) -> None:
     )
     LOG.info("freezeframe serving on http://%s:%d (image API at /image)", settings.server.host,
              settings.server.port)
+    # uvicorn re-raises the signal that stopped it once the graceful shutdown is done; with
+    # these (no-op) handlers in place that re-raise is harmless and a clean stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run()
+    LOG.info("freezeframe stopped")

@@ -62,7 +62,7 @@ def test_unknown_liveness_leaves_image_alone(db, store):
 
 
 def test_killed_images_deleted_after_grace_with_data(db, store):
-    writer = store.writer("img-data")
+    writer = store.writer("img-data", "u1")
     writer.write(b"x" * 100, 0)
     writer.commit(100)
     add(db, "img-data", "killed", key="img-data")
@@ -87,12 +87,17 @@ def test_kill_races_with_upload_completion(db, store):
 def test_abandoned_partials_removed(db, store, tmp_path):
     import os
     import time
-    writer = store.writer("abandoned")
+    writer = store.writer("abandoned", "u-dead")
     writer.write(b"y" * 10, 0)
     old = time.time() - 1000
     for entry in (store.root / ".partial").iterdir():
         os.utime(entry, (old, old))
-    fresh = store.writer("fresh")
+    fresh = store.writer("fresh", "u-fresh")
     fresh.write(b"z", 0)
+    live_but_idle = store.writer("slow", "u-slow")  # an upload still owning its image, idle for long
+    for entry in (store.root / ".partial").iterdir():
+        if entry.name.endswith("u-slow"):
+            os.utime(entry, (old, old))
+    add(db, "slow", "saving", progress=T0, upload_id="u-slow")
     assert Reaper(db, store, SETTINGS).reap_once(now=T0) == {"partials_removed": 1}
-    assert len(list((store.root / ".partial").iterdir())) == 1
+    assert sorted(e.name.rsplit(".", 1)[1] for e in (store.root / ".partial").iterdir()) == ["u-fresh", "u-slow"]

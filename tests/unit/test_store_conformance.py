@@ -14,7 +14,7 @@ def any_store(request, tmp_path):
 
 
 def test_nothing_visible_before_commit(any_store):
-    writer = any_store.writer("img")
+    writer = any_store.writer("img", "u1")
     writer.write(b"abc", 0)
     assert any_store.stat("img") is None
     obj = writer.commit(3)
@@ -25,16 +25,16 @@ def test_nothing_visible_before_commit(any_store):
 
 
 def test_abort_leaves_nothing(any_store):
-    writer = any_store.writer("img")
+    writer = any_store.writer("img", "u1")
     writer.write(b"x" * 1000, 0)
     writer.abort()
     writer.abort()
     assert any_store.stat("img") is None
-    assert any_store.cleanup_partials(0) == 0
+    assert any_store.cleanup_partials(0, set()) == 0
 
 
 def test_zero_runs_become_holes(any_store):
-    writer = any_store.writer("sparse")
+    writer = any_store.writer("sparse", "u1")
     data = os.urandom(HOLE_BLOCK)
     writer.write(data + bytes(16 * HOLE_BLOCK) + data, 0)
     writer.write(bytes(4 << 20), 18 * HOLE_BLOCK)
@@ -49,7 +49,7 @@ def test_zero_runs_become_holes(any_store):
 
 
 def test_delete_rename_and_missing(any_store):
-    w = any_store.writer("staging/a")
+    w = any_store.writer("staging/a", "u1")
     w.write(b"1", 0)
     w.commit(1)
     any_store.rename("staging/a", "b")
@@ -62,13 +62,13 @@ def test_delete_rename_and_missing(any_store):
 @pytest.mark.parametrize("key", ["../etc/passwd", "a/../../b", "/abs", "", "a b", "a/b/c"])
 def test_keys_cannot_escape(any_store, key):
     with pytest.raises(ValueError):
-        any_store.writer(key)
+        any_store.writer(key, "u1")
 
 
 def test_full_disk_is_storage_full(tmp_path):
     import resource
     store = FileStore(tmp_path / "s", fsync=False)
-    writer = store.writer("big")
+    writer = store.writer("big", "u1")
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     import signal
     old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -251,22 +251,17 @@ class GlanceClient:
             raise GlanceError(f"more than one image is named {name_or_id!r}; use its ID")
         raise missing or GlanceError(f"no image with name or ID {name_or_id!r}", status=404, title="Not Found")
 
-    def wait(self, image_id: str, *, until: Collection[str] = ("active",), fail: Collection[str] = ("killed",),
-             timeout: float = 3600.0, interval: float = 0.5, max_interval: float = 5.0,
-             on_poll: Callable[[Image], None] | None = None) -> Image:
-        """Poll until the image's status is in ``until``; GlanceError if it reaches ``fail`` or time runs out."""
+    def wait(self, image_id: str, *, until: Collection[str] = ("active", "killed"), timeout: float = 3600.0,
+             interval: float = 0.5, max_interval: float = 5.0) -> Image:
+        """Poll until the image's status is one of ``until`` and return it; GlanceError on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             image = self.show(image_id)
-            if on_poll:
-                on_poll(image)
             if image.status in until:
                 return image
-            if image.status in fail:
-                raise GlanceError(f"image {image_id} is {image.status}, not {' or '.join(until)}")
             if time.monotonic() >= deadline:
-                raise GlanceError(f"timed out after {timeout:g}s waiting for image {image_id} to become "
-                                  f"{' or '.join(until)} (status {image.status})")
+                raise GlanceError(f"timed out after {timeout:g}s waiting for image {image_id} "
+                                  f"(status {image.status})")
             time.sleep(min(interval, max(deadline - time.monotonic(), 0.05)))
             interval = min(interval * 1.5, max_interval)
 
@@ -321,10 +316,11 @@ class GlanceClient:
             response.close()
         transfer = Transfer(size=received, md5=md5.hexdigest(), hash_algo=algo,
                             hash_value=multihash.hexdigest() if multihash else None, verified=())
-        return verify(image, transfer, header_md5, response.headers.get("x-openstack-request-id"))
+        return check_transfer(image, transfer, header_md5, response.headers.get("x-openstack-request-id"))
 
 
-def verify(image: Image, got: Transfer, header_md5: str | None = None, request_id: str | None = None) -> Transfer:
+def check_transfer(image: Image, got: Transfer, header_md5: str | None = None,
+                   request_id: str | None = None) -> Transfer:
     """Check a download against the image's size and hashes; the names of the checks made."""
     expected: list[tuple[str, str | int | None, str | int | None]] = [
         ("size", image.size, got.size),

@@ -116,7 +116,7 @@ class ImageData:
         image = await self.db.run(begin)
         loop = asyncio.get_running_loop()
         try:
-            writer = await loop.run_in_executor(None, self.store.writer, target.key_prefix + image_id)
+            writer = await loop.run_in_executor(None, self.store.writer, target.key_prefix + image_id, upload_id)
         except errors.FreezeframeError:
             await self._revert(image_id, upload_id, target)
             raise
@@ -147,10 +147,21 @@ class ImageData:
             LOG.warning("upload %s of image %s failed after %d bytes: %s", upload_id, image_id,
                         pipeline.received, exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
             await asyncio.shield(self._cleanup(image_id, upload_id, pipeline, target))
+            if isinstance(exc, errors.FreezeframeError) and not isinstance(exc, errors.Gone) \
+                    and not await self._still_owned(image_id, upload_id, target):
+                # Deleted or reaped under us: that, not the symptom we tripped over, is the answer.
+                raise errors.Gone(f"Image {image_id} was deleted or killed while its data was being uploaded") from exc
             raise
         finally:
             if progress is not None:
                 await asyncio.gather(progress, return_exceptions=True)
+
+    async def _still_owned(self, image_id: str, upload_id: str, target: _Target) -> bool:
+        def check(session: Session) -> bool:
+            image = session.get(Image, image_id)
+            # _revert has put an owned image back to queued by now; anything else means we lost it.
+            return image is not None and image.status in (ImageStatus.QUEUED, target.busy)
+        return await self.db.run(check)
 
     async def _cleanup(self, image_id: str, upload_id: str, pipeline: Pipeline, target: _Target) -> None:
         try:

@@ -5,7 +5,8 @@ Each pass:
   ``saving_timeout`` seconds (their partial data is removed by the store's partial sweep);
 - kills ``queued`` images older than ``queued_timeout`` whose owning workflow is not alive;
 - deletes ``killed`` images (record and data) ``killed_grace`` seconds after they were killed;
-- removes partial files no writer touched for ``saving_timeout`` (left by a crashed process).
+- removes partial files of uploads that no image record owns any more and that nobody wrote
+  for ``saving_timeout`` (left by a crashed process, or by an upload the reaper just killed).
 
 Every action is logged and counted. An upload that is making progress is never touched: its
 ``upload_progress_at`` is recent, and the kill is a compare-and-set on that very upload.
@@ -93,7 +94,8 @@ class Reaper:
         for image_id, key in killed:
             if self._delete(image_id, key):
                 done["deleted_killed"] += 1
-        partials = self.store.cleanup_partials(self.settings.saving_timeout)
+        live = self.db.run_sync(lambda s: set(s.scalars(select(Image.upload_id).where(Image.upload_id.is_not(None)))))
+        partials = self.store.cleanup_partials(self.settings.saving_timeout, live)
         if partials:
             LOG.info("reaper: removed %d abandoned partial upload files", partials)
             done["partials_removed"] += partials

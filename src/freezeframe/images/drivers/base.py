@@ -45,7 +45,8 @@ class Store(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def writer(self, key: str) -> Writer: ...
+    def writer(self, key: str, owner: str) -> Writer:
+        """A writer for ``key``; ``owner`` (the upload id) names its partial data until commit."""
 
     @abc.abstractmethod
     def reader(self, key: str) -> Reader:
@@ -63,6 +64,7 @@ class Store(abc.ABC):
         """Move a committed object to another key (used by import)."""
 
     @abc.abstractmethod
-    def cleanup_partials(self, older_than: float) -> int:
-        """Remove leftovers of writers that never committed (a crash) and were not written to
-        for ``older_than`` seconds; return how many."""
+    def cleanup_partials(self, older_than: float, live_owners: set[str]) -> int:
+        """Remove partial data left by writers that never committed (a crashed process): data
+        whose owner is not in ``live_owners`` and that nobody wrote for ``older_than`` seconds.
+        Return how many were removed."""

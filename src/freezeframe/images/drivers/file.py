@@ -6,7 +6,6 @@ import errno
 import os
 import re
 import time
-import uuid
 from pathlib import Path
 
 from freezeframe.common import errors
@@ -34,10 +33,12 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 class FileWriter(Writer):
-    def __init__(self, store: "FileStore", key: str) -> None:
+    def __init__(self, store: "FileStore", key: str, owner: str) -> None:
         self._store = store
         self._final = store.path_of(key)
-        self._partial = store.root / ".partial" / f"{key.replace('/', '__')}.{uuid.uuid4().hex}"
+        if not _KEY.match(owner) or "/" in owner:
+            raise ValueError(f"invalid writer owner {owner!r}")
+        self._partial = store.root / ".partial" / f"{key.replace('/', '__')}.{owner}"
         try:
             self._fd: int | None = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
@@ -124,8 +125,8 @@ class FileStore(Store):
         finally:
             os.close(fd)
 
-    def writer(self, key: str) -> FileWriter:
-        return FileWriter(self, key)
+    def writer(self, key: str, owner: str) -> FileWriter:
+        return FileWriter(self, key, owner)
 
     def reader(self, key: str) -> FileReader:
         try:
@@ -152,10 +153,12 @@ class FileStore(Store):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.path_of(src), target)
 
-    def cleanup_partials(self, older_than: float) -> int:
+    def cleanup_partials(self, older_than: float, live_owners: set[str]) -> int:
         count = 0
         limit = time.time() - older_than
         for entry in (self.root / ".partial").iterdir():
+            if entry.name.rsplit(".", 1)[-1] in live_owners:
+                continue
             try:
                 if entry.stat().st_mtime < limit:
                     entry.unlink()
