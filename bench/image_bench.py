@@ -199,19 +199,25 @@ def rss_bytes(pid: int | None) -> tuple[int, int]:
     return sum(_status_kb(p, "VmRSS") for p in tree) * 1024, sum(_pss_kb(p) for p in tree) * 1024
 
 
-def cpu_seconds(pid: int | None) -> float:
+def cpu_times(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of pid and its live descendants (incl. their reaped children)."""
     if not pid:
-        return 0.0
+        return 0.0, 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    user = system = 0.0
     for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            user += (int(fields[11]) + int(fields[13])) / tick
+            system += (int(fields[12]) + int(fields[14])) / tick
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, system
+
+
+def cpu_seconds(pid: int | None) -> float:
+    return sum(cpu_times(pid))
 
 
 class RssSampler:
@@ -404,17 +410,18 @@ def upload(c: httpx.Client, t: Target, path: str, nbytes: int, sums: dict[str, s
     """Create an image and upload `path` into it, sampling the server's RSS/CPU; returns (id, row)."""
     image_id = create_image(c, t, f"bench-{label}")
     rss0, pss0 = rss_bytes(t.pid)
-    cpu0 = cpu_seconds(t.pid)
+    u0, s0 = cpu_times(t.pid)
     with RssSampler(t.pid) as sampler:
         t0 = time.perf_counter()
         res = curl(["-T", path, *t.curl_headers, "-H", "Expect:", "-H", "Content-Type: application/octet-stream",
                     t.images_url(image_id, "file")], timeout=transfer_timeout(nbytes))
         dt = time.perf_counter() - t0
-    cpu = cpu_seconds(t.pid) - cpu0
+    u1, s1 = cpu_times(t.pid)
     if res["http_code"] not in (200, 201, 204):
         raise RuntimeError(f"upload of {label} -> HTTP {res['http_code']}")
     profile = check_image(c, t, image_id, nbytes, sums)
-    return image_id, dict(seconds=dt, MBps=nbytes / dt / MB, curl_time=res["time_total"], server_cpu_s=cpu,
+    return image_id, dict(seconds=dt, MBps=nbytes / dt / MB, curl_time=res["time_total"],
+                          server_cpu_s=(u1 - u0) + (s1 - s0), server_user_s=u1 - u0, server_sys_s=s1 - s0,
                           rss_before_MB=rss0 / MB, pss_before_MB=pss0 / MB,
                           peak_rss_MB=sampler.peak_rss / MB if t.pid else None,
                           peak_pss_MB=sampler.peak_pss / MB if t.pid else None,
@@ -502,7 +509,8 @@ def creates_run(t: Target, n: int, clients: int) -> dict[str, Any]:
         for image_id in ids:
             delete_image(c, t, image_id)
     return dict(n=n, clients=clients, seconds=elapsed, per_s=len(ids) / elapsed, ok=len(ids), errors=errs[:10],
-                p50_ms=pct(lat, 0.5) * 1000, p99_ms=pct(lat, 0.99) * 1000, max_ms=max(lat) * 1000)
+                p50_ms=pct(lat, 0.5) * 1000, p90_ms=pct(lat, 0.9) * 1000, p99_ms=pct(lat, 0.99) * 1000,
+                max_ms=max(lat) * 1000, over_50ms=sum(x > 0.05 for x in lat), over_100ms=sum(x > 0.1 for x in lat))
 
 
 def guarded(t: Target, what: str, fn: Callable[[], Any]) -> Any:
@@ -552,8 +560,11 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
             lambda t: t.result["dense"][label]["upload_vs_ceiling"])
         row(f"upload {label} server CPU", "s/GB", "lower",
             lambda t: t.result["dense"][label]["upload_cpu_s_per_GB_median"])
+        row(f"  of which kernel (sys)", "s/GB", "lower",
+            lambda t: t.result["dense"][label]["upload_sys_s_per_GB_median"])
         row(f"download {label}", "MB/s", "higher", lambda t: t.result["dense"][label]["download_MBps_median"])
     big = args.size_labels[-1] if args.size_labels else None
+    row("server RSS idle (at start)", "MB", "lower", lambda t: t.result["idle_rss_MB"])
     if big:
         row(f"peak RSS during {big} upload", "MB", "lower", lambda t: t.result["dense"][big]["peak_rss_MB_max"])
         row(f"peak PSS during {big} upload", "MB", "lower", lambda t: t.result["dense"][big]["peak_pss_MB_max"])
@@ -571,6 +582,8 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
             lambda t: t.result["creates"][key]["p50_ms"])
         row(f"create p99, {clients} client{'s' if clients > 1 else ''}", "ms", "lower",
             lambda t: t.result["creates"][key]["p99_ms"])
+        row(f"creates > 50 ms, {clients} client{'s' if clients > 1 else ''}", f"of {args.creates}", "lower",
+            lambda t: t.result["creates"][key]["over_50ms"])
     base = args.baseline
     for r in rows:
         b = r["values"].get(base)
@@ -789,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                     if r:
                         reps[t.name].append(r)
                         log(f"{t.name:>14} {label} rep{rep}: upload {r['MBps']:7.1f} MB/s ({r['seconds']:.2f}s, "
-                            f"server cpu {r['server_cpu_s']:.2f}s, peak rss {fmt(r['peak_rss_MB'])} MB)  "
+                            f"server cpu {r['server_user_s']:.2f}u+{r['server_sys_s']:.2f}s, peak rss {fmt(r['peak_rss_MB'])} MB)  "
                             f"download {r['download_MBps']:7.1f} MB/s ({r['download_seconds']:.2f}s)")
                 step += 1
             for t in dense_targets:
@@ -804,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
                     bytes=n, reps=rs, profile=prof,
                     upload_MBps_median=up, download_MBps_median=median([r["download_MBps"] for r in rs]),
                     upload_cpu_s_per_GB_median=median([r["server_cpu_s"] / (n / 1e9) for r in rs]) if t.pid else None,
+                    upload_sys_s_per_GB_median=median([r["server_sys_s"] / (n / 1e9) for r in rs]) if t.pid else None,
                     ceiling=ceil_key, ceiling_MBps=ceil, upload_vs_ceiling=up / ceil if ceil else None,
                     peak_rss_MB_max=max(r["peak_rss_MB"] for r in rs) if t.pid else None,
                     peak_pss_MB_max=max(r["peak_pss_MB"] for r in rs) if t.pid else None,
@@ -842,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
                 if r:
                     t.result.setdefault("creates", {})[f"c{clients}"] = r
                     log(f"{t.name:>14} creates x{args.creates}, {clients} client(s): {r['per_s']:.1f}/s, "
-                        f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {len(r['errors'])}")
+                        f"p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                        f"max {r['max_ms']:.0f} ms, >50ms: {r['over_50ms']}, errors {len(r['errors'])}")
                     if r["errors"]:
                         t.result.setdefault("errors", []).append(f"creates c{clients}: {r['errors'][:3]}")
     except KeyboardInterrupt:

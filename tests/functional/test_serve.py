@@ -115,7 +115,7 @@ def test_reaper_spares_a_slow_upload_that_makes_progress(tmp_path):
 
 
 def test_stalled_upload_killed_while_client_hangs(tmp_path):
-    server = start_server(tmp_path / "ff", env=REAPER_ENV)
+    server = start_server(tmp_path / "ff", env={**REAPER_ENV, "FREEZEFRAME_REAPER__KILLED_GRACE": "600"})
     host, port = server.url.removeprefix("http://").split(":")
     try:
         with server.client() as member:
