@@ -158,6 +158,10 @@ def test_default_tokens_file_is_created(tmp_path):
         resp = httpx.get(f"http://127.0.0.1:{port}/image/v2/images", headers={"X-Auth-Token": admin_token})
         assert resp.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/image/v2/images").status_code == 401
+        import yaml
+        clouds = yaml.safe_load((data / "clouds.yaml").read_text())["clouds"]
+        assert clouds["freezeframe"]["auth"] == {"endpoint": f"http://127.0.0.1:{port}/image", "token": admin_token}
+        assert (data / "clouds.yaml").stat().st_mode & 0o777 == 0o600
     finally:
         proc.terminate()
         proc.wait(30)

@@ -61,9 +61,32 @@ def build_authenticator(settings: Settings) -> Authenticator:
         LOG.warning("authentication is OFF (--auth noauth): every caller is an admin. Development only.")
         return Authenticator("noauth")
     path = settings.tokens_path
-    if not path.exists() and not settings.auth.tokens_file:
-        write_default_tokens(path)
+    if not settings.auth.tokens_file:
+        if not path.exists():
+            write_default_tokens(path)
+        write_clouds_yaml(settings, load_tokens(path))
     return Authenticator("tokens", load_tokens(path))
+
+
+def write_clouds_yaml(settings: Settings, tokens: dict) -> None:
+    """With the generated tokens, also write a clouds.yaml so clients work at once:
+    ``OS_CLIENT_CONFIG_FILE=<data-dir>/clouds.yaml OS_CLOUD=freezeframe``."""
+    import os
+
+    import yaml
+
+    host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
+    url = f"http://{host}:{settings.server.port}/image"
+    clouds = {}
+    for token, ident in tokens.items():
+        name = "freezeframe" if "admin" in ident.roles else f"freezeframe-{ident.project_id}"
+        clouds[name] = {"auth_type": "admin_token", "auth": {"endpoint": url, "token": token},
+                        "image_endpoint_override": url, "image_api_version": "2"}
+    target = settings.data_dir / "clouds.yaml"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump({"clouds": clouds}, fh, sort_keys=True)
+    LOG.info("client configuration: export OS_CLIENT_CONFIG_FILE=%s OS_CLOUD=freezeframe", target)
 
 
 def build_app(settings: Settings) -> Starlette:
