@@ -220,6 +220,18 @@ def cpu_seconds(pid: int | None) -> float:
     return sum(cpu_times(pid))
 
 
+def page_faults(pid: int | None) -> int:
+    """Minor page faults of pid and its live descendants (a proxy for fresh memory being touched)."""
+    total = 0
+    for p in process_tree(pid) if pid else []:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                total += int(fh.read().rsplit(")", 1)[1].split()[7])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 class RssSampler:
     """Samples the RSS/PSS of a process tree every `interval` seconds while running."""
 
@@ -411,17 +423,20 @@ def upload(c: httpx.Client, t: Target, path: str, nbytes: int, sums: dict[str, s
     image_id = create_image(c, t, f"bench-{label}")
     rss0, pss0 = rss_bytes(t.pid)
     u0, s0 = cpu_times(t.pid)
+    f0 = page_faults(t.pid)
     with RssSampler(t.pid) as sampler:
         t0 = time.perf_counter()
         res = curl(["-T", path, *t.curl_headers, "-H", "Expect:", "-H", "Content-Type: application/octet-stream",
                     t.images_url(image_id, "file")], timeout=transfer_timeout(nbytes))
         dt = time.perf_counter() - t0
     u1, s1 = cpu_times(t.pid)
+    faults = page_faults(t.pid) - f0
     if res["http_code"] not in (200, 201, 204):
         raise RuntimeError(f"upload of {label} -> HTTP {res['http_code']}")
     profile = check_image(c, t, image_id, nbytes, sums)
     return image_id, dict(seconds=dt, MBps=nbytes / dt / MB, curl_time=res["time_total"],
                           server_cpu_s=(u1 - u0) + (s1 - s0), server_user_s=u1 - u0, server_sys_s=s1 - s0,
+                          server_minor_faults=faults,
                           rss_before_MB=rss0 / MB, pss_before_MB=pss0 / MB,
                           peak_rss_MB=sampler.peak_rss / MB if t.pid else None,
                           peak_pss_MB=sampler.peak_pss / MB if t.pid else None,
@@ -562,6 +577,8 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
             lambda t: t.result["dense"][label]["upload_cpu_s_per_GB_median"])
         row(f"  of which kernel (sys)", "s/GB", "lower",
             lambda t: t.result["dense"][label]["upload_sys_s_per_GB_median"])
+        row(f"  server page faults", "/MB", "lower",
+            lambda t: t.result["dense"][label]["upload_faults_per_MB_median"])
         row(f"download {label}", "MB/s", "higher", lambda t: t.result["dense"][label]["download_MBps_median"])
     big = args.size_labels[-1] if args.size_labels else None
     row("server RSS idle (at start)", "MB", "lower", lambda t: t.result["idle_rss_MB"])
@@ -678,7 +695,7 @@ def evaluate(args: argparse.Namespace, targets: list[Target], ceilings: dict[str
             check(t, f"sparse {args.sparse} stored on disk <= {SPARSE_ON_DISK_MAX}x data", ratio, SPARSE_ON_DISK_MAX,
                   "<=", f"{fmt((g(t, 'sparse', 'on_disk') or 0) / MB)} MB on disk for "
                         f"{fmt(args.sparse_data / MB)} MB of data")
-        if "creates" in t.tests:
+        if "creates" in t.tests and args.client_counts:
             for clients in args.client_counts:
                 key = f"c{clients}"
                 v, bv = g(t, "creates", key, "per_s"), g(base, "creates", key, "per_s")
@@ -818,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
                     upload_MBps_median=up, download_MBps_median=median([r["download_MBps"] for r in rs]),
                     upload_cpu_s_per_GB_median=median([r["server_cpu_s"] / (n / 1e9) for r in rs]) if t.pid else None,
                     upload_sys_s_per_GB_median=median([r["server_sys_s"] / (n / 1e9) for r in rs]) if t.pid else None,
+                    upload_faults_per_MB_median=median([r["server_minor_faults"] / (n / MB) for r in rs]) if t.pid else None,
                     ceiling=ceil_key, ceiling_MBps=ceil, upload_vs_ceiling=up / ceil if ceil else None,
                     peak_rss_MB_max=max(r["peak_rss_MB"] for r in rs) if t.pid else None,
                     peak_pss_MB_max=max(r["peak_pss_MB"] for r in rs) if t.pid else None,

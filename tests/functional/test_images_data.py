@@ -27,7 +27,7 @@ def test_states_during_and_after_upload(member):
 
     def body():
         yield b"a" * 65536
-        seen.append(member.get(f"/v2/images/{image['id']}").json()["status"])
+        seen.append(wait_status(member, image["id"], "saving"))
         yield b"b" * 65536
 
     with httpx.Client(base_url=member.base_url, headers=member.headers, timeout=30) as c2:

@@ -113,6 +113,8 @@ def error_from(response: httpx.Response) -> GlanceError:
         message = _html_message(text, f"{response.status_code} {title or ''}".strip())
     elif text.strip():
         message = text.strip()
+    # Glance's JSON and plain-text messages keep webob's "<br /><br />" and trailing newlines.
+    message = " ".join(re.sub(r"(?i)<br\s*/?>", " ", message or "").split())
     message = (message or title or "request failed")[:MAX_MESSAGE]
     return GlanceError(message, status=response.status_code, request_id=request_id, title=title)
 
@@ -251,7 +253,7 @@ class GlanceClient:
             return matches[0]
         if matches:
             raise GlanceError(f"more than one image is named {name_or_id!r}; use its ID")
-        raise missing or GlanceError(f"no image with name or ID {name_or_id!r}", status=404, title="Not Found")
+        raise missing or GlanceError(f"no image with name or ID {name_or_id!r}")
 
     def wait(self, image_id: str, *, until: Collection[str] = ("active", "killed"), timeout: float = 3600.0,
              interval: float = 0.5, max_interval: float = 5.0) -> Image:
