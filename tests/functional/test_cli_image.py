@@ -18,9 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 import yaml
 
+from freezeframe.cli.glance import error_from
 from freezeframe.cli.main import main
 from tests.conftest import free_port, new_image
 
@@ -263,16 +265,17 @@ def test_delete_several_continues_past_a_failure(ff, member):
     assert ff("show", image["id"]).code == 1
 
 
-def test_subprocess_create_and_download_to_stdout(live_server, tmp_path):
+def test_subprocess_create_from_stdin_and_download_to_stdout(live_server, tmp_path):
     data = payload(2 * (1 << 20) + 7)
-    (tmp_path / "d").write_bytes(data)
     env = subprocess_env(tmp_path, OS_IMAGE_URL=live_server.image_url, OS_TOKEN=live_server.member_token)
     cmd = [sys.executable, "-m", "freezeframe", "image"]
-    created = subprocess.run([*cmd, "create", f"sp-{uuid.uuid4()}", "--file", str(tmp_path / "d"), "--wait",
-                              "-f", "json"], env=env, capture_output=True, timeout=120)
+    # From stdin: no length known, so the upload goes chunked.
+    created = subprocess.run([*cmd, "create", f"sp-{uuid.uuid4()}", "--file", "-", "--wait", "-f", "json"],
+                             input=data, env=env, capture_output=True, timeout=120)
     assert created.returncode == 0, created.stderr
     assert created.stderr == b""
     image = json.loads(created.stdout)
+    assert image["size"] == len(data) and image["checksum"] == hashlib.md5(data).hexdigest()
     got = subprocess.run([*cmd, "download", image["id"]], env=env, capture_output=True, timeout=120)
     assert got.returncode == 0, got.stderr
     assert got.stdout == data and got.stderr == b""
@@ -318,7 +321,7 @@ def test_progress_only_on_a_terminal_and_no_binary_to_a_terminal(live_server, me
     assert code == 2 and b"refusing to write image data to a terminal" in shown
 
 
-# -- a fake Glance that lies about checksums and answers errors in HTML, as Glance does -------
+# -- a fake Glance that lies about checksums, and answers errors as Glance does ---------------
 
 
 class FakeGlance(BaseHTTPRequestHandler):
@@ -348,11 +351,10 @@ class FakeGlance(BaseHTTPRequestHandler):
             self._send(200, self.data, "application/octet-stream")
         elif self.path.startswith("/v2/images?"):  # a lookup by name finds nothing
             self._send(200, b'{"images": []}', "application/json")
-        else:
-            image_id = self.path.rsplit("/", 1)[-1]
-            page = (f"<html>\n <head>\n  <title>404 Not Found</title>\n </head>\n <body>\n  <h1>404 Not Found</h1>"
-                    f"\n  No image found with ID {image_id}<br /><br />\n\n\n\n </body>\n</html>")
-            self._send(404, page.encode(), "text/html; charset=UTF-8")
+        else:  # what Glance (webob) sends for a JSON client
+            message = f"No image found with ID {self.path.rsplit('/', 1)[-1]}<br /><br />\n\n\n"
+            body = {"message": message, "code": "404 Not Found", "title": "Not Found"}
+            self._send(404, json.dumps(body).encode(), "application/json")
 
 
 @pytest.fixture
@@ -382,3 +384,14 @@ def test_glance_html_error_becomes_a_one_line_message(capsys, fake_glance):
     assert code == 1
     assert err.strip() == (f"freezeframe: No image found with ID {missing} (HTTP 404 Not Found; "
                            "request id req-11111111-2222-3333-4444-555555555555)")
+
+
+def test_glance_html_error_page_becomes_its_message():
+    """Glance answers non-JSON clients (and its proxies) with an HTML page."""
+    page = ("<html>\n <head>\n  <title>409 Conflict</title>\n </head>\n <body>\n  <h1>409 Conflict</h1>\n"
+            "  Image status transition from active to saving is not allowed<br /><br />\n\n\n\n </body>\n</html>")
+    response = httpx.Response(409, text=page, headers={"Content-Type": "text/html; charset=UTF-8",
+                                                       "x-openstack-request-id": "req-1"})
+    error = error_from(response)
+    assert (error.status, error.request_id) == (409, "req-1")
+    assert error.message == "Image status transition from active to saving is not allowed"

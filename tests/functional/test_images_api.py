@@ -143,6 +143,7 @@ def test_patch_wrong_media_type(member):
     resp = member.patch(f"/v2/images/{image['id']}", json=[], headers={"Content-Type": "application/json"})
     assert resp.status_code == 415
     assert "openstack-images-v2.1-json-patch" in resp.json()["error"]["message"]
+    assert "application/openstack-images-v2.0-json-patch" in resp.headers["accept-patch"]
 
 
 def test_disk_format_frozen_once_active(member):

@@ -24,6 +24,9 @@ import httpx
 from freezeframe import __version__
 
 CHUNK_SIZE = 1 << 20  # measured: 1 MiB blocks hash and write faster than 4 MiB ones (cache)
+# Glance under uWSGI refuses chunked-encoding parts of 1 MiB and more (chunked-input-limit),
+# answering 500 "unable to receive chunked part"; parts of unknown-length uploads stay below.
+CHUNKED_PART = 512 << 10
 PAGE_SIZE = 500
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=30.0)
 MAX_MESSAGE = 2000
@@ -275,8 +278,8 @@ class GlanceClient:
                progress: Progress | None = None) -> None:
         """PUT the data, streamed from ``source`` (with Content-Length when ``size`` is known)."""
         def blocks() -> Iterator[bytes]:
-            sent = 0
-            while block := source.read(CHUNK_SIZE):
+            sent, read_size = 0, CHUNK_SIZE if size is not None else CHUNKED_PART
+            while block := source.read(read_size):
                 sent += len(block)
                 if size is not None and sent > size:
                     raise GlanceError(f"the data grew past its expected {size} bytes while uploading")
@@ -287,7 +290,7 @@ class GlanceClient:
                 raise GlanceError(f"the data shrank to {sent} of its expected {size} bytes while uploading")
 
         headers = {"Content-Type": "application/octet-stream"}
-        if size is not None:  # httpx sends chunked otherwise; some servers (uWSGI) prefer a length
+        if size is not None:  # else httpx sends it chunked
             headers["Content-Length"] = str(size)
         self._call("PUT", f"/v2/images/{image_id}/file", content=blocks(), headers=headers)
 

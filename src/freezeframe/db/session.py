@@ -7,7 +7,7 @@ import functools
 from typing import Callable, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, DBAPIError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from freezeframe.common import errors
@@ -25,12 +25,11 @@ class Database:
         try:
             with self.sessions.begin() as session:
                 return fn(session)
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc.orig, Exception) and "UNIQUE" in str(exc.orig).upper():
-                raise
-            if exc.connection_invalidated or isinstance(exc, OperationalError):
-                raise errors.BackendUnavailable(f"The database is unavailable: {exc.orig}") from exc
-            raise
+        except IntegrityError as exc:
+            # A race the checks before the write could not see (e.g. two creates of one id).
+            raise errors.Conflict("The request conflicts with a concurrent change; retry it") from exc
+        except OperationalError as exc:
+            raise errors.BackendUnavailable(f"The database is unavailable: {exc.orig}") from exc
 
     async def run(self, fn: Callable[[Session], T]) -> T:
         loop = asyncio.get_running_loop()

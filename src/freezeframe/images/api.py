@@ -14,6 +14,7 @@ from starlette.routing import Route, Router
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
+from freezeframe.http.errors import error_response
 from freezeframe.images import patch, schema
 from freezeframe.images.data import IMPORT_METHODS, ImageData
 from freezeframe.images.members import MemberService
@@ -154,7 +155,9 @@ class ImageAPI:
     async def update_image(self, request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in patch.MEDIA_TYPES:
-            raise_patch_media(ctype)
+            return error_response(415, f"Unsupported Content-Type {ctype!r} for PATCH: use "
+                                       f"{' or '.join(patch.MEDIA_TYPES)}",
+                                  {"Accept-Patch": ", ".join(patch.MEDIA_TYPES)})
         changes = patch.parse(ctype, await json_body(request))
         view = await self.images.update(ctx_of(request), request.path_params["image_id"], changes)
         return JSONResponse(view)
@@ -211,9 +214,9 @@ class ImageAPI:
         if spec:
             try:
                 start, end = parse_range(spec, size)
-            except errors.RangeNotSatisfiable:
+            except errors.RangeNotSatisfiable as exc:
                 reader.close()
-                raise
+                return error_response(416, exc.message, {"Content-Range": f"bytes */{size}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         elif found.checksum:
@@ -245,13 +248,6 @@ class ImageAPI:
         p = request.path_params
         await self.members.delete(ctx_of(request), p["image_id"], p["member_id"])
         return Response(status_code=204)
-
-
-def raise_patch_media(ctype: str) -> None:
-    exc = errors.UnsupportedMediaType(
-        f"Unsupported Content-Type {ctype!r} for PATCH: use {' or '.join(patch.MEDIA_TYPES)}"
-    )
-    raise exc
 
 
 def parse_range(spec: str, size: int) -> tuple[int, int]:

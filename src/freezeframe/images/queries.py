@@ -42,7 +42,7 @@ def visible(ctx: RequestContext) -> ColumnElement[bool]:
     )
 
 
-def get_visible(session: Session, ctx: RequestContext, image_id: str, *, lock: bool = False) -> Image:
+def get_visible(session: Session, ctx: RequestContext, image_id: str) -> Image:
     stmt = select(Image).where(Image.id == image_id, Image.status != "deleted", visible(ctx))
     image = session.scalars(stmt).first()
     if image is None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any, Mapping, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
@@ -218,8 +219,6 @@ class ImageService:
         await self.remove_data(image_id, key, staged)
 
     async def remove_data(self, image_id: str, key: str | None, staged: bool) -> None:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         for k in filter(None, (key, f"staging/{image_id}" if staged else None)):
             try:
@@ -244,8 +243,3 @@ class ImageService:
             transition(session, image_id, frm, to, reason=f"{verb} by user {ctx.user_id}")
 
         await self.db.run(toggle)
-
-    # -- used by the reaper and by other services -----------------------------------------
-
-    def get_raw(self, session: Session, image_id: str) -> Image | None:
-        return session.scalars(select(Image).where(Image.id == image_id)).first()
