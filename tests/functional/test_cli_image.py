@@ -71,7 +71,8 @@ def payload(size: int) -> bytes:
 
 def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    return {**env, "HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"), **extra}
+    home = tmp_path / "home"
+    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), **extra}
 
 
 def test_create_upload_wait_show_download_delete(ff, tmp_path):
@@ -131,7 +132,8 @@ def test_list_json_filters_and_pagination(ff, member):
     assert sorted(i["id"] for i in paged) == sorted(ids)
     limited = ff("list", "--property", f"run={run}", "--page-size", "2", "--limit", "3", "-f", "json").json()
     assert len(limited) == 3 and {i["id"] for i in limited} <= ids
-    named = ff("list", "--property", f"run={run}", "--name", "page-3", "--status", "queued", "-f", "json").json()
+    named = ff("list", "--property", f"run={run}", "--name", "page-3", "--status", "queued", "-f", "json")
+    named = named.json()
     assert [i["name"] for i in named] == ["page-3"]
     assert ff("list", "--property", f"run={run}", "--status", "active", "-f", "json").json() == []
 
@@ -370,7 +372,8 @@ def fake_glance() -> Iterator[str]:
 def test_checksum_mismatch_fails_and_writes_nothing(capsys, fake_glance, tmp_path):
     target = tmp_path / "dl"
     target.mkdir()
-    code = main(["image", "download", FakeGlance.image_id, "-o", str(target / "img"), "--os-image-url", fake_glance])
+    code = main(["image", "download", FakeGlance.image_id, "-o", str(target / "img"),
+                 "--os-image-url", fake_glance])
     err = capsys.readouterr().err
     assert code == 1
     assert "checksum (md5) mismatch" in err and "was not written" in err
@@ -389,7 +392,8 @@ def test_glance_html_error_becomes_a_one_line_message(capsys, fake_glance):
 def test_glance_html_error_page_becomes_its_message():
     """Glance answers non-JSON clients (and its proxies) with an HTML page."""
     page = ("<html>\n <head>\n  <title>409 Conflict</title>\n </head>\n <body>\n  <h1>409 Conflict</h1>\n"
-            "  Image status transition from active to saving is not allowed<br /><br />\n\n\n\n </body>\n</html>")
+            "  Image status transition from active to saving is not allowed<br /><br />\n\n\n\n"
+            " </body>\n</html>")
     response = httpx.Response(409, text=page, headers={"Content-Type": "text/html; charset=UTF-8",
                                                        "x-openstack-request-id": "req-1"})
     error = error_from(response)

@@ -13,6 +13,10 @@ from freezeframe.cli import cloud
 from freezeframe.cli.cloud import ConfigError, resolve
 
 
+def noauth(url: str) -> dict:
+    return {"auth_type": "none", "auth": {"endpoint": url}}
+
+
 def write_clouds(path: Path, clouds: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"clouds": clouds}))
@@ -90,7 +94,7 @@ def test_environment_beats_os_cloud_but_not_the_flag(home, tmp_path):
 
 
 def test_auth_type_none_sends_no_token(home, tmp_path):
-    write_clouds(tmp_path / "cwd" / "clouds.yaml", {"open": {"auth_type": "none", "auth": {"endpoint": "http://n"}}})
+    write_clouds(tmp_path / "cwd" / "clouds.yaml", {"open": noauth("http://n")})
     ep = resolve(cloud="open", env=home, cwd=tmp_path / "cwd")
     assert (ep.url, ep.token) == ("http://n", None)
 
@@ -105,20 +109,20 @@ def test_image_endpoint_override_wins_over_auth_endpoint(home, tmp_path):
 def test_search_order(home, tmp_path):
     """OS_CLIENT_CONFIG_FILE, then ./clouds.yaml, then ~/.config/openstack: the first that exists."""
     cwd = tmp_path / "cwd"
-    entry = lambda url: {"ff": {"auth_type": "none", "auth": {"endpoint": url}}}  # noqa: E731
-    write_clouds(Path(home["HOME"]) / ".config" / "openstack" / "clouds.yaml", entry("http://home"))
+    write_clouds(Path(home["HOME"]) / ".config" / "openstack" / "clouds.yaml", {"ff": noauth("http://home")})
     assert resolve(cloud="ff", env=home, cwd=cwd).url == "http://home"
-    write_clouds(cwd / "clouds.yaml", entry("http://cwd"))
+    write_clouds(cwd / "clouds.yaml", {"ff": noauth("http://cwd")})
     assert resolve(cloud="ff", env=home, cwd=cwd).url == "http://cwd"
-    explicit = write_clouds(tmp_path / "elsewhere.yaml", entry("http://explicit"))
+    explicit = write_clouds(tmp_path / "elsewhere.yaml", {"ff": noauth("http://explicit")})
     assert resolve(cloud="ff", env={**home, "OS_CLIENT_CONFIG_FILE": str(explicit)}, cwd=cwd).url \
         == "http://explicit"
 
 
 def test_xdg_config_home(home, tmp_path):
     xdg = tmp_path / "xdg"
-    write_clouds(xdg / "openstack" / "clouds.yaml", {"ff": {"auth_type": "none", "auth": {"endpoint": "http://x"}}})
-    assert resolve(cloud="ff", env={**home, "XDG_CONFIG_HOME": str(xdg)}, cwd=tmp_path / "cwd").url == "http://x"
+    write_clouds(xdg / "openstack" / "clouds.yaml", {"ff": noauth("http://x")})
+    env = {**home, "XDG_CONFIG_HOME": str(xdg)}
+    assert resolve(cloud="ff", env=env, cwd=tmp_path / "cwd").url == "http://x"
 
 
 def test_etc_openstack_is_searched_last(home, tmp_path):
@@ -128,7 +132,7 @@ def test_etc_openstack_is_searched_last(home, tmp_path):
 
 
 def test_unknown_cloud_lists_the_known_ones(home, tmp_path):
-    write_clouds(tmp_path / "cwd" / "clouds.yaml", {"a": {"auth_type": "none", "auth": {"endpoint": "http://a"}}})
+    write_clouds(tmp_path / "cwd" / "clouds.yaml", {"a": noauth("http://a")})
     with pytest.raises(ConfigError, match=r"cloud 'b' not found in .*clouds defined: a"):
         resolve(cloud="b", env=home, cwd=tmp_path / "cwd")
 
@@ -159,8 +163,8 @@ def test_malformed_clouds_yaml(home, tmp_path):
 
 def test_tls_settings(home, tmp_path):
     write_clouds(tmp_path / "cwd" / "clouds.yaml", {
-        "insecure": {"auth_type": "none", "verify": False, "auth": {"endpoint": "https://s"}},
-        "badca": {"auth_type": "none", "cacert": str(tmp_path / "missing.pem"), "auth": {"endpoint": "https://s"}},
+        "insecure": {**noauth("https://s"), "verify": False},
+        "badca": {**noauth("https://s"), "cacert": str(tmp_path / "missing.pem")},
     })
     assert resolve(cloud="insecure", env=home, cwd=tmp_path / "cwd").verify is False
     with pytest.raises(ConfigError, match="CA bundle"):

@@ -49,9 +49,10 @@ class ImageEndpoint:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("service options")
     group.add_argument("--os-cloud", metavar="NAME", help="cloud in clouds.yaml to use (also OS_CLOUD)")
-    group.add_argument("--os-image-url", metavar="URL",
-                       help="image service root, e.g. http://127.0.0.1:9292/image (also OS_IMAGE_URL, OS_ENDPOINT)")
-    group.add_argument("--os-token", metavar="TOKEN", help="token sent as X-Auth-Token (also OS_TOKEN, OS_AUTH_TOKEN)")
+    group.add_argument("--os-image-url", metavar="URL", help="image service root, e.g. "
+                       "http://127.0.0.1:9292/image (also OS_IMAGE_URL, OS_ENDPOINT)")
+    group.add_argument("--os-token", metavar="TOKEN",
+                       help="token sent as X-Auth-Token (also OS_TOKEN, OS_AUTH_TOKEN)")
 
 
 def normalise_url(url: str) -> str:

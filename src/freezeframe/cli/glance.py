@@ -154,7 +154,8 @@ class GlanceClient:
     """Glance v2 calls against one image service root (``{url}/v2/images``)."""
 
     def __init__(self, url: str, token: str | None = None, *, verify: bool | ssl.SSLContext = True,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None) -> None:
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 transport: httpx.BaseTransport | None = None) -> None:
         headers = {"User-Agent": f"freezeframe/{__version__} httpx/{httpx.__version__}",
                    "Accept": "application/json"}
         if token:

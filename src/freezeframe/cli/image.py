@@ -69,7 +69,8 @@ def command(action: Callable[[argparse.Namespace, GlanceClient], int]) -> Callab
         except BrokenPipeError:
             # The reader of stdout went away (``| head``): stop quietly, and keep Python's
             # exit-time flush from complaining too.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_FAILED
         except OSError as exc:
             return fail(f"{exc.filename or 'local I/O'}: {exc.strerror or exc}", EXIT_FAILED)
@@ -313,11 +314,13 @@ def download(args: argparse.Namespace, client: GlanceClient) -> int:
             finally:
                 sys.stdout.buffer.flush()
         else:
+            special = Path(path).exists() and not Path(path).is_file()  # a device or FIFO: no temporary
             try:
                 with open_target(path) as sink:
                     done = client.download(image, sink, progress)
             except ChecksumMismatch as exc:
-                exc.message += f"; {path} was not written"
+                if not special:
+                    exc.message += f"; {path} was not written"
                 raise
     if not done.verified:
         print(f"freezeframe: warning: image {image.id} has no size or checksum; the data was not verified",
@@ -398,7 +401,8 @@ def register(subparsers: Any) -> None:
     waiting.add_argument("--wait-timeout", type=float, default=3600.0, metavar="SECONDS",
                          help="give up waiting after this long (default 3600)")
 
-    p = actions.add_parser("create", parents=[service, fmt, waiting], help="create an image, optionally with data")
+    p = actions.add_parser("create", parents=[service, fmt, waiting],
+                           help="create an image, optionally with data")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--disk-format", choices=DISK_FORMATS,
                    help="default: detected from --file with qemu-img when installed, else raw")
@@ -419,7 +423,8 @@ def register(subparsers: Any) -> None:
 
     p = actions.add_parser("download", parents=[service], help="download an image's data, verifying it")
     p.add_argument("image", metavar="IMAGE", help="ID or name")
-    p.add_argument("--file", "-o", dest="file", metavar="PATH", help="write here (default: stdout, if not a TTY)")
+    p.add_argument("--file", "-o", dest="file", metavar="PATH",
+                   help="write here (default: stdout, if not a TTY)")
     p.set_defaults(func=download)
 
     p = actions.add_parser("list", parents=[service, fmt], help="list images")

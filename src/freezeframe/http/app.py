@@ -112,7 +112,7 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             await services.reaper.stop()
             await services.data.close()
-            services.db.engine.dispose()
+            services.db.close()
 
     app = Starlette(
         routes=[

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any, Mapping, Sequence
 
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
-from freezeframe.common.context import RequestContext
+from freezeframe.common.context import RequestContext, fast_uuid4
 from freezeframe.common.timeutil import utcnow
 from freezeframe.db.session import Database
 from freezeframe.images import queries, schema
@@ -100,11 +100,9 @@ class ImageService:
         if body.get("owner") not in (None, ctx.project_id) and not ctx.is_admin:
             raise errors.Forbidden("Only administrators can create an image for another project")
         _check_quotas(self.settings, body)
-        image_id = body.get("id") or str(uuid.uuid4())
+        image_id = body.get("id") or str(fast_uuid4())
 
         def create(session: Session) -> dict[str, Any]:
-            if session.get(Image, image_id) is not None:
-                raise errors.Conflict(f"An image with ID {image_id} already exists")
             now = utcnow()
             image = Image(
                 id=image_id, status=ImageStatus.QUEUED.value, visibility="shared", protected=False,
@@ -113,7 +111,10 @@ class ImageService:
             )
             _store(session, image, {k: v for k, v in body.items() if k != "id"})
             session.add(image)
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError:
+                raise errors.Conflict(f"An image with ID {image_id} already exists") from None
             return self.view(image)
 
         view = await self.db.run(create)
