@@ -9,6 +9,7 @@ import pty
 import re
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -399,3 +400,21 @@ def test_glance_html_error_page_becomes_its_message():
     error = error_from(response)
     assert (error.status, error.request_id) == (409, "req-1")
     assert error.message == "Image status transition from active to saving is not allowed"
+
+
+def test_download_into_a_fifo_writes_through_it(ff, member, tmp_path):
+    """A device or FIFO target is written in place, never replaced by a renamed temporary."""
+    data = payload((1 << 20) + 3)
+    image = new_image(member, name=f"fifo-{uuid.uuid4()}")
+    assert member.put(f"/v2/images/{image['id']}/file", content=data,
+                      headers={"Content-Type": "application/octet-stream"}).status_code == 204
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = bytearray()
+    reader = threading.Thread(target=lambda: received.extend(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = ff("download", image["id"], "-o", str(fifo))
+    reader.join(30)
+    assert result.code == 0, result.err
+    assert bytes(received) == data
+    assert stat.S_ISFIFO(fifo.stat().st_mode)

@@ -11,7 +11,7 @@ import sys
 
 from freezeframe import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE  # noqa: F401
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -54,12 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 
-    try:
-        from freezeframe.cli import image
-    except ImportError:  # pragma: no cover - the image commands are optional while building
-        image = None
-    if image is not None:
-        image.register(sub)
+    from freezeframe.cli import image
+
+    image.register(sub)
     return parser
 
 
