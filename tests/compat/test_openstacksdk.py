@@ -8,24 +8,20 @@ import pytest
 openstack = pytest.importorskip("openstack", reason="openstacksdk is a test dependency")
 
 
+def connect(server, token):
+    """The way a user points openstacksdk at us: a token and an image endpoint override."""
+    return openstack.connect(auth_type="admin_token", auth={"endpoint": server.image_url, "token": token},
+                             image_endpoint_override=server.image_url, image_api_version="2")
+
+
 @pytest.fixture
 def conn(live_server):
-    return openstack.connect(
-        auth_type="admin_token",
-        auth={"endpoint": live_server.image_url, "token": live_server.member_token},
-        image_endpoint_override=live_server.image_url,
-        image_api_version="2",
-    )
+    return connect(live_server, live_server.member_token)
 
 
 @pytest.fixture
 def other_conn(live_server):
-    return openstack.connect(
-        auth_type="admin_token",
-        auth={"endpoint": live_server.image_url, "token": live_server.other_token},
-        image_endpoint_override=live_server.image_url,
-        image_api_version="2",
-    )
+    return connect(live_server, live_server.other_token)
 
 
 def test_create_upload_list_download_verify(conn, tmp_path):

@@ -19,6 +19,16 @@ REAPER_ENV = {
 }
 
 
+def open_upload(server, image_id, length, first):
+    """Start an upload by hand and leave it hanging: the socket stays open, the rest unsent."""
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall((f"PUT /image/v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
+                  f"X-Auth-Token: {server.member_token}\r\nContent-Type: application/octet-stream\r\n"
+                  f"Content-Length: {length}\r\n\r\n").encode() + first)
+    return sock
+
+
 def test_every_log_line_of_a_request_has_its_id(fresh_server):
     with fresh_server.client() as member:
         resp = member.post("/v2/images", json={"name": "logged"})
@@ -66,13 +76,9 @@ def test_kill_9_mid_upload_is_reaped_after_restart(tmp_path):
     """A process that dies mid-upload leaves the image in saving: the reaper of the next process
     kills it (and removes the partial data), then deletes it after the grace period."""
     server = start_server(tmp_path / "ff", env=REAPER_ENV)
-    host, port = server.url.removeprefix("http://").split(":")
     with server.client() as member:
         image = new_image(member)
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall((f"PUT /image/v2/images/{image['id']}/file HTTP/1.1\r\nHost: x\r\n"
-                  f"X-Auth-Token: {server.member_token}\r\nContent-Type: application/octet-stream\r\n"
-                  f"Content-Length: 100000000\r\n\r\n").encode() + b"x" * 5_000_000)
+    sock = open_upload(server, image["id"], 100_000_000, b"x" * 5_000_000)
     with server.client() as member:
         assert wait_status(member, image["id"], "saving") == "saving"
         deadline = time.monotonic() + 10
@@ -116,14 +122,10 @@ def test_reaper_spares_a_slow_upload_that_makes_progress(tmp_path):
 
 def test_stalled_upload_killed_while_client_hangs(tmp_path):
     server = start_server(tmp_path / "ff", env={**REAPER_ENV, "FREEZEFRAME_REAPER__KILLED_GRACE": "600"})
-    host, port = server.url.removeprefix("http://").split(":")
     try:
         with server.client() as member:
             image = new_image(member)
-            sock = socket.create_connection((host, int(port)))
-            sock.sendall((f"PUT /image/v2/images/{image['id']}/file HTTP/1.1\r\nHost: x\r\n"
-                          f"X-Auth-Token: {server.member_token}\r\nContent-Type: application/octet-stream\r\n"
-                          f"Content-Length: 1000000\r\n\r\n").encode() + b"x" * 1000)
+            sock = open_upload(server, image["id"], 1_000_000, b"x" * 1000)
             assert wait_status(member, image["id"], "killed", timeout=15) == "killed"
             sock.sendall(b"y" * 999000)  # the client wakes up and finishes: too late
             sock.settimeout(10)
