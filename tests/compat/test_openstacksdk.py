@@ -74,3 +74,14 @@ def test_errors_surface_with_message(conn):
         conn.image.delete_image(image)
     assert err.value.status_code == 403
     assert "protected" in str(err.value)
+
+
+def test_token_endpoint_auth_type(live_server):
+    """openstackclient users often write auth_type token_endpoint (an alias of admin_token)."""
+    conn = openstack.connect(auth_type="token_endpoint",
+                             auth={"endpoint": live_server.image_url, "token": live_server.member_token},
+                             image_endpoint_override=live_server.image_url, image_api_version="2")
+    image = conn.image.create_image(name="sdk-token-endpoint", disk_format="raw", container_format="bare",
+                                    allow_duplicates=True)
+    assert conn.image.get_image(image.id).owner == "project-a"
+    conn.image.delete_image(image)

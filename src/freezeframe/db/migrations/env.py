@@ -5,7 +5,9 @@ import freezeframe.images.model  # noqa: F401  (registers the tables)
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    # Our own version table: taskflow keeps its own Alembic history in the same database.
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                      version_table="freezeframe_migrations")
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
