@@ -80,3 +80,21 @@ def test_full_disk_is_storage_full(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old)
         writer.abort()
+
+
+def test_data_is_flushed_behind_the_writer(tmp_path, monkeypatch):
+    from freezeframe.images.drivers import file as file_store
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(file_store, "SYNC_EVERY", 1 << 20)
+    monkeypatch.setattr(file_store.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    store = FileStore(tmp_path / "s", fsync=True)
+    writer = store.writer("img", "u1")
+    block = os.urandom(1 << 20)
+    for i in range(8):
+        writer.write(block, i << 20)
+    writer.commit(8 << 20)
+    assert calls, "no background flush happened"
+    reader = store.reader("img")
+    assert reader.read(7 << 20, 1 << 20) == block
+    reader.close()

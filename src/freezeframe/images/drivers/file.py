@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from freezeframe.common import errors
@@ -14,6 +15,7 @@ from freezeframe.images.drivers.base import Reader, Store, StoredObject, Writer
 # Holes are detected at this granularity (a multiple of every filesystem block size in use).
 HOLE_BLOCK = 64 << 10
 _ZEROS = bytes(HOLE_BLOCK)
+SYNC_EVERY = 64 << 20
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)?$")
 
 
@@ -43,6 +45,10 @@ class FileWriter(Writer):
             self._fd: int | None = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
             raise _storage_error(exc, "opening a new image file") from exc
+        # With fsync on, dirty data is flushed in the background every SYNC_EVERY bytes, so the
+        # final fsync before "active" has little left to do instead of the whole image.
+        self._unsynced = 0
+        self._sync: Future | None = None
 
     def write(self, block: bytes, offset: int) -> None:
         assert self._fd is not None, "write after commit/abort"
@@ -60,12 +66,24 @@ class FileWriter(Writer):
                     start = pos
             if start is not None:
                 _pwrite_all(self._fd, view[start:], offset + start)
+            self._unsynced += n
+            if self._store.fsync and self._unsynced >= SYNC_EVERY and (self._sync is None or self._sync.done()):
+                self._check_sync()
+                self._unsynced = 0
+                self._sync = self._store.syncer.submit(os.fdatasync, self._fd)
         except OSError as exc:
             raise _storage_error(exc, "writing image data") from exc
+
+    def _check_sync(self) -> None:
+        """Wait for the background flush and raise what it raised (EIO, ENOSPC...)."""
+        if self._sync is not None:
+            sync, self._sync = self._sync, None
+            sync.result()
 
     def commit(self, size: int) -> StoredObject:
         assert self._fd is not None, "commit after commit/abort"
         try:
+            self._check_sync()
             os.ftruncate(self._fd, size)  # the tail may be a hole
             if self._store.fsync:
                 os.fsync(self._fd)
@@ -82,6 +100,9 @@ class FileWriter(Writer):
         return StoredObject(key=str(self._final), size=size, allocated=st.st_blocks * 512)
 
     def abort(self) -> None:
+        if self._sync is not None:
+            wait([self._sync])
+            self._sync = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -109,6 +130,8 @@ class FileStore(Store):
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        # One thread flushes written data to disk behind the writers (see FileWriter).
+        self.syncer = ThreadPoolExecutor(1, thread_name_prefix="ff-sync")
         (self.root / ".partial").mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
