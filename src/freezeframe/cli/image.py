@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from freezeframe.cli import cloud
 from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from freezeframe.cli.glance import (PAGE_SIZE, ChecksumMismatch, GlanceClient, GlanceError, Image, Progress,
+from freezeframe.images.client import (PAGE_SIZE, ChecksumMismatch, GlanceClient, GlanceError, Image, Progress,
                                    Unreachable)
 
 DISK_FORMATS = ["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"]

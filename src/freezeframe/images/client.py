@@ -1,4 +1,4 @@
-"""A small Glance v2 client on httpx, for any Glance-compatible endpoint (ours or OpenStack's).
+"""A typed Glance v2 client on httpx, used by the CLI and by the other services.
 
 Image data is streamed in ``CHUNK_SIZE`` blocks both ways and never held whole in memory;
 downloads are hashed while they are written and checked against the image's ``checksum``
