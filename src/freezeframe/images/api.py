@@ -16,7 +16,7 @@ from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
 from freezeframe.http.errors import error_response
 from freezeframe.images import patch, schema
-from freezeframe.images.data import IMPORT_METHODS, ImageData
+from freezeframe.images.data import IMPORT_METHODS, ImageData, Resume
 from freezeframe.images.members import MemberService
 from freezeframe.images.service import ImageService
 
@@ -90,6 +90,9 @@ class ImageAPI:
             Route(r + "/tasks", self.tasks, methods=["GET"]),
             Route(r + "/actions/deactivate", self.deactivate, methods=["POST"]),
             Route(r + "/actions/reactivate", self.reactivate, methods=["POST"]),
+            # Freezeframe extensions for the snapshot workflows (role "service"):
+            Route(r + "/actions/kill", self.kill, methods=["POST"]),
+            Route(r + "/uploads/{upload_id}", self.upload_offset, methods=["GET"]),
             Route(r + "/tags/{tag}", self.add_tag, methods=["PUT"]),
             Route(r + "/tags/{tag}", self.delete_tag, methods=["DELETE"]),
             Route(r + "/members", self.list_members, methods=["GET"]),
@@ -187,7 +190,16 @@ class ImageAPI:
     async def upload(self, request: Request) -> Response:
         check_data_media_type(request)
         await self.data.upload(ctx_of(request), request.path_params["image_id"], request.stream(),
-                               content_length(request))
+                               content_length(request), resume_of(request))
+        return Response(status_code=204)
+
+    async def upload_offset(self, request: Request) -> Response:
+        p = request.path_params
+        offset = await self.data.upload_offset(ctx_of(request), p["image_id"], p["upload_id"])
+        return JSONResponse({"upload_id": p["upload_id"], "offset": offset})
+
+    async def kill(self, request: Request) -> Response:
+        await self.images.kill(ctx_of(request), request.path_params["image_id"])
         return Response(status_code=204)
 
     async def stage(self, request: Request) -> Response:
@@ -248,6 +260,22 @@ class ImageAPI:
         p = request.path_params
         await self.members.delete(ctx_of(request), p["image_id"], p["member_id"])
         return Response(status_code=204)
+
+
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def resume_of(request: Request) -> Resume | None:
+    """``X-Image-Upload-Id`` (a UUID) + ``X-Image-Upload-Offset``: a resumable upload."""
+    upload_id = request.headers.get("x-image-upload-id")
+    if upload_id is None:
+        return None
+    if not _UPLOAD_ID.match(upload_id):
+        raise errors.Invalid("X-Image-Upload-Id must be a lower-case UUID")
+    offset = request.headers.get("x-image-upload-offset", "0")
+    if not offset.isdigit():
+        raise errors.Invalid(f"Invalid X-Image-Upload-Offset {offset!r}")
+    return Resume(upload_id=upload_id, offset=int(offset))
 
 
 def parse_range(spec: str, size: int) -> tuple[int, int]:

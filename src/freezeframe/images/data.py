@@ -44,6 +44,13 @@ class Download:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """A resumable upload (snapshot workflows): its id, and the offset this request starts at."""
+    upload_id: str
+    offset: int
+
+
+@dataclass(frozen=True)
 class _Target:
     """Where an upload goes: PUT file writes the image, PUT stage writes the staging area."""
     busy: ImageStatus
@@ -64,9 +71,10 @@ class ImageData:
     # -- upload ------------------------------------------------------------------------------
 
     async def upload(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
-                     content_length: int | None) -> None:
-        upload_id, pipeline = await self._begin(ctx, image_id, content_length, _FILE)
-        result = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE)
+                     content_length: int | None, resume: Resume | None = None) -> None:
+        upload_id, pipeline = await self._begin(ctx, image_id, content_length, _FILE, resume)
+        result = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE,
+                                     resumable=resume is not None)
         values = dict(
             size=result.size, checksum=result.checksum, os_hash_algo=result.os_hash_algo,
             os_hash_value=result.os_hash_value, virtual_size=result.detected.virtual_size or result.size,
@@ -89,16 +97,22 @@ class ImageData:
             self.store.delete(image_id)
 
     async def _begin(self, ctx: RequestContext, image_id: str, content_length: int | None,
-                     target: _Target) -> tuple[str, Pipeline]:
-        if content_length is not None and content_length > self.settings.max_size:
+                     target: _Target, resume: Resume | None = None) -> tuple[str, Pipeline]:
+        if content_length is not None and content_length + (resume.offset if resume else 0) > self.settings.max_size:
             raise errors.TooLarge(
                 f"Image size {content_length} exceeds the maximum of {self.settings.max_size} bytes"
             )
-        upload_id = str(uuid.uuid4())
+        if resume is not None and not ctx.is_service:
+            raise errors.Forbidden("Resumable uploads are for the snapshot workflows only (role 'service')")
+        upload_id = resume.upload_id if resume else str(uuid.uuid4())
 
         def begin(session: Session) -> Image:
             image = queries.get_visible(session, ctx, image_id)
             check_owner(ctx, image)
+            if resume is not None and image.status == target.busy and image.upload_id == upload_id:
+                # The same resumable upload again (its previous request died): take it over.
+                image.upload_progress_at = utcnow()
+                return image
             if image.status != ImageStatus.QUEUED:
                 if image.status == target.busy:
                     raise errors.Conflict(f"Image {image_id} is already being uploaded by another request")
@@ -115,20 +129,40 @@ class ImageData:
 
         image = await self.db.run(begin)
         loop = asyncio.get_running_loop()
+        offset = resume.offset if resume else None
         try:
-            writer = await loop.run_in_executor(None, self.store.writer, target.key_prefix + image_id, upload_id)
+            writer = await loop.run_in_executor(None, self.store.writer, target.key_prefix + image_id,
+                                                upload_id, offset)
+        except ValueError as exc:  # asked to resume past what was kept
+            raise errors.Conflict(f"Cannot resume upload {upload_id}: {exc}") from None
         except errors.FreezeframeError:
-            await self._revert(image_id, upload_id, target)
+            if resume is None:
+                await self._revert(image_id, upload_id, target)
             raise
         pipeline = Pipeline(
             writer, hash_algo=self.settings.hash_algo, legacy_md5=self.settings.legacy_md5,
             chunk_size=self.settings.chunk_size, max_size=self.settings.max_size,
             disk_format=image.disk_format,
         )
+        if offset:
+            await pipeline.prime(offset)
         return upload_id, pipeline
 
+    async def upload_offset(self, ctx: RequestContext, image_id: str, upload_id: str) -> int:
+        """How many bytes a resumable upload has kept (where to resume from)."""
+        if not ctx.is_service:
+            raise errors.Forbidden("Resumable uploads are for the snapshot workflows only (role 'service')")
+
+        def find(session: Session) -> Image:
+            image = queries.get_visible(session, ctx, image_id)
+            if image.upload_id != upload_id:
+                raise errors.NotFound(f"Image {image_id} has no upload {upload_id} in progress")
+            return image
+        await self.db.run(find)
+        return await asyncio.get_running_loop().run_in_executor(None, self.store.kept, image_id, upload_id)
+
     async def _receive(self, image_id: str, upload_id: str, pipeline: Pipeline, body: AsyncIterator[bytes],
-                       content_length: int | None, target: _Target) -> UploadResult:
+                       content_length: int | None, target: _Target, resumable: bool = False) -> UploadResult:
         progress: asyncio.Task | None = None
         last = time.monotonic()
         try:
@@ -138,7 +172,8 @@ class ImageData:
                 if now - last >= self.settings.progress_interval and (progress is None or progress.done()):
                     last = now
                     progress = asyncio.create_task(self._record_progress(image_id, upload_id, pipeline.received))
-            if content_length is not None and pipeline.received != content_length:
+            expected = content_length + pipeline.primed if content_length is not None else None
+            if expected is not None and pipeline.received != expected:
                 raise errors.Invalid(
                     f"Received {pipeline.received} bytes but Content-Length said {content_length}"
                 )
@@ -146,6 +181,10 @@ class ImageData:
         except BaseException as exc:
             LOG.warning("upload %s of image %s failed after %d bytes: %s", upload_id, image_id,
                         pipeline.received, exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
+            if resumable and not isinstance(exc, (errors.UnsupportedMediaType, errors.TooLarge)):
+                kept = await asyncio.shield(pipeline.suspend())
+                LOG.info("upload %s of image %s suspended: %d bytes kept for a resume", upload_id, image_id, kept)
+                raise
             await asyncio.shield(self._cleanup(image_id, upload_id, pipeline, target))
             if isinstance(exc, errors.FreezeframeError) and not isinstance(exc, errors.Gone) \
                     and not await self._still_owned(image_id, upload_id, target):

@@ -61,6 +61,7 @@ class Pipeline:
         self._head_checked = False
         self._tail = b""
         self._closed = False
+        self.primed = 0  # bytes kept from an earlier attempt (a resumed upload)
 
     @property
     def received(self) -> int:
@@ -97,6 +98,39 @@ class Pipeline:
     def _check_head(self) -> None:
         self._head_checked = True
         formats.check_head(self._disk_format, formats.detect_head(self._head))
+
+    async def prime(self, length: int) -> None:
+        """Resume after ``length`` bytes kept by an earlier attempt: hash them again from the
+        store (local reads, nothing is sent twice) and go on writing after them."""
+        loop = asyncio.get_running_loop()
+        offset = 0
+        while offset < length:
+            block = await loop.run_in_executor(self._write_pool, self._writer.read_back, offset,
+                                               min(self._chunk_size, length - offset))
+            if not block:
+                raise errors.Conflict(f"Kept upload data ends at {offset}, before {length}")
+            if not self._head_checked:
+                self._head += block[: formats.HEAD_BYTES - len(self._head)]
+                if len(self._head) >= formats.HEAD_BYTES:
+                    self._check_head()
+            self._tail = (self._tail + block[-formats.TAIL_BYTES:])[-formats.TAIL_BYTES:]
+            await asyncio.gather(*(loop.run_in_executor(p, h.update, block)
+                                   for p, h in zip(self._pools, self._hashers)))
+            offset += len(block)
+        self._offset = length
+        self.primed = length
+
+    async def suspend(self) -> int:
+        """Stop, keeping what was written for a resumed upload; return the bytes kept."""
+        try:
+            await self._flush()
+            await self._drain()
+        except Exception:  # keep what made it to the store; the rest is sent again
+            pass
+        loop = asyncio.get_running_loop()
+        kept = await loop.run_in_executor(self._write_pool, self._writer.suspend)
+        self._shutdown()
+        return kept
 
     async def _drain(self) -> None:
         while self._in_flight:

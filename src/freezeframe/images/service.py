@@ -227,6 +227,22 @@ class ImageService:
             except OSError as exc:  # the record is gone; the reaper's orphan sweep retries
                 LOG.warning("could not delete data %s of image %s: %s", k, image_id, exc)
 
+    async def kill(self, ctx: RequestContext, image_id: str) -> None:
+        """The owning workflow gives up: the image is killed (its data goes with the reaper's
+        partial sweep) and deleted after the grace period, or at once by the workflow."""
+        if not ctx.is_service:
+            raise errors.Forbidden("Only the snapshot workflows (role 'service') can kill an image")
+
+        def kill(session: Session) -> None:
+            image = queries.get_visible(session, ctx, image_id)
+            if image.status == ImageStatus.KILLED:
+                return
+            transition(session, image_id, ImageStatus(image.status), ImageStatus.KILLED,
+                       reason=f"killed by its workflow ({ctx.user_id})",
+                       values=dict(upload_id=None, upload_progress_at=None, upload_bytes=None))
+
+        await self.db.run(kill)
+
     async def deactivate(self, ctx: RequestContext, image_id: str) -> None:
         await self._toggle(ctx, image_id, ImageStatus.ACTIVE, ImageStatus.DEACTIVATED, "deactivate")
 

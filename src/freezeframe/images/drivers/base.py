@@ -29,6 +29,15 @@ class Writer(abc.ABC):
     def abort(self) -> None:
         """Remove everything written. Safe to call more than once, or after commit failed."""
 
+    @abc.abstractmethod
+    def suspend(self) -> int:
+        """Make what was written durable and keep it for a later ``resume_at`` writer of the
+        same owner; return how many bytes are kept."""
+
+    @abc.abstractmethod
+    def read_back(self, offset: int, length: int) -> bytes:
+        """Read data already written (a resumed upload re-hashes what it kept)."""
+
 
 class Reader(abc.ABC):
     size: int
@@ -45,8 +54,14 @@ class Store(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def writer(self, key: str, owner: str) -> Writer:
-        """A writer for ``key``; ``owner`` (the upload id) names its partial data until commit."""
+    def writer(self, key: str, owner: str, resume_at: int | None = None) -> Writer:
+        """A writer for ``key``; ``owner`` (the upload id) names its partial data until commit.
+        With ``resume_at``, continue the kept partial data of that owner from that offset
+        (ValueError if less than that was kept)."""
+
+    @abc.abstractmethod
+    def kept(self, key: str, owner: str) -> int:
+        """Bytes of partial data kept for ``owner`` (0 if none)."""
 
     @abc.abstractmethod
     def reader(self, key: str) -> Reader:

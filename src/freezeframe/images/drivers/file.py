@@ -35,14 +35,19 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 class FileWriter(Writer):
-    def __init__(self, store: "FileStore", key: str, owner: str) -> None:
+    def __init__(self, store: "FileStore", key: str, owner: str, resume_at: int | None = None) -> None:
         self._store = store
         self._final = store.path_of(key)
-        if not _KEY.match(owner) or "/" in owner:
-            raise ValueError(f"invalid writer owner {owner!r}")
-        self._partial = store.root / ".partial" / f"{key.replace('/', '__')}.{owner}"
+        self._partial = store.partial_path(key, owner)
+        flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if resume_at is None else 0)
         try:
-            self._fd: int | None = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            self._fd: int | None = os.open(self._partial, flags, 0o640)
+            if resume_at is not None:
+                kept = os.fstat(self._fd).st_size
+                if kept < resume_at:
+                    os.close(self._fd)
+                    raise ValueError(f"only {kept} bytes were kept; cannot resume at {resume_at}")
+                os.ftruncate(self._fd, resume_at)
         except OSError as exc:
             raise _storage_error(exc, "opening a new image file") from exc
         # With fsync on, dirty data is flushed in the background every SYNC_EVERY bytes, so the
@@ -99,10 +104,29 @@ class FileWriter(Writer):
             raise _storage_error(exc, "saving image data") from exc
         return StoredObject(key=str(self._final), size=size, allocated=st.st_blocks * 512)
 
-    def abort(self) -> None:
+    def suspend(self) -> int:
+        self._wait_sync()
+        if self._fd is None:
+            return 0
+        try:
+            os.fdatasync(self._fd)
+            kept = os.fstat(self._fd).st_size
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        return kept
+
+    def read_back(self, offset: int, length: int) -> bytes:
+        assert self._fd is not None
+        return os.pread(self._fd, length, offset)
+
+    def _wait_sync(self) -> None:
         if self._sync is not None:
             wait([self._sync])
             self._sync = None
+
+    def abort(self) -> None:
+        self._wait_sync()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -148,8 +172,20 @@ class FileStore(Store):
         finally:
             os.close(fd)
 
-    def writer(self, key: str, owner: str) -> FileWriter:
-        return FileWriter(self, key, owner)
+    def partial_path(self, key: str, owner: str) -> Path:
+        self.path_of(key)
+        if not _KEY.match(owner) or "/" in owner:
+            raise ValueError(f"invalid writer owner {owner!r}")
+        return self.root / ".partial" / f"{key.replace('/', '__')}.{owner}"
+
+    def writer(self, key: str, owner: str, resume_at: int | None = None) -> FileWriter:
+        return FileWriter(self, key, owner, resume_at)
+
+    def kept(self, key: str, owner: str) -> int:
+        try:
+            return os.stat(self.partial_path(key, owner)).st_size
+        except FileNotFoundError:
+            return 0
 
     def reader(self, key: str) -> FileReader:
         try:

@@ -1,0 +1,39 @@
+"""What running flows need, installed once per process by whoever runs the conductor.
+
+taskflow rebuilds a flow after a crash from the factory name it persisted, so tasks cannot be
+handed their collaborators through the factory's (persisted, JSON) arguments; they look them
+up here instead. Nothing else in Freezeframe uses a process-wide object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from freezeframe.compute.drivers.base import VirtDriver
+from freezeframe.db.session import Database
+from freezeframe.images.client import GlanceClient
+
+
+@dataclass(frozen=True)
+class Runtime:
+    db: Database
+    driver: VirtDriver
+    image_client: Callable[[], GlanceClient]   # a client acting as the service (role "service")
+    workdir: Path                              # where local snapshots live while they upload
+    upload_block: int = 8 << 20
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime | None) -> None:
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("the conductor runtime is not installed in this process")
+    return _current

@@ -1,0 +1,86 @@
+"""The resumable upload extension the snapshot workflows use: a cut upload keeps what arrived,
+and the next request for the same upload id sends only the rest."""
+
+import hashlib
+import os
+import socket
+import time
+import uuid
+
+from tests.conftest import new_image
+from tests.functional.test_images_data import OCTET, wait_status
+
+
+def cut_upload(server, token, image_id, upload_id, total, data):
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall((f"PUT /image/v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\n"
+                  f"Content-Type: application/octet-stream\r\nX-Image-Upload-Id: {upload_id}\r\n"
+                  f"Content-Length: {total}\r\n\r\n").encode() + data)
+    time.sleep(0.5)
+    sock.close()
+
+
+def test_resume_sends_only_the_rest(fresh_server):
+    data = os.urandom(12 << 20)
+    upload_id = str(uuid.uuid4())
+    with fresh_server.client(fresh_server.service_token) as service:
+        image = new_image(service)
+        cut_upload(fresh_server, fresh_server.service_token, image["id"], upload_id, len(data), data[: 9 << 20])
+        deadline = time.monotonic() + 10
+        offset = 0
+        while time.monotonic() < deadline:
+            offset = service.get(f"/v2/images/{image['id']}/uploads/{upload_id}").json()["offset"]
+            if offset >= 8 << 20:
+                break
+            time.sleep(0.1)
+        assert 8 << 20 <= offset <= 9 << 20  # what arrived, kept (in whole blocks)
+        assert service.get(f"/v2/images/{image['id']}").json()["status"] == "saving"
+        resp = service.put(f"/v2/images/{image['id']}/file", content=data[offset:],
+                           headers={**OCTET, "X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": str(offset)})
+        assert resp.status_code == 204, resp.text
+        shown = service.get(f"/v2/images/{image['id']}").json()
+        assert shown["status"] == "active" and shown["size"] == len(data)
+        assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+        assert shown["checksum"] == hashlib.md5(data).hexdigest()
+        assert service.get(f"/v2/images/{image['id']}/file").content == data
+
+
+def test_resume_past_kept_data_is_409(fresh_server):
+    upload_id = str(uuid.uuid4())
+    with fresh_server.client(fresh_server.service_token) as service:
+        image = new_image(service)
+        resp = service.put(f"/v2/images/{image['id']}/file", content=b"x" * 10,
+                           headers={**OCTET, "X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": "5000"})
+        assert resp.status_code == 409
+        assert "resume" in resp.json()["error"]["message"]
+
+
+def test_resumable_uploads_are_for_the_service_role(member):
+    image = new_image(member)
+    resp = member.put(f"/v2/images/{image['id']}/file", content=b"x",
+                      headers={**OCTET, "X-Image-Upload-Id": str(uuid.uuid4())})
+    assert resp.status_code == 403
+    assert member.get(f"/v2/images/{image['id']}").json()["status"] == "queued"
+    assert member.post(f"/v2/images/{image['id']}/actions/kill").status_code == 403
+
+
+def test_another_upload_cannot_take_over(fresh_server):
+    upload_id = str(uuid.uuid4())
+    with fresh_server.client(fresh_server.service_token) as service:
+        image = new_image(service)
+        cut_upload(fresh_server, fresh_server.service_token, image["id"], upload_id, 1 << 30, b"x" * (5 << 20))
+        assert wait_status(service, image["id"], "saving") == "saving"
+        other = service.put(f"/v2/images/{image['id']}/file", content=b"y",
+                            headers={**OCTET, "X-Image-Upload-Id": str(uuid.uuid4())})
+        assert other.status_code == 409
+        plain = service.put(f"/v2/images/{image['id']}/file", content=b"y", headers=OCTET)
+        assert plain.status_code == 409
+
+
+def test_workflow_kills_its_image(fresh_server):
+    with fresh_server.client(fresh_server.service_token) as service:
+        image = new_image(service)
+        assert service.post(f"/v2/images/{image['id']}/actions/kill").status_code == 204
+        assert service.get(f"/v2/images/{image['id']}").json()["status"] == "killed"
+        assert service.delete(f"/v2/images/{image['id']}").status_code == 204
