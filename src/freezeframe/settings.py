@@ -93,6 +93,36 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class ComputeSettings:
+    enabled: bool = True
+    # "libvirt" (the real driver) or "fake" (workflow tests only).
+    driver: str = "libvirt"
+    # Empty: libvirt's embedded mode under <data_dir>/libvirt (no daemon needed).
+    libvirt_uri: str = ""
+    # Empty means <data_dir>/instances.
+    instances_path: str = ""
+    max_concurrent_snapshots: int = 5
+
+
+@dataclass(frozen=True)
+class ConductorSettings:
+    # Run the conductor inside `serve` (the embedded default).
+    enabled: bool = True
+    # Stable id of this conductor; empty: <hostname>-<data dir hash>.
+    id: str = ""
+    # Coordination backend for liveness: empty = file backend in the data dir; or redis://...
+    coordination_url: str = ""
+    # The image API the workflows upload to; empty = this server's own /image.
+    image_url: str = ""
+    # Token with role "service" for that API; empty = taken from the tokens file.
+    service_token: str = ""
+    workers: int = 5
+    scan_interval: float = 5.0
+    # A workflow whose state has not changed for this long is shown as stalled.
+    stall_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -101,6 +131,8 @@ class Settings:
     images: ImageSettings = field(default_factory=ImageSettings)
     reaper: ReaperSettings = field(default_factory=ReaperSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
+    conductor: ConductorSettings = field(default_factory=ConductorSettings)
 
     @property
     def database_url(self) -> str:
@@ -109,6 +141,10 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return Path(self.store.path) if self.store.path else self.data_dir / "images"
+
+    @property
+    def instances_path(self) -> Path:
+        return Path(self.compute.instances_path) if self.compute.instances_path else self.data_dir / "instances"
 
     @property
     def tokens_path(self) -> Path:
@@ -221,6 +257,8 @@ def validate(settings: Settings) -> Settings:
         raise SettingsError(f"images.hash_algo: unknown hash algorithm {settings.images.hash_algo!r}")
     if not 0 < settings.server.port < 65536:
         raise SettingsError(f"server.port: {settings.server.port} is not a TCP port")
+    if settings.compute.driver not in ("libvirt", "fake"):
+        raise SettingsError(f"compute.driver: must be 'libvirt' or 'fake', got {settings.compute.driver!r}")
     if settings.images.chunk_size < 65536:
         raise SettingsError("images.chunk_size: must be at least 65536")
     return settings

@@ -28,6 +28,10 @@ class NotFound(FreezeframeError):
     """The resource does not exist (or the caller may not see it)."""
 
 
+class NotAcceptable(FreezeframeError):
+    """The requested API (micro)version is not supported."""
+
+
 class Gone(FreezeframeError):
     """The resource was deleted while the operation ran."""
 

@@ -49,6 +49,9 @@ def write_default_tokens(path: Path) -> dict[str, Any]:
     data = {
         secrets.token_urlsafe(24): {"user_id": "admin", "project_id": "admin", "roles": ["admin", "member", "reader"]},
         secrets.token_urlsafe(24): {"user_id": "demo", "project_id": "demo", "roles": ["member", "reader"]},
+        # the snapshot workflows act with this one (role "service")
+        secrets.token_urlsafe(24): {"user_id": "freezeframe", "project_id": "service",
+                                    "roles": ["service", "admin"]},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -56,6 +59,10 @@ def write_default_tokens(path: Path) -> dict[str, Any]:
         json.dump(data, fh, indent=2)
     LOG.warning("created tokens file %s with an admin and a member token", path)
     return data
+
+
+def service_token(tokens: dict[str, Identity]) -> str | None:
+    return next((t for t, ident in tokens.items() if "service" in ident.roles), None)
 
 
 class Authenticator:

@@ -18,6 +18,7 @@ STATUS: dict[type[errors.FreezeframeError], int] = {
     errors.NotAuthenticated: 401,
     errors.Forbidden: 403,
     errors.NotFound: 404,
+    errors.NotAcceptable: 406,
     errors.Conflict: 409,
     errors.Gone: 410,
     errors.TooLarge: 413,
@@ -27,7 +28,7 @@ STATUS: dict[type[errors.FreezeframeError], int] = {
     errors.BackendUnavailable: 503,
 }
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-          405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 411: "Length Required",
+          405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 410: "Gone", 411: "Length Required",
           413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
           431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 

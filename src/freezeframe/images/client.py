@@ -64,6 +64,13 @@ class ChecksumMismatch(GlanceError):
     """Downloaded data does not match the image's size or hashes."""
 
 
+CORE_ATTRIBUTES = frozenset({
+    "id", "name", "status", "visibility", "protected", "os_hidden", "checksum", "os_hash_algo", "os_hash_value",
+    "owner", "size", "virtual_size", "min_ram", "min_disk", "disk_format", "container_format", "created_at",
+    "updated_at", "tags", "self", "file", "schema", "direct_url", "locations", "stores",
+})
+
+
 @dataclass(frozen=True, eq=False)
 class Image:
     id: str
@@ -75,6 +82,23 @@ class Image:
     os_hash_value: str | None
     # The whole document as the server sent it (core attributes, properties, links).
     attrs: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def owner(self) -> str | None:
+        return self.attrs.get("owner")
+
+    @property
+    def visibility(self) -> str | None:
+        return self.attrs.get("visibility")
+
+    @property
+    def disk_format(self) -> str | None:
+        return self.attrs.get("disk_format")
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """The custom properties (everything that is not a core attribute or a link)."""
+        return {k: v for k, v in self.attrs.items() if k not in CORE_ATTRIBUTES and isinstance(v, str)}
 
     @classmethod
     def from_json(cls, doc: Any) -> Image:
@@ -155,9 +179,10 @@ class GlanceClient:
 
     def __init__(self, url: str, token: str | None = None, *, verify: bool | ssl.SSLContext = True,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 extra_headers: Mapping[str, str] | None = None) -> None:
         headers = {"User-Agent": f"freezeframe/{__version__} httpx/{httpx.__version__}",
-                   "Accept": "application/json"}
+                   "Accept": "application/json", **(extra_headers or {})}
         if token:
             headers["X-Auth-Token"] = token
         self.url = url.rstrip("/")
@@ -276,7 +301,7 @@ class GlanceClient:
     # -- data --------------------------------------------------------------------------------
 
     def upload(self, image_id: str, source: BinaryIO, size: int | None = None,
-               progress: Progress | None = None) -> None:
+               progress: Progress | None = None, extra_headers: Mapping[str, str] | None = None) -> None:
         """PUT the data, streamed from ``source`` (with Content-Length when ``size`` is known)."""
         def blocks() -> Iterator[bytes]:
             sent, read_size = 0, CHUNK_SIZE if size is not None else CHUNKED_PART
@@ -290,10 +315,25 @@ class GlanceClient:
             if size is not None and sent != size:
                 raise GlanceError(f"the data shrank to {sent} of its expected {size} bytes while uploading")
 
-        headers = {"Content-Type": "application/octet-stream"}
+        headers = {"Content-Type": "application/octet-stream", **(extra_headers or {})}
         if size is not None:  # else httpx sends it chunked
             headers["Content-Length"] = str(size)
         self._call("PUT", f"/v2/images/{image_id}/file", content=blocks(), headers=headers)
+
+    # -- Freezeframe extensions used by the snapshot workflows (role "service") ----------------
+
+    def upload_resumable(self, image_id: str, source: BinaryIO, size: int, *, upload_id: str, offset: int,
+                         progress: Progress | None = None) -> None:
+        """Send ``size`` bytes from ``source`` starting at ``offset`` of resumable upload ``upload_id``."""
+        self.upload(image_id, source, size, progress,
+                    {"X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": str(offset)})
+
+    def upload_offset(self, image_id: str, upload_id: str) -> int:
+        """Bytes the image service kept of a resumable upload (where to resume)."""
+        return int(self._json("GET", f"/v2/images/{image_id}/uploads/{upload_id}")["offset"])
+
+    def kill(self, image_id: str) -> None:
+        self._call("POST", f"/v2/images/{image_id}/actions/kill")
 
     def download(self, image: Image, sink: BinaryIO, progress: Progress | None = None) -> Transfer:
         """GET the data into ``sink``, hashing as it goes; ChecksumMismatch if it is not the image's."""

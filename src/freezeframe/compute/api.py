@@ -1,0 +1,224 @@
+"""The Nova v2.1 subset at /compute/v2.1: servers, power actions, createImage/createBackup,
+os-instance-actions, flavors; microversions by header."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+
+from freezeframe.common import errors
+from freezeframe.common.timeutil import isotime
+from freezeframe.compute.model import Instance, InstanceAction
+from freezeframe.compute.service import FLAVORS, ComputeService
+from freezeframe.compute.states import VmState
+from freezeframe.images.api import ctx_of, json_body
+
+MIN_VERSION, MAX_VERSION = (2, 1), (2, 96)
+_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+STATUS = {VmState.ACTIVE: "ACTIVE", VmState.STOPPED: "SHUTOFF", VmState.BUILDING: "BUILD",
+          VmState.ERROR: "ERROR", VmState.PAUSED: "PAUSED", VmState.SUSPENDED: "SUSPENDED",
+          VmState.DELETED: "DELETED"}
+POWER = {"nostate": 0, "running": 1, "paused": 3, "shutdown": 4, "crashed": 6, "suspended": 7}
+
+
+def fmt(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def microversion(request: Request) -> tuple[int, int]:
+    """From X-OpenStack-Nova-API-Version or OpenStack-API-Version: compute X; 'latest' allowed;
+    none means the minimum; out of range is a 406."""
+    raw = request.headers.get("x-openstack-nova-api-version")
+    header = request.headers.get("openstack-api-version", "")
+    if header.lower().startswith("compute "):
+        raw = header.split(None, 1)[1].strip()
+    if raw is None:
+        return MIN_VERSION
+    if raw.strip().lower() == "latest":
+        return MAX_VERSION
+    match = _VERSION.match(raw.strip())
+    if not match:
+        raise errors.Invalid(f"Invalid microversion {raw!r}: use MAJOR.MINOR or 'latest'")
+    version = (int(match.group(1)), int(match.group(2)))
+    if not MIN_VERSION <= version <= MAX_VERSION:
+        raise errors.NotAcceptable(f"Version {raw} is not supported by the API. Minimum is {fmt(MIN_VERSION)} and "
+                            f"maximum is {fmt(MAX_VERSION)}.")
+    return version
+
+
+def versioned(response: Response, version: tuple[int, int]) -> Response:
+    response.headers["X-OpenStack-Nova-API-Version"] = fmt(version)
+    response.headers["OpenStack-API-Version"] = f"compute {fmt(version)}"
+    response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+    return response
+
+
+def server_view(inst: Instance, base: str, version: tuple[int, int]) -> dict[str, Any]:
+    flavor = FLAVORS.get(inst.flavor_id)
+    body = {
+        "id": inst.id, "name": inst.name, "status": STATUS.get(VmState(inst.vm_state), "UNKNOWN"),
+        "tenant_id": inst.project_id, "user_id": inst.user_id, "metadata": json.loads(inst.metadata_json),
+        "created": isotime(inst.created_at), "updated": isotime(inst.updated_at), "hostId": "", "addresses": {},
+        "image": {"id": inst.image_ref, "links": []} if inst.image_ref else "",
+        "OS-EXT-STS:vm_state": inst.vm_state, "OS-EXT-STS:task_state": inst.task_state,
+        "OS-EXT-STS:power_state": POWER.get(inst.power_state, 0),
+        "OS-EXT-SRV-ATTR:instance_name": inst.domain_name,
+        "links": [{"rel": "self", "href": f"{base}/servers/{inst.id}"}],
+    }
+    if version >= (2, 47):
+        body["flavor"] = {"vcpus": inst.vcpus, "ram": inst.memory_mb, "disk": inst.root_gb,
+                          "original_name": flavor.name if flavor else inst.flavor_id, "ephemeral": 0, "swap": 0}
+    else:
+        body["flavor"] = {"id": inst.flavor_id, "links": []}
+    if inst.fault:
+        body["fault"] = {"code": 500, "message": inst.fault, "created": isotime(inst.updated_at)}
+    return body
+
+
+def action_view(action: InstanceAction, events: bool = False) -> dict[str, Any]:
+    body = {"action": action.action, "instance_uuid": action.instance_uuid, "request_id": action.request_id,
+            "user_id": action.user_id, "project_id": action.project_id, "start_time": isotime(action.start_time),
+            "updated_at": isotime(action.finish_time or action.start_time), "message": action.message}
+    return body
+
+
+class ComputeAPI:
+    def __init__(self, compute: ComputeService, db) -> None:
+        self.compute = compute
+        self.db = db
+
+    def router(self) -> Router:
+        s = "/v2.1/servers/{server_id}"
+        return Router(routes=[
+            Route("/", self.versions, methods=["GET"]),
+            Route("/v2.1", self.version, methods=["GET"]),
+            Route("/v2.1/", self.version, methods=["GET"]),
+            Route("/v2.1/servers", self.list_servers, methods=["GET"]),
+            Route("/v2.1/servers/detail", self.list_servers, methods=["GET"]),
+            Route("/v2.1/servers", self.create_server, methods=["POST"]),
+            Route(s, self.show_server, methods=["GET"]),
+            Route(s, self.delete_server, methods=["DELETE"]),
+            Route(s + "/action", self.action, methods=["POST"]),
+            Route(s + "/os-instance-actions", self.list_actions, methods=["GET"]),
+            Route(s + "/os-instance-actions/{request_id}", self.show_action, methods=["GET"]),
+            Route("/v2.1/flavors", self.flavors, methods=["GET"]),
+            Route("/v2.1/flavors/detail", self.flavors, methods=["GET"]),
+            Route("/v2.1/flavors/{flavor_id}", self.flavor, methods=["GET"]),
+            Route("/v2.1/os-freezeframe-adopt", self.adopt, methods=["POST"]),
+        ])
+
+    @staticmethod
+    def _base(request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}/v2.1"
+
+    def _doc(self, request: Request) -> dict[str, Any]:
+        return {"id": "v2.1", "status": "CURRENT", "version": fmt(MAX_VERSION), "min_version": fmt(MIN_VERSION),
+                "updated": "2013-07-23T11:33:21Z", "links": [{"rel": "self", "href": self._base(request) + "/"}]}
+
+    async def versions(self, request: Request) -> Response:
+        return JSONResponse({"versions": [self._doc(request)]})
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": self._doc(request)})
+
+    async def list_servers(self, request: Request) -> Response:
+        version = microversion(request)
+        servers = await self.compute.list(ctx_of(request))
+        base = self._base(request)
+        if request.url.path.endswith("/detail"):
+            items = [server_view(i, base, version) for i in servers]
+        else:
+            items = [{"id": i.id, "name": i.name, "links": [{"rel": "self", "href": f"{base}/servers/{i.id}"}]}
+                     for i in servers]
+        return versioned(JSONResponse({"servers": items}), version)
+
+    async def show_server(self, request: Request) -> Response:
+        version = microversion(request)
+        inst = await self.compute.show(ctx_of(request), request.path_params["server_id"])
+        return versioned(JSONResponse({"server": server_view(inst, self._base(request), version)}), version)
+
+    async def create_server(self, request: Request) -> Response:
+        version = microversion(request)
+        inst = await self.compute.create(ctx_of(request), await json_body(request))
+        body = {"server": {"id": inst.id, "links": [{"rel": "self", "href": f"{self._base(request)}/servers/{inst.id}"}],
+                           "OS-DCF:diskConfig": "MANUAL", "security_groups": [], "adminPass": ""}}
+        return versioned(JSONResponse(body, status_code=202), version)
+
+    async def adopt(self, request: Request) -> Response:
+        version = microversion(request)
+        inst = await self.compute.adopt(ctx_of(request), await json_body(request))
+        return versioned(JSONResponse({"server": server_view(inst, self._base(request), version)}, status_code=201),
+                         version)
+
+    async def delete_server(self, request: Request) -> Response:
+        version = microversion(request)
+        await self.compute.delete(ctx_of(request), request.path_params["server_id"])
+        return versioned(Response(status_code=204), version)
+
+    async def action(self, request: Request) -> Response:
+        version = microversion(request)
+        body = await json_body(request)
+        if not isinstance(body, dict) or len(body) != 1:
+            raise errors.Invalid("The action body must be a JSON object with exactly one action")
+        (name, args), = body.items()
+        ctx, server_id = ctx_of(request), request.path_params["server_id"]
+        if name in ("os-start", "os-stop"):
+            await self.compute.power(ctx, server_id, on=name == "os-start")
+            return versioned(Response(status_code=202), version)
+        if name in ("createImage", "createBackup"):
+            if not isinstance(args, dict):
+                raise errors.Invalid(f"Invalid input for {name}: an object is required")
+            image_id, workflow_id = await self.compute.create_image(
+                ctx, server_id, args, kind="backup" if name == "createBackup" else "snapshot")
+            headers = {"X-Freezeframe-Workflow-Id": workflow_id}
+            if version >= (2, 45):
+                return versioned(JSONResponse({"image_id": image_id}, status_code=202, headers=headers), version)
+            image_root = f"{request.url.scheme}://{request.url.netloc}/image/v2/images/{image_id}"
+            return versioned(Response(status_code=202, headers={**headers, "Location": image_root}), version)
+        raise errors.Invalid(f"There is no such action: {name}")
+
+    async def list_actions(self, request: Request) -> Response:
+        version = microversion(request)
+        actions = await self.compute.actions(ctx_of(request), request.path_params["server_id"])
+        return versioned(JSONResponse({"instanceActions": [action_view(a) for a in actions]}), version)
+
+    async def show_action(self, request: Request) -> Response:
+        from sqlalchemy import select
+
+        from freezeframe.compute.model import InstanceActionEvent
+
+        version = microversion(request)
+        actions = await self.compute.actions(ctx_of(request), request.path_params["server_id"])
+        found = [a for a in actions if a.request_id == request.path_params["request_id"]]
+        if not found:
+            raise errors.NotFound(f"Action {request.path_params['request_id']} not found")
+        action = found[0]
+        events = await self.db.run(lambda s: list(s.scalars(select(InstanceActionEvent).where(
+            InstanceActionEvent.action_id == action.id).order_by(InstanceActionEvent.id))))
+        body = action_view(action)
+        body["events"] = [{"event": e.event, "start_time": isotime(e.start_time), "finish_time": isotime(e.finish_time),
+                           "result": e.result, "traceback": None,
+                           **({"details": e.details} if version >= (2, 84) else {})} for e in events]
+        return versioned(JSONResponse({"instanceAction": body}), version)
+
+    async def flavors(self, request: Request) -> Response:
+        detail = request.url.path.endswith("/detail")
+        return JSONResponse({"flavors": [self._flavor(f, detail) for f in FLAVORS.values()]})
+
+    async def flavor(self, request: Request) -> Response:
+        flavor = FLAVORS.get(request.path_params["flavor_id"])
+        if flavor is None:
+            raise errors.NotFound(f"Flavor {request.path_params['flavor_id']} could not be found.")
+        return JSONResponse({"flavor": self._flavor(flavor, True)})
+
+    @staticmethod
+    def _flavor(f, detail: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": f.id, "name": f.name, "links": []}
+        if detail:
+            body.update(vcpus=f.vcpus, ram=f.ram, disk=f.disk, **{"OS-FLV-EXT-DATA:ephemeral": 0}, swap=0)
+        return body

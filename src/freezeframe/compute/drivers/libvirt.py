@@ -1,0 +1,638 @@
+"""The libvirt virt driver: QEMU domains, quiesce through the guest agent, snapshots as push
+backups (running domain) or ``qemu-img convert`` copies (shut-off domain).
+
+Running domain: freeze (guest agent) -> ``backupBegin`` of the one disk into a qcow2 created
+beforehand in the workdir -> thaw, all within ``max_frozen``; QEMU then copies the disk's
+point-in-time content on the host while the guest runs on. Progress comes from ``jobStats()``.
+Shut-off domain: ``qemu-img convert -O qcow2`` flattens the disk's chain into the workdir, in a
+process of its own so that progress and cancel work from any process.
+
+Everything a later call needs is in ``<workdir>/snapshot.json`` or in libvirt itself (the
+backup job and its target path), so ``snapshot_progress`` and ``end_snapshot`` work from a new
+process after a crash. Connect with ``qemu:///system`` (a libvirtd) or, daemon-free, with
+``LibvirtDriver.embedded(root)`` (libvirt's embedded QEMU driver: one root per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, NoReturn
+
+import libvirt
+
+from freezeframe.compute.drivers import libvirt_agent as agent
+from freezeframe.compute.drivers import libvirt_xml as lxml
+from freezeframe.compute.drivers.base import (
+    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState, Progress,
+    QuiesceFailed, SnapshotHandle, VirtDriver,
+)
+
+LOG = logging.getLogger(__name__)
+RECORD = "snapshot.json"
+JOB_ABORT_TIMEOUT = 30.0
+
+EMBED_QEMU_CONF = """\
+# Written by freezeframe for libvirt's embedded QEMU driver (qemu:///embed?root=...).
+stdio_handler = "file"
+remember_owner = 0
+"""
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.RUNNING,     # being shut down: still running
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
+}
+_UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                   | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+_COMPLETED_STATS = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+
+# -- process-wide libvirt set-up -------------------------------------------------------------
+_setup_lock = threading.Lock()
+_event_thread: threading.Thread | None = None
+
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; we raise them as exceptions instead."""
+
+
+def _start_event_loop() -> None:
+    """The embedded driver needs a running event loop; remote connections use it for keepalive."""
+    global _event_thread
+    with _setup_lock:
+        if _event_thread is not None:
+            return
+        libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        _event_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        _event_thread.start()
+
+
+def embedded_uri(root: Path) -> str:
+    """Prepare ``root`` for libvirt's embedded QEMU driver and return its URI. Keep the path
+    short: the monitor sockets live under it (108-byte limit)."""
+    root = Path(root).absolute()
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    conf = root / "etc" / "qemu.conf"
+    if not conf.exists():
+        conf.write_text(EMBED_QEMU_CONF)
+    return f"qemu:///embed?root={root}"
+
+
+def kvm_usable() -> bool:
+    """KVM only where it really works: /dev/kvm usable and hardware virtualisation visible (a
+    nested software hypervisor offers /dev/kvm without vmx/svm and cannot boot stock kernels)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(vmx|svm)\b", cpuinfo) is not None
+
+
+_direct_io_cache: dict[Path, bool] = {}
+
+
+def supports_direct_io(path: Path) -> bool:
+    """cache='none' needs O_DIRECT, which tmpfs refuses (checked once per directory)."""
+    directory = path.parent
+    if directory not in _direct_io_cache:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            _direct_io_cache[directory] = False
+        else:
+            os.close(fd)
+            _direct_io_cache[directory] = True
+    return _direct_io_cache[directory]
+
+
+# -- the snapshot record ------------------------------------------------------------------------
+@dataclass
+class _Record:
+    """What ``<workdir>/snapshot.json`` holds about one snapshot."""
+    snapshot_id: str
+    domain: str
+    disk: str
+    method: str              # "backup" (running domain) | "copy" (shut-off domain)
+    path: str
+    format: str
+    virtual_size: int
+    phase: str               # "freezing" | "starting" | "running" | "complete" | "failed"
+    quiesced: bool = False
+    frozen_seconds: float = 0.0
+    pid: int = 0             # the copy process ("copy")
+    error: str = ""
+
+    def handle(self, workdir: Path) -> SnapshotHandle:
+        return SnapshotHandle(snapshot_id=self.snapshot_id, domain=self.domain, disk=self.disk,
+                              path=Path(self.path), format=self.format,
+                              virtual_size=self.virtual_size, workdir=workdir,
+                              quiesced=self.quiesced, frozen_seconds=self.frozen_seconds)
+
+    def save(self, workdir: Path) -> None:
+        tmp = workdir / (RECORD + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, workdir / RECORD)
+
+    @classmethod
+    def load(cls, workdir: Path) -> _Record | None:
+        try:
+            return cls(**json.loads((workdir / RECORD).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+@contextlib.contextmanager
+def _libvirt_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise DomainNotFound(f"{what}: {exc.get_error_message()}") from exc
+        raise DriverError(f"{what}: {exc.get_error_message()}") from exc
+
+
+def _run(cmd: list[str], timeout: float = 120) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DriverError(f"{cmd[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        raise DriverError(f"{' '.join(cmd[:2])} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+# The cold copy runs under sh so that its exit status lands in the workdir (``rc``), readable by
+# any process; qemu-img -p prints "(NN.NN/100%)" progress lines into progress.log.
+_COPY_SCRIPT = ('qemu-img convert -p -f "$1" -O qcow2 "$2" "$3.part" > "$4/progress.log" 2>&1; '
+                'rc=$?; [ $rc = 0 ] && mv "$3.part" "$3"; echo $rc > "$4/rc.tmp"; mv "$4/rc.tmp" "$4/rc"')
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+class LibvirtDriver(VirtDriver):
+    name = "libvirt"
+
+    def __init__(self, uri: str | None = None, *, virt_type: str | None = None,
+                 console_dir: Path | None = None) -> None:
+        """``uri`` defaults to $FREEZEFRAME_LIBVIRT_URI, then qemu:///system. ``virt_type`` is
+        "kvm" or "qemu" (TCG); by default KVM where it really works. ``console_dir`` keeps each
+        domain's serial console in ``<console_dir>/<name>.log`` (else a pty)."""
+        self.uri = uri or os.environ.get("FREEZEFRAME_LIBVIRT_URI") or "qemu:///system"
+        self._virt_type = virt_type or os.environ.get("FREEZEFRAME_VIRT_TYPE") or None
+        self.console_dir = Path(console_dir) if console_dir else None
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+        self._copies: dict[Path, subprocess.Popen] = {}   # our own copy processes, to reap
+
+    @classmethod
+    def embedded(cls, root: Path, **kwargs: object) -> LibvirtDriver:
+        return cls(embedded_uri(root), **kwargs)
+
+    # -- connection ---------------------------------------------------------------------------
+    @property
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                _start_event_loop()
+                with _libvirt_errors(f"connecting to {self.uri}"):
+                    self._conn = libvirt.open(self.uri)
+            return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
+
+    def _dom(self, name: str) -> libvirt.virDomain:
+        with _libvirt_errors(f"domain {name}"):
+            return self.conn.lookupByName(name)
+
+    @property
+    def virt_type(self) -> str:
+        if self._virt_type is None:
+            caps = self.conn.getCapabilities()
+            self._virt_type = "kvm" if kvm_usable() and "type='kvm'" in caps else "qemu"
+        return self._virt_type
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def spawn(self, spec: GuestSpec) -> DomainInfo:
+        try:
+            dom = self._dom(spec.name)
+            defined_here = False
+        except DomainNotFound:
+            paths = [spec.root_disk, *spec.extra_disks]
+            disks = [lxml.DiskSpec(t, Path(p), lxml.image_format(Path(p)),
+                                   "none" if supports_direct_io(Path(p)) else "writethrough")
+                     for t, p in zip(lxml.disk_targets(len(paths)), paths)]
+            console = self.console_dir / f"{spec.name}.log" if self.console_dir else None
+            xml = lxml.domain_xml(spec, disks, virt_type=self.virt_type, console_log=console)
+            with _libvirt_errors(f"defining {spec.name}"):
+                dom = self.conn.defineXML(xml)
+            defined_here = True
+        if not dom.isActive():
+            try:
+                with _libvirt_errors(f"starting {spec.name}"):
+                    dom.create()
+            except DriverError:
+                if defined_here:      # leave nothing half-made behind
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.undefineFlags(_UNDEFINE_FLAGS)
+                raise
+        return self._info(dom)
+
+    def destroy(self, name: str) -> None:
+        try:
+            dom = self._dom(name)
+        except DomainNotFound:
+            return
+        with _libvirt_errors(f"destroying {name}"):
+            if dom.isActive():
+                dom.destroy()
+        try:
+            dom.undefineFlags(_UNDEFINE_FLAGS)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise DriverError(f"undefining {name}: {exc.get_error_message()}") from exc
+
+    def power_on(self, name: str) -> None:
+        dom = self._dom(name)
+        with _libvirt_errors(f"starting {name}"):
+            if not dom.isActive():
+                dom.create()
+
+    def power_off(self, name: str, timeout: float = 30.0) -> None:
+        dom = self._dom(name)
+        if not dom.isActive():
+            return
+        if timeout > 0:
+            # ACPI only: an agent shutdown may block on a hung agent.
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not dom.isActive():
+                    return
+                time.sleep(0.1)
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if dom.isActive():
+                raise DriverError(f"stopping {name}: {exc.get_error_message()}") from exc
+
+    def get_info(self, name: str) -> DomainInfo:
+        return self._info(self._dom(name))
+
+    def list_domains(self) -> list[DomainInfo]:
+        infos = []
+        with _libvirt_errors("listing domains"):
+            domains = self.conn.listAllDomains(0)
+        for dom in domains:
+            with contextlib.suppress(DriverError):      # gone while we were listing
+                infos.append(self._info(dom))
+        return infos
+
+    def _info(self, dom: libvirt.virDomain) -> DomainInfo:
+        with _libvirt_errors(f"domain {dom.name()}"):
+            state, max_kib, _mem, vcpus, _cpu = dom.info()
+            xml = dom.XMLDesc(0)
+            power = _STATES.get(state, PowerState.NOSTATE)
+            if power is PowerState.SHUTDOWN and dom.hasManagedSaveImage(0):
+                power = PowerState.SUSPENDED
+            disks = tuple(DiskInfo(target=t, path=p, format=f, virtual_size=self._capacity(dom, t, p))
+                          for t, p, f in lxml.disks(xml))
+            return DomainInfo(name=dom.name(), uuid=dom.UUIDString(), state=power, vcpus=vcpus,
+                              memory_mb=max_kib // 1024, disks=disks)
+
+    @staticmethod
+    def _capacity(dom: libvirt.virDomain, target: str, path: Path) -> int:
+        try:
+            return int(dom.blockInfo(target)[0])
+        except libvirt.libvirtError:
+            info = json.loads(_run(["qemu-img", "info", "-U", "--output=json", str(path)]))
+            return int(info["virtual-size"])
+
+    # -- quiesce --------------------------------------------------------------------------------
+    def agent_available(self, name: str, timeout: float = 2.0) -> bool:
+        dom = self._dom(name)
+        if not dom.isActive() or not lxml.has_agent_channel(dom.XMLDesc(0)):
+            return False
+        return agent.ping(dom, timeout)
+
+    # -- snapshots --------------------------------------------------------------------------------
+    def begin_snapshot(self, name: str, disk: str, snapshot_id: str, workdir: Path, *,
+                       quiesce: bool, require_quiesce: bool, max_frozen: float = 1.0) -> SnapshotHandle:
+        workdir = Path(workdir).absolute()
+        dom = self._dom(name)
+        found = [d for d in self._info(dom).disks if d.target == disk]
+        if not found:
+            raise DriverError(f"domain {name} has no disk {disk}")
+        info = found[0]
+
+        previous = _Record.load(workdir)
+        if previous is not None:
+            if (previous.snapshot_id, previous.domain, previous.disk) == (snapshot_id, name, disk):
+                with contextlib.suppress(DriverError):
+                    self._progress(previous, workdir)      # still running or complete: reuse it
+                    return previous.handle(workdir)
+            self.end_snapshot(previous.domain, previous.snapshot_id, workdir)
+
+        if not dom.isActive():
+            return self._begin_copy(name, info, snapshot_id, workdir)
+
+        want_quiesce = quiesce or require_quiesce
+        agent_ok = (want_quiesce and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+                    and self.agent_available(name))
+        if require_quiesce and not agent_ok:
+            raise QuiesceFailed(f"no guest agent answers in {name}: cannot quiesce")
+        return self._begin_backup(dom, info, snapshot_id, workdir, agent_ok=agent_ok,
+                                  require_quiesce=require_quiesce, max_frozen=max_frozen)
+
+    def _begin_backup(self, dom: libvirt.virDomain, info: DiskInfo, snapshot_id: str, workdir: Path,
+                      *, agent_ok: bool, require_quiesce: bool, max_frozen: float) -> SnapshotHandle:
+        name = dom.name()
+        workdir.mkdir(parents=True, exist_ok=True)
+        target = workdir / f"{info.target}.qcow2"
+        rec = _Record(snapshot_id=snapshot_id, domain=name, disk=info.target, method="backup",
+                      path=str(target), format="qcow2", virtual_size=info.virtual_size,
+                      phase="freezing" if agent_ok else "starting")
+        rec.save(workdir)
+        try:
+            # Made before the freeze: libvirt creating it takes several QEMU jobs while frozen.
+            _run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), str(info.virtual_size)])
+            all_targets = [t for t, _p, _f in lxml.disks(dom.XMLDesc(0))]
+            backup = lxml.backup_xml(all_targets, info.target, target)
+            if agent_ok:
+                rec.quiesced, rec.frozen_seconds = self._frozen_backup(
+                    dom, backup, max_frozen=max_frozen, require_quiesce=require_quiesce)
+            else:
+                self._backup_begin(dom, backup)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._abort_backup(dom, workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        rec.phase = "running"
+        rec.save(workdir)
+        LOG.info("snapshot %s of %s:%s started (quiesced=%s, frozen %.3f s)",
+                 snapshot_id, name, info.target, rec.quiesced, rec.frozen_seconds)
+        return rec.handle(workdir)
+
+    def _frozen_backup(self, dom: libvirt.virDomain, backup: str, *, max_frozen: float,
+                       require_quiesce: bool) -> tuple[bool, float]:
+        """freeze -> backupBegin -> thaw; (quiesced, seconds frozen)."""
+        window = agent.FreezeWindow(dom, max_frozen)
+        started = False
+        try:
+            try:
+                window.freeze()
+            except agent.AgentError as exc:
+                if require_quiesce:
+                    raise QuiesceFailed(f"freezing {dom.name()}: {exc}") from exc
+                LOG.warning("freezing %s failed, snapshot is crash-consistent: %s", dom.name(), exc)
+            else:
+                if not window.expired:
+                    self._backup_begin(dom, backup)
+                    started = True
+        finally:
+            try:
+                frozen = window.close()
+            except agent.AgentError as exc:
+                raise DriverError(f"thawing {dom.name()}: {exc}") from exc
+        quiesced = started and not window.expired
+        if not quiesced:
+            if require_quiesce:
+                # Started after (or across) the deadline: not a quiesced point in time.
+                raise QuiesceFailed(f"{dom.name()} stayed frozen past {max_frozen} s: not quiesced")
+            if not started:
+                self._backup_begin(dom, backup)
+        return quiesced, frozen if quiesced else 0.0
+
+    @staticmethod
+    def _backup_begin(dom: libvirt.virDomain, backup: str) -> None:
+        with _libvirt_errors(f"starting the backup of {dom.name()}"):
+            dom.backupBegin(backup, None, libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)
+
+    def _begin_copy(self, name: str, info: DiskInfo, snapshot_id: str, workdir: Path) -> SnapshotHandle:
+        workdir.mkdir(parents=True, exist_ok=True)
+        target = workdir / f"{info.target}.qcow2"
+        rec = _Record(snapshot_id=snapshot_id, domain=name, disk=info.target, method="copy",
+                      path=str(target), format="qcow2", virtual_size=info.virtual_size, phase="starting")
+        rec.save(workdir)
+        # A process group of its own, so end_snapshot can stop it (and only it) from anywhere.
+        proc = subprocess.Popen(["sh", "-c", _COPY_SCRIPT, "ff-snapshot-copy", info.format,
+                                 str(info.path), str(target), str(workdir)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        with self._lock:
+            self._copies[workdir] = proc
+        rec.pid, rec.phase = proc.pid, "running"
+        rec.save(workdir)
+        return rec.handle(workdir)
+
+    def snapshot_progress(self, handle: SnapshotHandle) -> Progress:
+        rec = _Record.load(handle.workdir)
+        if rec is None or rec.snapshot_id != handle.snapshot_id:
+            raise DriverError(f"no snapshot {handle.snapshot_id} in {handle.workdir}")
+        return self._progress(rec, handle.workdir)
+
+    def wait_snapshot(self, handle: SnapshotHandle, timeout: float | None = None) -> Progress:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            progress = self.snapshot_progress(handle)
+            if progress.finished:
+                return progress
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"snapshot {handle.snapshot_id} not complete after {timeout} s")
+            time.sleep(0.1)
+
+    def _progress(self, rec: _Record, workdir: Path) -> Progress:
+        if rec.phase == "complete":
+            return Progress(rec.virtual_size, rec.virtual_size, True)
+        if rec.phase == "failed":
+            raise DriverError(f"snapshot {rec.snapshot_id} failed: {rec.error}")
+        if rec.phase not in ("running",):
+            raise DriverError(f"snapshot {rec.snapshot_id} was interrupted while {rec.phase}")
+        if rec.method == "copy":
+            return self._copy_progress(rec, workdir)
+        return self._backup_progress(rec, workdir)
+
+    @staticmethod
+    def _complete(rec: _Record, workdir: Path) -> None:
+        rec.phase = "complete"
+        with contextlib.suppress(OSError):      # end_snapshot may have removed the workdir
+            rec.save(workdir)
+
+    @staticmethod
+    def _fail(rec: _Record, workdir: Path, error: str) -> NoReturn:
+        rec.phase, rec.error = "failed", error
+        with contextlib.suppress(OSError):
+            rec.save(workdir)
+        raise DriverError(f"snapshot {rec.snapshot_id} failed: {error}")
+
+    # -- the backup job -----------------------------------------------------------------------
+    def _our_backup_job(self, dom: libvirt.virDomain, workdir: Path) -> dict | None:
+        """The stats of the domain's backup job if it writes into ``workdir``."""
+        try:
+            stats = dom.jobStats(0)
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return None
+            if stats.get("operation") != libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP:
+                return None
+            targets = lxml.backup_targets(dom.backupGetXMLDesc(0))
+        except libvirt.libvirtError:
+            return None     # not running, or the job ended meanwhile
+        return stats if any(t.parent == workdir for t in targets) else None
+
+    def _backup_progress(self, rec: _Record, workdir: Path) -> Progress:
+        try:
+            dom = self._dom(rec.domain)
+        except DomainNotFound:
+            self._fail(rec, workdir, f"domain {rec.domain} vanished")
+        stats = self._our_backup_job(dom, workdir)
+        if stats is not None:
+            total = int(stats.get("disk_total") or stats.get("data_total") or rec.virtual_size)
+            done = int(stats.get("disk_processed") or stats.get("data_processed") or 0)
+            return Progress(min(done, total), total, False)
+        # The job is over: libvirt keeps the last completed job's stats (while it runs).
+        try:
+            done = dom.jobStats(_COMPLETED_STATS)
+        except libvirt.libvirtError:
+            done = {}
+        if done.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP:
+            if done.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED:
+                self._complete(rec, workdir)
+                total = int(done.get("disk_total") or rec.virtual_size)
+                return Progress(total, total, True)
+            self._fail(rec, workdir, done.get("errmsg") or "the backup job failed or was cancelled")
+        self._fail(rec, workdir, "the backup job ended and its outcome is unknown (libvirt restarted?)")
+
+    def _abort_backup(self, dom: libvirt.virDomain, workdir: Path) -> bool:
+        if self._our_backup_job(dom, workdir) is None:
+            return False
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.abortJob()
+        deadline = time.monotonic() + JOB_ABORT_TIMEOUT
+        while self._our_backup_job(dom, workdir) is not None:
+            if time.monotonic() > deadline:
+                raise DriverError(f"the backup job of {dom.name()} did not stop")
+            time.sleep(0.05)
+        return True
+
+    # -- the copy process -----------------------------------------------------------------------
+    def _copy_alive(self, rec: _Record, workdir: Path) -> bool:
+        with self._lock:
+            proc = self._copies.get(workdir)
+        if proc is not None and proc.pid == rec.pid:
+            return proc.poll() is None
+        try:   # someone else's child (a previous process): is that pid still our copy?
+            cmdline = Path(f"/proc/{rec.pid}/cmdline").read_bytes()
+            status = Path(f"/proc/{rec.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return str(workdir).encode() in cmdline and status != "Z"
+
+    def _copy_progress(self, rec: _Record, workdir: Path) -> Progress:
+        rc_file = workdir / "rc"
+        alive = self._copy_alive(rec, workdir)
+        if rc_file.exists():
+            with self._lock:
+                proc = self._copies.pop(workdir, None)
+            if proc is not None:
+                proc.wait()
+            rc = rc_file.read_text().strip()
+            if rc != "0":
+                log = _PERCENT.sub(b"", (workdir / "progress.log").read_bytes())
+                self._fail(rec, workdir, f"qemu-img convert exited {rc}: "
+                                         f"{log.decode(errors='replace').strip()[-500:]}")
+            self._complete(rec, workdir)
+            return Progress(rec.virtual_size, rec.virtual_size, True)
+        if not alive:
+            self._fail(rec, workdir, "the copy process died")
+        try:
+            percents = _PERCENT.findall((workdir / "progress.log").read_bytes())
+        except OSError:
+            percents = []
+        pct = float(percents[-1]) if percents else 0.0
+        return Progress(int(rec.virtual_size * pct / 100), rec.virtual_size, False)
+
+    def _stop_copy(self, rec: _Record, workdir: Path) -> None:
+        if not self._copy_alive(rec, workdir):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rec.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while self._copy_alive(rec, workdir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._copy_alive(rec, workdir):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec.pid, signal.SIGKILL)
+        with self._lock:
+            proc = self._copies.pop(workdir, None)
+        if proc is not None:
+            proc.wait(timeout=5)
+
+    # -- end --------------------------------------------------------------------------------------
+    def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
+        workdir = Path(workdir).absolute()
+        rec = _Record.load(workdir)
+        try:
+            dom = self._dom(name)
+        except DomainNotFound:
+            dom = None
+        if dom is not None and dom.isActive():
+            if self._abort_backup(dom, workdir):
+                LOG.info("snapshot %s: aborted the backup job of %s", snapshot_id, name)
+            if rec is not None and rec.phase == "freezing":
+                self._ensure_thawed(dom)     # we died inside the freeze window
+        if rec is not None and rec.method == "copy":
+            self._stop_copy(rec, workdir)
+        with self._lock:
+            self._copies.pop(workdir, None)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def _ensure_thawed(self, dom: libvirt.virDomain) -> None:
+        if not lxml.has_agent_channel(dom.XMLDesc(0)):
+            return
+        try:
+            if agent.frozen(dom, timeout=2):
+                agent.thaw(dom, timeout=5)
+                LOG.warning("thawed %s, left frozen by an interrupted snapshot", dom.name())
+        except agent.AgentError as exc:
+            LOG.warning("cannot check whether %s is frozen: %s", dom.name(), exc)
+
+    # -- for tests and operators ------------------------------------------------------------------
+    def guest_frozen(self, name: str, timeout: float = 2.0) -> bool | None:
+        """Does the guest agent say the guest is frozen? None when no agent answers."""
+        dom = self._dom(name)
+        if not dom.isActive() or not lxml.has_agent_channel(dom.XMLDesc(0)):
+            return None
+        try:
+            return agent.frozen(dom, timeout)
+        except agent.AgentError:
+            return None

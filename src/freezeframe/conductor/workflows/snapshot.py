@@ -1,0 +1,246 @@
+"""The instance snapshot (and backup) workflow, run by the conductor as a taskflow flow.
+
+    TakeLocalSnapshot -> UploadSnapshot -> Finish      (one linear flow, persisted)
+
+Every task is idempotent (a resumed flow re-runs the task that was running when its conductor
+died) and has a real revert, so a flow that cannot finish leaves: the guest thawed, the local
+snapshot removed, the image killed then deleted, task_state None and vm_state as it was.
+The upload is resumable: its upload id is the workflow id, so after a crash only the bytes the
+image service had not kept are sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+from taskflow import task
+from taskflow.patterns import linear_flow
+
+from freezeframe.common.timeutil import utcnow
+from freezeframe.compute.model import Instance, InstanceAction, InstanceActionEvent
+from freezeframe.compute.states import TaskState, set_task_state
+from freezeframe.conductor import runtime
+from freezeframe.conductor.model import Workflow
+from freezeframe.conductor.states import WorkflowState as W, parse, transition, upload_state
+from freezeframe.images.client import GlanceError
+
+LOG = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The user cancelled the workflow (DELETE /v1/workflows/{id})."""
+
+
+def _load(session, workflow_id: str) -> tuple[Workflow, Instance]:
+    wf = session.get(Workflow, workflow_id)
+    return wf, session.get(Instance, wf.resource_id)
+
+
+def _check_cancel(workflow_id: str) -> None:
+    if runtime.current().db.run_sync(lambda s: s.get(Workflow, workflow_id).cancel_requested):
+        raise Cancelled(f"workflow {workflow_id} was cancelled")
+
+
+def _event(session, workflow_id: str, event: str, *, finish: bool = False, result: str | None = None,
+           details: str | None = None) -> None:
+    """Record an instance-action event (os-instance-actions) for the workflow's action."""
+    action = session.query(InstanceAction).filter_by(workflow_id=workflow_id).first()
+    if action is None:
+        return
+    row = (session.query(InstanceActionEvent).filter_by(action_id=action.id, event=event)
+           .order_by(InstanceActionEvent.id.desc()).first())
+    if row is None or (row.finish_time is not None and not finish):
+        row = InstanceActionEvent(action_id=action.id, event=event, start_time=utcnow())
+        session.add(row)
+    if finish:
+        row.finish_time, row.result, row.details = utcnow(), result, details
+        if event == "conductor_snapshot_instance":
+            action.finish_time = row.finish_time
+            if result != "Success":
+                action.message = "Error"
+
+
+def _advance_task_state(session, instance_id: str, to: TaskState, allowed: tuple[TaskState, ...]) -> None:
+    inst = session.get(Instance, instance_id)
+    current = TaskState(inst.task_state) if inst.task_state else None
+    if current == to:
+        return
+    if current in allowed:
+        set_task_state(session, instance_id, current, to, reason="snapshot workflow")
+
+
+def _move(session, workflow_id: str, to: str, **kw: Any) -> None:
+    wf = session.get(Workflow, workflow_id)
+    if wf.state != to:
+        transition(session, workflow_id, wf.state, to, **kw)
+
+
+class TakeLocalSnapshot(task.Task):
+    default_provides = "snapshot"
+
+    def execute(self, workflow_id: str) -> dict[str, Any]:
+        rt = runtime.current()
+        _check_cancel(workflow_id)
+        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
+        params = json.loads(wf.params)
+        workdir = rt.workdir / workflow_id
+        if wf.state == W.LOCAL_SNAPSHOT_STARTED:
+            # Resumed: whatever the dead conductor had started is cleaned and redone.
+            rt.driver.end_snapshot(inst.domain_name, workflow_id, workdir)
+
+        def start(session) -> None:
+            _move(session, workflow_id, W.LOCAL_SNAPSHOT_STARTED, progress=0)
+            if wf.kind == "snapshot":
+                _advance_task_state(session, inst.id, TaskState.IMAGE_SNAPSHOT, (TaskState.IMAGE_SNAPSHOT_PENDING,))
+            _event(session, workflow_id, "conductor_snapshot_instance")
+            _event(session, workflow_id, "local_snapshot")
+        rt.db.run_sync(start)
+        workdir.mkdir(parents=True, exist_ok=True)
+        handle = rt.driver.begin_snapshot(
+            inst.domain_name, inst.root_target, workflow_id, workdir,
+            quiesce=params.get("quiesce", False), require_quiesce=params.get("require_quiesce", False))
+        rt.driver.wait_snapshot(handle)
+
+        def done(session) -> None:
+            _move(session, workflow_id, W.LOCAL_SNAPSHOT_COMPLETE,
+                  detail=f"frozen {handle.frozen_seconds:.3f}s" if handle.quiesced else "crash-consistent")
+            _advance_task_state(session, inst.id, TaskState.IMAGE_PENDING_UPLOAD,
+                                (TaskState.IMAGE_SNAPSHOT, TaskState.IMAGE_BACKUP))
+            _event(session, workflow_id, "local_snapshot", finish=True, result="Success",
+                   details=json.dumps({"quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}))
+        rt.db.run_sync(done)
+        return {"path": str(handle.path), "format": handle.format, "virtual_size": handle.virtual_size,
+                "quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}
+
+    def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
+        rt = runtime.current()
+        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
+        rt.driver.end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
+        shutil.rmtree(rt.workdir / workflow_id, ignore_errors=True)
+
+        def revert(session) -> None:
+            inst_now = session.get(Instance, inst.id)
+            if inst_now.task_state is not None:
+                set_task_state(session, inst.id, TaskState(inst_now.task_state), None,
+                               reason="snapshot workflow reverted",
+                               values={"fault": (wf.failure_reason or "snapshot failed")[:1000]})
+            _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Error",
+                   details=wf.failure_reason)
+        rt.db.run_sync(revert)
+
+
+class UploadSnapshot(task.Task):
+    def execute(self, workflow_id: str, snapshot: dict[str, Any]) -> None:
+        rt = runtime.current()
+        _check_cancel(workflow_id)
+        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
+        image_id = wf.image_id
+        with rt.image_client() as images:
+            image = images.show(image_id)
+            if image.status == "active":
+                return  # the upload finished before a crash; nothing to send again
+
+            def begin(session) -> None:
+                state = session.get(Workflow, workflow_id).state
+                if parse(state)[0] in (W.LOCAL_SNAPSHOT_COMPLETE, W.UPLOAD_BEGIN):
+                    _move(session, workflow_id, W.UPLOAD_BEGIN, progress=0)
+                _advance_task_state(session, inst.id, TaskState.IMAGE_UPLOADING, (TaskState.IMAGE_PENDING_UPLOAD,))
+                _event(session, workflow_id, "upload_image")
+            rt.db.run_sync(begin)
+            path = snapshot["path"]
+            size = os.path.getsize(path)
+            offset = 0
+            if image.status == "saving":
+                offset = images.upload_offset(image_id, workflow_id)
+            sent, last = [0], [0]
+
+            def progress(increment: int) -> None:
+                sent[0] += increment
+                percent = int((offset + sent[0]) * 100 / size) if size else 100
+                percent = percent // 10 * 10
+                if 0 < percent < 100 and percent > last[0]:
+                    last[0] = percent
+                    def record(session) -> None:
+                        state = session.get(Workflow, workflow_id).state
+                        kind, current = parse(state)
+                        if kind == W.UPLOAD_BEGIN or (kind == W.UPLOAD_N_COMPLETE and current < percent):
+                            transition(session, workflow_id, state, upload_state(percent), progress=percent)
+                    rt.db.run_sync(record)
+                    _check_cancel(workflow_id)
+
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                images.upload_resumable(image_id, fh, size - offset, upload_id=workflow_id, offset=offset,
+                                        progress=progress)
+            LOG.info("workflow %s: uploaded %d bytes (resumed at %d)", workflow_id, size - offset, offset)
+
+        def done(session) -> None:
+            _move(session, workflow_id, W.UPLOAD_COMPLETE, progress=100,
+                  detail=f"sent {size - offset} bytes, resumed at {offset}")
+            _event(session, workflow_id, "upload_image", finish=True, result="Success")
+        rt.db.run_sync(done)
+
+    def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
+        """Kill the image, then delete it (its kept partial data goes with it)."""
+        rt = runtime.current()
+        wf = rt.db.run_sync(lambda s: s.get(Workflow, workflow_id))
+        with rt.image_client() as images:
+            try:
+                images.kill(wf.image_id)
+            except GlanceError as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                images.delete(wf.image_id)
+            except GlanceError as exc:
+                if exc.status != 404:
+                    raise
+
+
+class Finish(task.Task):
+    def execute(self, workflow_id: str) -> None:
+        rt = runtime.current()
+        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
+        rt.driver.end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
+        shutil.rmtree(rt.workdir / workflow_id, ignore_errors=True)
+        params = json.loads(wf.params)
+        if wf.kind == "backup":
+            rotate_backups(inst.id, params["backup_type"], int(params["rotation"]), wf.image_id)
+
+        def done(session) -> None:
+            inst_now = session.get(Instance, inst.id)
+            if inst_now.task_state is not None:
+                set_task_state(session, inst.id, TaskState(inst_now.task_state), None, reason="snapshot done")
+            _move(session, workflow_id, W.IMAGE_ACTIVE, progress=100)
+            _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Success")
+        rt.db.run_sync(done)
+
+
+def rotate_backups(instance_id: str, backup_type: str, rotation: int, new_image_id: str) -> list[str]:
+    """Nova's rule: keep the newest ``rotation`` backups of this type of this server."""
+    rt = runtime.current()
+    with rt.image_client() as images:
+        backups = list(images.list([("image_type", "backup"), ("backup_type", backup_type),
+                               ("instance_uuid", instance_id), ("sort_key", "created_at"), ("sort_dir", "desc")]))
+        doomed = [b.id for b in backups[rotation:]]
+        for image_id in doomed:
+            try:
+                images.delete(image_id)
+            except GlanceError as exc:
+                if exc.status != 404:
+                    raise
+    if doomed:
+        LOG.info("backup rotation of server %s (%s, keep %d): deleted %s", instance_id, backup_type, rotation, doomed)
+    return doomed
+
+
+def make_flow(workflow_id: str, kind: str) -> linear_flow.Flow:
+    return linear_flow.Flow(f"{kind}-{workflow_id}").add(
+        TakeLocalSnapshot(name="take_local_snapshot"),
+        UploadSnapshot(name="upload_snapshot"),
+        Finish(name="finish"),
+    )
