@@ -240,6 +240,13 @@ class GlanceClient:
     def delete(self, image_id: str) -> None:
         self._call("DELETE", f"/v2/images/{image_id}")
 
+    def set_properties(self, image_id: str, values: Mapping[str, Any]) -> Image:
+        """Add or replace attributes/properties with one JSON-patch request."""
+        changes = [{"op": "add", "path": "/" + k.replace("~", "~0").replace("/", "~1"), "value": v}
+                   for k, v in values.items()]
+        return Image.from_json(self._json("PATCH", f"/v2/images/{image_id}", content=json.dumps(changes),
+                                          headers={"Content-Type": "application/openstack-images-v2.1-json-patch"}))
+
     def list(self, filters: Sequence[tuple[str, str]] = (), *, limit: int | None = None,
              page_size: int = PAGE_SIZE) -> Iterator[Image]:
         """Images matching ``filters`` (Glance query parameters), following ``next`` links."""

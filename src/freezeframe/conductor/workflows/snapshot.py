@@ -20,7 +20,7 @@ from typing import Any
 from taskflow import task
 from taskflow.patterns import linear_flow
 
-from freezeframe.common.timeutil import utcnow
+from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.model import Instance, InstanceAction, InstanceActionEvent
 from freezeframe.compute.states import TaskState, set_task_state
 from freezeframe.conductor import runtime
@@ -79,6 +79,23 @@ def _move(session, workflow_id: str, to: str, **kw: Any) -> None:
         transition(session, workflow_id, wf.state, to, **kw)
 
 
+def _publish(workflow_id: str) -> None:
+    """Show the workflow's state, progress and last state change on its image (seed 000 §2a),
+    in the reserved read-only properties only the workflows may write."""
+    rt = runtime.current()
+    wf = rt.db.run_sync(lambda s: s.get(Workflow, workflow_id))
+    try:
+        with rt.image_client() as images:
+            images.set_properties(wf.image_id, {
+                "os_freezeframe_workflow_state": wf.state,
+                "os_freezeframe_workflow_progress": str(wf.progress),
+                "os_freezeframe_workflow_last_state_change_at": isotime(wf.last_state_change_at),
+                "os_freezeframe_workflow_owner": wf.owner or "",
+            })
+    except GlanceError as exc:  # visibility only: never fail the snapshot for it
+        LOG.warning("workflow %s: could not publish its state on image %s: %s", workflow_id, wf.image_id, exc)
+
+
 class TakeLocalSnapshot(task.Task):
     default_provides = "snapshot"
 
@@ -99,6 +116,7 @@ class TakeLocalSnapshot(task.Task):
             _event(session, workflow_id, "conductor_snapshot_instance")
             _event(session, workflow_id, "local_snapshot")
         rt.db.run_sync(start)
+        _publish(workflow_id)
         workdir.mkdir(parents=True, exist_ok=True)
         handle = rt.driver.begin_snapshot(
             inst.domain_name, inst.root_target, workflow_id, workdir,
@@ -113,6 +131,7 @@ class TakeLocalSnapshot(task.Task):
             _event(session, workflow_id, "local_snapshot", finish=True, result="Success",
                    details=json.dumps({"quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}))
         rt.db.run_sync(done)
+        _publish(workflow_id)
         return {"path": str(handle.path), "format": handle.format, "virtual_size": handle.virtual_size,
                 "quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}
 
@@ -151,8 +170,11 @@ class UploadSnapshot(task.Task):
                 _advance_task_state(session, inst.id, TaskState.IMAGE_UPLOADING, (TaskState.IMAGE_PENDING_UPLOAD,))
                 _event(session, workflow_id, "upload_image")
             rt.db.run_sync(begin)
+            _publish(workflow_id)
             path = snapshot["path"]
             size = os.path.getsize(path)
+            if image.status == "queued" and image.disk_format != snapshot["format"]:
+                images.set_properties(image_id, {"disk_format": snapshot["format"]})
             offset = 0
             if image.status == "saving":
                 offset = images.upload_offset(image_id, workflow_id)
@@ -170,6 +192,7 @@ class UploadSnapshot(task.Task):
                         if kind == W.UPLOAD_BEGIN or (kind == W.UPLOAD_N_COMPLETE and current < percent):
                             transition(session, workflow_id, state, upload_state(percent), progress=percent)
                     rt.db.run_sync(record)
+                    _publish(workflow_id)
                     _check_cancel(workflow_id)
 
             with open(path, "rb") as fh:
@@ -218,6 +241,7 @@ class Finish(task.Task):
             _move(session, workflow_id, W.IMAGE_ACTIVE, progress=100)
             _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Success")
         rt.db.run_sync(done)
+        _publish(workflow_id)
 
 
 def rotate_backups(instance_id: str, backup_type: str, rotation: int, new_image_id: str) -> list[str]:

@@ -1,0 +1,310 @@
+"""A fake virt driver for fast workflow tests: in-memory domains on real small disk files.
+
+``begin_snapshot`` copies the disk file, holes left out, into the workdir on a thread (the
+"backup job"), so progress, waiting, cancel and cleanup behave as with libvirt. Every freeze and
+thaw is recorded in ``host.events`` so a test can assert that the guest was always thawed, and
+failures can be injected per method: ``FakeDriver(fail_on={"begin_snapshot": QuiesceFailed()})``
+raises on every call until removed from ``driver.fail_on``; the extra keys ``"freeze"``, ``"thaw"``
+and ``"copy"`` fail those steps (a failed copy makes ``wait_snapshot`` raise DriverError).
+
+Domains and jobs live in a ``FakeHost``: ``FakeDriver(host=other.host)`` is a second driver on
+the same host, as a new process would be.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from freezeframe.compute.drivers.base import (
+    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState, Progress,
+    QuiesceFailed, SnapshotHandle, VirtDriver,
+)
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class FakeDomain:
+    spec: GuestSpec
+    state: PowerState = PowerState.SHUTDOWN
+    agent: bool = False          # does a guest agent answer?
+    frozen: bool = False
+
+    def disks(self) -> dict[str, Path]:
+        paths = [self.spec.root_disk, *self.spec.extra_disks]
+        return {f"vd{chr(ord('a') + i)}": Path(p) for i, p in enumerate(paths)}
+
+
+@dataclass
+class FakeJob:
+    handle: SnapshotHandle
+    source: Path
+    total: int
+    done: int = 0
+    finished: bool = False
+    error: str = ""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class FakeHost:
+    domains: dict[str, FakeDomain] = field(default_factory=dict)
+    jobs: dict[Path, FakeJob] = field(default_factory=dict)        # by workdir
+    events: list[tuple[str, str]] = field(default_factory=list)    # ("freeze"|"thaw", domain)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def image_format(path: Path) -> str:
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def sparse_copy(src: Path, dst: Path, job: FakeJob, delay: float) -> None:
+    """Copy the data extents of ``src`` (SEEK_DATA/SEEK_HOLE), leaving holes as holes."""
+    size = src.stat().st_size
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError:          # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            pos = start
+            while pos < end:
+                if job.cancel.is_set():
+                    return
+                data = os.pread(fin.fileno(), min(CHUNK, end - pos), pos)
+                os.pwrite(fout.fileno(), data, pos)
+                pos += len(data)
+                job.done = min(job.total, job.done + len(data))
+                if delay:
+                    time.sleep(delay)
+            offset = end
+        fout.truncate(size)
+
+
+class FakeDriver(VirtDriver):
+    name = "fake"
+
+    def __init__(self, *, host: FakeHost | None = None, fail_on: dict[str, BaseException] | None = None,
+                 copy_delay: float = 0.0, freeze_seconds: float = 0.0) -> None:
+        """``copy_delay`` sleeps after each MiB copied (to watch progress or cancel a job);
+        ``freeze_seconds`` is how long a freeze takes (to exceed ``max_frozen``)."""
+        self.host = host or FakeHost()
+        self.fail_on: dict[str, BaseException] = dict(fail_on or {})
+        self.copy_delay = copy_delay
+        self.freeze_seconds = freeze_seconds
+
+    @property
+    def events(self) -> list[tuple[str, str]]:
+        return self.host.events
+
+    def _maybe_fail(self, step: str) -> None:
+        exc = self.fail_on.get(step)
+        if exc is not None:
+            raise exc
+
+    def _domain(self, name: str) -> FakeDomain:
+        try:
+            return self.host.domains[name]
+        except KeyError:
+            raise DomainNotFound(f"no domain {name}") from None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def spawn(self, spec: GuestSpec) -> DomainInfo:
+        self._maybe_fail("spawn")
+        with self.host.lock:
+            dom = self.host.domains.get(spec.name)
+            if dom is None:
+                for path in (spec.root_disk, *spec.extra_disks):
+                    if not Path(path).is_file():
+                        raise DriverError(f"disk {path} does not exist")
+                dom = self.host.domains[spec.name] = FakeDomain(spec, agent=spec.guest_agent)
+            dom.state = PowerState.RUNNING
+            return self._info(dom)
+
+    def destroy(self, name: str) -> None:
+        self._maybe_fail("destroy")
+        with self.host.lock:
+            dom = self.host.domains.pop(name, None)
+            if dom is None:
+                return
+            for job in [j for j in self.host.jobs.values() if j.handle.domain == name]:
+                job.cancel.set()
+                job.error = job.error or "domain destroyed"
+
+    def power_on(self, name: str) -> None:
+        self._maybe_fail("power_on")
+        self._domain(name).state = PowerState.RUNNING
+
+    def power_off(self, name: str, timeout: float = 30.0) -> None:
+        self._maybe_fail("power_off")
+        dom = self._domain(name)
+        dom.state, dom.frozen = PowerState.SHUTDOWN, False
+
+    def get_info(self, name: str) -> DomainInfo:
+        self._maybe_fail("get_info")
+        return self._info(self._domain(name))
+
+    def list_domains(self) -> list[DomainInfo]:
+        with self.host.lock:
+            return [self._info(d) for d in self.host.domains.values()]
+
+    @staticmethod
+    def _info(dom: FakeDomain) -> DomainInfo:
+        disks = tuple(DiskInfo(target=t, path=p, format=image_format(p), virtual_size=p.stat().st_size)
+                      for t, p in dom.disks().items())
+        return DomainInfo(name=dom.spec.name, uuid=dom.spec.uuid, state=dom.state,
+                          vcpus=dom.spec.vcpus, memory_mb=dom.spec.memory_mb, disks=disks)
+
+    # -- quiesce -------------------------------------------------------------------------------
+    def set_agent(self, name: str, available: bool) -> None:
+        """Simulate a guest agent that starts or stops answering."""
+        self._domain(name).agent = available
+
+    def agent_available(self, name: str, timeout: float = 2.0) -> bool:
+        self._maybe_fail("agent_available")
+        dom = self._domain(name)
+        return dom.agent and dom.state is PowerState.RUNNING
+
+    def guest_frozen(self, name: str, timeout: float = 2.0) -> bool | None:
+        dom = self._domain(name)
+        return dom.frozen if self.agent_available(name) else None
+
+    def _freeze(self, dom: FakeDomain) -> None:
+        with self.host.lock:
+            self.host.events.append(("freeze", dom.spec.name))
+            dom.frozen = True
+        if self.freeze_seconds:
+            time.sleep(self.freeze_seconds)
+        self._maybe_fail("freeze")
+
+    def _thaw(self, dom: FakeDomain) -> None:
+        self._maybe_fail("thaw")
+        with self.host.lock:
+            self.host.events.append(("thaw", dom.spec.name))
+            dom.frozen = False
+
+    # -- snapshots -------------------------------------------------------------------------------
+    def begin_snapshot(self, name: str, disk: str, snapshot_id: str, workdir: Path, *,
+                       quiesce: bool, require_quiesce: bool, max_frozen: float = 1.0) -> SnapshotHandle:
+        self._maybe_fail("begin_snapshot")
+        workdir = Path(workdir).absolute()
+        dom = self._domain(name)
+        source = dom.disks().get(disk)
+        if source is None:
+            raise DriverError(f"domain {name} has no disk {disk}")
+        with self.host.lock:
+            job = self.host.jobs.get(workdir)
+            if job is not None:
+                if job.handle.snapshot_id == snapshot_id and not job.error:
+                    return job.handle               # idempotent: the same snapshot again
+        if job is not None:
+            self.end_snapshot(job.handle.domain, job.handle.snapshot_id, workdir)
+
+        # A shut-off domain gets a cold copy (consistent without any freeze).
+        live = dom.state is not PowerState.SHUTDOWN
+        can_quiesce = dom.state is PowerState.RUNNING and dom.agent
+        if live and require_quiesce and not can_quiesce:
+            raise QuiesceFailed(f"no guest agent answers in {name}: cannot quiesce")
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        handle = SnapshotHandle(snapshot_id=snapshot_id, domain=name, disk=disk,
+                                path=workdir / f"{disk}.img", format=image_format(source),
+                                virtual_size=source.stat().st_size, workdir=workdir,
+                                quiesced=False, frozen_seconds=0.0)
+        quiesced, frozen = False, 0.0
+        try:
+            if live and (quiesce or require_quiesce) and can_quiesce:
+                t0 = time.monotonic()
+                try:
+                    try:
+                        self._freeze(dom)
+                        quiesced = time.monotonic() - t0 <= max_frozen
+                    except Exception as exc:
+                        if require_quiesce:
+                            raise QuiesceFailed(f"freezing {name}: {exc}") from exc
+                    if quiesced or not require_quiesce:
+                        self._start_job(handle, source)
+                finally:
+                    self._thaw(dom)                 # always, even on failure
+                    frozen = time.monotonic() - t0
+                if not quiesced and require_quiesce:
+                    raise QuiesceFailed(f"{name} stayed frozen past {max_frozen} s: not quiesced")
+            else:
+                self._start_job(handle, source)
+        except BaseException:
+            self.end_snapshot(name, snapshot_id, workdir)
+            raise
+        handle = replace(handle, quiesced=quiesced, frozen_seconds=frozen if quiesced else 0.0)
+        with self.host.lock:
+            self.host.jobs[workdir].handle = handle
+        return handle
+
+    def _start_job(self, handle: SnapshotHandle, source: Path) -> None:
+        job = FakeJob(handle=handle, source=source, total=handle.virtual_size)
+
+        def run() -> None:
+            try:
+                self._maybe_fail("copy")
+                if handle.format == "qcow2":
+                    # A qcow2 disk may be an overlay: flatten it, as a real snapshot must be standalone.
+                    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(source), str(handle.path)],
+                                   check=True, capture_output=True)
+                else:
+                    sparse_copy(source, handle.path, job, self.copy_delay)
+                if not job.cancel.is_set():
+                    job.done, job.finished = job.total, True
+            except Exception as exc:      # reported by snapshot_progress / wait_snapshot
+                job.error = str(exc) or type(exc).__name__
+
+        job.thread = threading.Thread(target=run, name=f"fake-snapshot-{handle.snapshot_id}", daemon=True)
+        with self.host.lock:
+            self.host.jobs[handle.workdir] = job
+        job.thread.start()
+
+    def _job(self, handle: SnapshotHandle) -> FakeJob:
+        with self.host.lock:
+            job = self.host.jobs.get(handle.workdir)
+        if job is None or job.handle.snapshot_id != handle.snapshot_id:
+            raise DriverError(f"no snapshot {handle.snapshot_id} in {handle.workdir}")
+        return job
+
+    def snapshot_progress(self, handle: SnapshotHandle) -> Progress:
+        self._maybe_fail("snapshot_progress")
+        job = self._job(handle)
+        if job.error:
+            raise DriverError(f"snapshot {handle.snapshot_id} failed: {job.error}")
+        return Progress(job.done, job.total, job.finished)
+
+    def wait_snapshot(self, handle: SnapshotHandle, timeout: float | None = None) -> Progress:
+        self._maybe_fail("wait_snapshot")
+        job = self._job(handle)
+        assert job.thread is not None
+        job.thread.join(timeout)
+        if job.thread.is_alive():
+            raise TimeoutError(f"snapshot {handle.snapshot_id} not complete after {timeout} s")
+        return self.snapshot_progress(handle)
+
+    def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
+        self._maybe_fail("end_snapshot")
+        workdir = Path(workdir).absolute()
+        with self.host.lock:
+            job = self.host.jobs.pop(workdir, None)
+            dom = self.host.domains.get(name)
+            if dom is not None and dom.frozen:
+                self.host.events.append(("thaw", name))
+                dom.frozen = False
+        if job is not None:
+            job.cancel.set()
+            if job.thread is not None and job.thread is not threading.current_thread():
+                job.thread.join(10)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,156 @@
+"""Servers and their snapshots end to end through the real server process, with the fake virt
+driver (the libvirt driver has its own tests): top half, conductor, workflow, image."""
+
+import hashlib
+import os
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import new_image, start_server
+
+NOVA = {"X-OpenStack-Nova-API-Version": "2.45"}
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__DRIVER": "fake",
+                                                "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5"})
+    yield server
+    server.stop()
+
+
+def compute(server, token=None):
+    return httpx.Client(base_url=server.url + "/compute/v2.1", timeout=60,
+                        headers={"X-Auth-Token": token or server.member_token, **NOVA})
+
+
+def boot(server, tmp_path, data=None):
+    disk = tmp_path / "disk.raw"
+    data = data or (os.urandom(1 << 20) + bytes(6 << 20) + os.urandom(1 << 20))
+    disk.write_bytes(data)
+    with server.client() as images:
+        image = new_image(images, name="base", hw_qemu_guest_agent="yes")
+        assert images.put(f"/v2/images/{image['id']}/file", content=data,
+                          headers={"Content-Type": "application/octet-stream"}).status_code == 204
+    with compute(server) as nova:
+        resp = nova.post("/servers", json={"server": {"name": "vm1", "imageRef": image["id"], "flavorRef": "1"}})
+        assert resp.status_code == 202, resp.text
+        server_id = resp.json()["server"]["id"]
+        shown = wait_server(nova, server_id, "ACTIVE")
+        assert shown["OS-EXT-STS:task_state"] is None
+    return server_id, image, data
+
+
+def wait_server(nova, server_id, status, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = nova.get(f"/servers/{server_id}").json()["server"]
+        if body["status"] == status and body["OS-EXT-STS:task_state"] is None:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"server {server_id} not {status}: {body}")
+
+
+def wait_workflow(server, workflow_id, states, timeout=60, token=None):
+    with httpx.Client(base_url=server.url, headers={"X-Auth-Token": token or server.member_token}) as c:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            wf = c.get(f"/v1/workflows/{workflow_id}").json()["workflow"]
+            if wf["state"] in states:
+                return wf
+            time.sleep(0.1)
+    raise AssertionError(f"workflow {workflow_id} stuck in {wf['state']}: {wf}")
+
+
+def test_snapshot_end_to_end(cloud, tmp_path):
+    server_id, base, data = boot(cloud, tmp_path)
+    with compute(cloud) as nova:
+        resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "snap-1",
+                                                                              "metadata": {"purpose": "test"}}})
+        assert resp.status_code == 202, resp.text
+        image_id = resp.json()["image_id"]
+        workflow_id = resp.headers["x-freezeframe-workflow-id"]
+    wf = wait_workflow(cloud, workflow_id, {"IMAGE_ACTIVE", "REVERTED", "FAILED"})
+    assert wf["state"] == "IMAGE_ACTIVE", wf
+    assert wf["progress"] == 100 and wf["owner_alive"] is True and wf["stalled"] is False
+    states = [h["state"] for h in httpx.get(f"{cloud.url}/v1/workflows/{workflow_id}",
+                                            headers={"X-Auth-Token": cloud.member_token}).json()["workflow"]["history"]]
+    assert states[:3] == ["LOCAL_SNAPSHOT_STARTED", "LOCAL_SNAPSHOT_COMPLETE", "UPLOAD_BEGIN"]
+    assert states[-2:] == ["UPLOAD_COMPLETE", "IMAGE_ACTIVE"]
+    with cloud.client() as images:
+        image = images.get(f"/v2/images/{image_id}").json()
+        assert image["status"] == "active" and image["owner"] == "project-a"
+        assert image["instance_uuid"] == server_id and image["image_type"] == "snapshot"
+        assert image["base_image_ref"] == base["id"] and image["purpose"] == "test"
+        assert image["os_freezeframe_workflow_state"] == "IMAGE_ACTIVE"
+        assert image["os_freezeframe_workflow_id"] == workflow_id
+        out = tmp_path / "snap.qcow2"
+        out.write_bytes(images.get(f"/v2/images/{image_id}/file").content)
+    raw = tmp_path / "snap.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(out), str(raw)], check=True)
+    assert hashlib.sha256(raw.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    with compute(cloud) as nova:
+        server = wait_server(nova, server_id, "ACTIVE")
+        assert server["OS-EXT-STS:vm_state"] == "active"
+        actions = nova.get(f"/servers/{server_id}/os-instance-actions").json()["instanceActions"]
+        create = next(a for a in actions if a["action"] == "createImage")
+        events = nova.get(f"/servers/{server_id}/os-instance-actions/{create['request_id']}",
+                          headers={"X-OpenStack-Nova-API-Version": "2.84"}).json()["instanceAction"]["events"]
+        assert {e["event"] for e in events} >= {"conductor_snapshot_instance", "local_snapshot", "upload_image"}
+        assert all(e["result"] == "Success" and e["finish_time"] for e in events)
+
+
+def test_snapshot_preconditions_and_bad_input(cloud, tmp_path):
+    server_id, _, _ = boot(cloud, tmp_path)
+    with compute(cloud) as nova:
+        assert nova.post("/servers/00000000-0000-0000-0000-000000000000/action",
+                         json={"createImage": {"name": "x"}}).status_code == 404
+        assert nova.post(f"/servers/{server_id}/action", json={"createImage": {}}).status_code == 400
+        assert nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "x", "metadata": {"a": 1}}}
+                         ).status_code == 400
+        for rotation in (-1, "x", True, None):
+            resp = nova.post(f"/servers/{server_id}/action",
+                             json={"createBackup": {"name": "b", "backup_type": "daily", "rotation": rotation}})
+            assert resp.status_code == 400, rotation
+        assert nova.post(f"/servers/{server_id}/action", json={"bogus": {}}).status_code == 400
+        assert nova.get("/servers", headers={"X-OpenStack-Nova-API-Version": "9.99"}).status_code == 406
+    with compute(cloud, cloud.other_token) as stranger:
+        assert stranger.post(f"/servers/{server_id}/action", json={"createImage": {"name": "x"}}).status_code == 404
+
+
+def test_concurrent_snapshots_one_wins(cloud, tmp_path):
+    server_id, _, _ = boot(cloud, tmp_path)
+    import threading
+    codes = []
+
+    def snap(i):
+        with compute(cloud) as nova:
+            codes.append(nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": f"s{i}"}}).status_code)
+
+    threads = [threading.Thread(target=snap, args=(i,)) for i in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(codes) == [202, 409, 409], codes
+    with cloud.client() as images:
+        snaps = images.get("/v2/images", params={"instance_uuid": server_id}).json()["images"]
+        assert len(snaps) == 1  # the losers left no image behind
+
+
+def test_backup_rotation(cloud, tmp_path):
+    server_id, _, _ = boot(cloud, tmp_path)
+    made = []
+    with compute(cloud) as nova:
+        for i in range(3):
+            resp = nova.post(f"/servers/{server_id}/action",
+                             json={"createBackup": {"name": f"b{i}", "backup_type": "daily", "rotation": 2}})
+            assert resp.status_code == 202, resp.text
+            made.append(resp.json()["image_id"])
+            wf = wait_workflow(cloud, resp.headers["x-freezeframe-workflow-id"], {"IMAGE_ACTIVE", "REVERTED"})
+            assert wf["state"] == "IMAGE_ACTIVE"
+    with cloud.client() as images:
+        left = {i["id"] for i in images.get("/v2/images", params={"instance_uuid": server_id,
+                                                                  "image_type": "backup"}).json()["images"]}
+    assert left == set(made[1:])  # the oldest was rotated away
