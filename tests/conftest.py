@@ -78,7 +78,9 @@ def start_server(data_dir: Path, *, auth: str = "tokens", env: dict | None = Non
     cmd = [sys.executable, "-m", "freezeframe", "serve", "--data-dir", str(data_dir), "--port", str(port),
            "--auth", auth, *(["--tokens-file", str(tokens)] if auth == "tokens" else []), *(args or [])]
     log_path = data_dir / f"server-{port}.log"
-    full_env = {**os.environ, "FREEZEFRAME_STORE__FSYNC": "false", **(env or {})}
+    # The fake virt driver unless a test asks for libvirt: API tests need no hypervisor.
+    full_env = {**os.environ, "FREEZEFRAME_STORE__FSYNC": "false", "FREEZEFRAME_COMPUTE__DRIVER": "fake",
+                **(env or {})}
     proc = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=full_env)
     server = LiveServer(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=proc, log_path=log_path)
     deadline = time.monotonic() + 30
