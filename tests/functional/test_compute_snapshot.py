@@ -154,3 +154,47 @@ def test_backup_rotation(cloud, tmp_path):
         left = {i["id"] for i in images.get("/v2/images", params={"instance_uuid": server_id,
                                                                   "image_type": "backup"}).json()["images"]}
     assert left == set(made[1:])  # the oldest was rotated away
+
+
+def test_failure_reverts_everything(tmp_path):
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_FAIL_ON": "copy"})
+    try:
+        server_id, _, _ = boot(server, tmp_path)
+        with compute(server) as nova:
+            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "doomed"}})
+            assert resp.status_code == 202
+            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+            wf = wait_workflow(server, workflow_id, {"REVERTED", "IMAGE_ACTIVE", "CANCELLED"})
+            assert wf["state"] == "REVERTED"
+            assert "injected failure at copy" in wf["failure_reason"]
+            assert wf["last_good_state"] == "LOCAL_SNAPSHOT_STARTED"
+            shown = wait_server(nova, server_id, "ACTIVE")
+            assert shown["OS-EXT-STS:vm_state"] == "active" and shown["OS-EXT-STS:task_state"] is None
+            assert "injected failure" in shown["fault"]["message"]
+        with server.client() as images:
+            assert images.get(f"/v2/images/{image_id}").status_code == 404  # killed, then deleted
+        assert not list((server.data_dir / "instances" / "_snapshots").glob(f"{workflow_id}*"))
+    finally:
+        server.stop()
+
+
+def test_cancel_reverts(tmp_path):
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.5"})
+    try:
+        server_id, _, _ = boot(server, tmp_path)
+        with compute(server) as nova:
+            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "cancel-me"}})
+            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+        with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.member_token}) as c:
+            assert c.delete(f"/v1/workflows/{workflow_id}").status_code == 202
+        wf = wait_workflow(server, workflow_id, {"CANCELLED", "REVERTED", "IMAGE_ACTIVE"})
+        assert wf["state"] == "CANCELLED", wf
+        with server.client() as images:
+            assert images.get(f"/v2/images/{image_id}").status_code == 404
+        with compute(server) as nova:
+            assert wait_server(nova, server_id, "ACTIVE")["OS-EXT-STS:task_state"] is None
+        with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.member_token}) as c:
+            assert c.delete(f"/v1/workflows/{workflow_id}").status_code == 409  # already ended
+            assert c.get(f"/v1/workflows/{workflow_id}", headers={"X-Auth-Token": server.other_token}).status_code == 404
+    finally:
+        server.stop()

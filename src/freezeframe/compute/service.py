@@ -273,6 +273,12 @@ class ComputeService:
         image_props = {k[len("image_"):]: v for k, v in system.items() if k.startswith("image_")}
         params["quiesce"] = image_props.get("hw_qemu_guest_agent", "no").lower() in ("yes", "true") or inst.guest_agent
         params["require_quiesce"] = image_props.get("os_require_quiesce", "no").lower() in ("yes", "true")
+        if params["require_quiesce"] and inst.vm_state == VmState.ACTIVE:
+            agent = await asyncio.get_running_loop().run_in_executor(None, self.driver.agent_available,
+                                                                     inst.domain_name)
+            if not agent:
+                raise errors.Conflict(f"Instance {server_id} requires quiesce (os_require_quiesce) but its guest "
+                                      "agent does not answer; no snapshot was taken")
         workflow_id = str(uuid.uuid4())
         attrs: dict[str, Any] = {
             **image_props,

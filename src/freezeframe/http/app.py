@@ -89,8 +89,11 @@ def service_image_client(settings: Settings, authenticator: Authenticator) -> Ca
 
 def build_driver(settings: Settings) -> VirtDriver:
     if settings.compute.driver == "fake":
+        from freezeframe.compute.drivers.base import DriverError
         from freezeframe.compute.drivers.fake import FakeDriver
-        return FakeDriver()
+        steps = [step.strip() for step in settings.compute.fake_fail_on.split(",") if step.strip()]
+        return FakeDriver(fail_on={step: DriverError(f"injected failure at {step}") for step in steps},
+                          copy_delay=settings.compute.fake_copy_delay)
     from freezeframe.compute.drivers.libvirt import LibvirtDriver
     return LibvirtDriver(settings.compute.libvirt_uri or f"qemu:///embed?root={settings.data_dir / 'libvirt'}")
 

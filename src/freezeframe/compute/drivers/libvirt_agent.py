@@ -83,10 +83,15 @@ class FreezeWindow:
         self._t0 = time.monotonic()
         with self._lock:
             self._frozen = True     # before the call: a timed-out freeze may still happen
-        self._timer = threading.Timer(self._max, self._expire)
+        freeze(self._dom, timeout=self._max)
+        # The timer starts once the freeze returned, so that its thaw cannot overtake the freeze.
+        remaining = self._max - (time.monotonic() - self._t0)
+        if remaining <= 0:
+            self.expired = True
+            return
+        self._timer = threading.Timer(remaining, self._expire)
         self._timer.daemon = True
         self._timer.start()
-        freeze(self._dom, timeout=self._max)
 
     def _expire(self) -> None:
         self.expired = True

@@ -96,6 +96,56 @@ def _publish(workflow_id: str) -> None:
         LOG.warning("workflow %s: could not publish its state on image %s: %s", workflow_id, wf.image_id, exc)
 
 
+def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
+    """The first revert to run marks the workflow FAILED with the reason and last good state."""
+    failures = kwargs.get("flow_failures") or {}
+    reason = "; ".join(f.exception_str for f in failures.values() if f is not None) or "the workflow failed"
+
+    def fail(session) -> str:
+        wf = session.get(Workflow, workflow_id)
+        if parse(wf.state)[0] not in (W.FAILED, W.REVERTED, W.CANCELLED):
+            cancelled = any(f is not None and f.check(Cancelled) for f in failures.values())
+            transition(session, workflow_id, wf.state, W.FAILED, detail=reason,
+                       values={"failure_reason": "cancelled by the user" if cancelled else reason[:2000]})
+        return session.get(Workflow, workflow_id).failure_reason or reason
+    return runtime.current().db.run_sync(fail)
+
+
+class GuardImage(task.Task):
+    """Owns the image for the flow: nothing to do going forward; going back, the image that
+    will never get its data is killed, then deleted (seed 001: no image left in queued/saving)."""
+
+    def execute(self, workflow_id: str) -> None:
+        _check_cancel(workflow_id)
+
+    def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
+        """Kill the image, then delete it (its kept partial data goes with it); the server goes
+        back to task_state None with vm_state untouched, and the fault recorded."""
+        rt = runtime.current()
+        reason = _record_failure(workflow_id, kwargs)
+        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
+        with rt.image_client() as images:
+            try:
+                images.kill(wf.image_id)
+            except GlanceError as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                images.delete(wf.image_id)
+            except GlanceError as exc:
+                if exc.status != 404:
+                    raise
+
+        def revert(session) -> None:
+            inst_now = session.get(Instance, inst.id)
+            if inst_now.task_state is not None:
+                set_task_state(session, inst.id, TaskState(inst_now.task_state), None,
+                               reason="snapshot workflow reverted", values={"fault": reason[:1000]})
+            _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Error",
+                   details=reason)
+        rt.db.run_sync(revert)
+
+
 class TakeLocalSnapshot(task.Task):
     default_provides = "snapshot"
 
@@ -136,20 +186,12 @@ class TakeLocalSnapshot(task.Task):
                 "quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}
 
     def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
+        """Thaw (if ever frozen), abort the copy, remove the local snapshot."""
         rt = runtime.current()
+        _record_failure(workflow_id, kwargs)
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
         rt.driver.end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
         shutil.rmtree(rt.workdir / workflow_id, ignore_errors=True)
-
-        def revert(session) -> None:
-            inst_now = session.get(Instance, inst.id)
-            if inst_now.task_state is not None:
-                set_task_state(session, inst.id, TaskState(inst_now.task_state), None,
-                               reason="snapshot workflow reverted",
-                               values={"fault": (wf.failure_reason or "snapshot failed")[:1000]})
-            _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Error",
-                   details=wf.failure_reason)
-        rt.db.run_sync(revert)
 
 
 class UploadSnapshot(task.Task):
@@ -207,23 +249,6 @@ class UploadSnapshot(task.Task):
             _event(session, workflow_id, "upload_image", finish=True, result="Success")
         rt.db.run_sync(done)
 
-    def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
-        """Kill the image, then delete it (its kept partial data goes with it)."""
-        rt = runtime.current()
-        wf = rt.db.run_sync(lambda s: s.get(Workflow, workflow_id))
-        with rt.image_client() as images:
-            try:
-                images.kill(wf.image_id)
-            except GlanceError as exc:
-                if exc.status != 404:
-                    raise
-            try:
-                images.delete(wf.image_id)
-            except GlanceError as exc:
-                if exc.status != 404:
-                    raise
-
-
 class Finish(task.Task):
     def execute(self, workflow_id: str) -> None:
         rt = runtime.current()
@@ -264,6 +289,7 @@ def rotate_backups(instance_id: str, backup_type: str, rotation: int, new_image_
 
 def make_flow(workflow_id: str, kind: str) -> linear_flow.Flow:
     return linear_flow.Flow(f"{kind}-{workflow_id}").add(
+        GuardImage(name="guard_image"),
         TakeLocalSnapshot(name="take_local_snapshot"),
         UploadSnapshot(name="upload_snapshot"),
         Finish(name="finish"),

@@ -1,0 +1,338 @@
+"""Instance snapshots for real: libvirt (embedded mode, TCG) running the tiny test guest.
+
+The guest (scripts/build-test-guest) mounts its data disk vdb at /data, runs qemu-ga and appends
+"<seq> <uptime>" to /data/ticks every 50 ms. A quiesced snapshot of vdb must therefore be a
+clean ext4 whose ticks stop at the freeze, and the live disk must show a gap there.
+
+The first half of this file is the harness the driver conformance suite shares
+(tests/unit/compute/test_driver_conformance.py): libvirt allows one embedded root per process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from freezeframe.compute.drivers.base import DomainNotFound, DriverError, GuestSpec, PowerState, QuiesceFailed
+
+pytestmark = [pytest.mark.libvirt]
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOT_TIMEOUT = 120.0
+
+
+# -- harness (shared with the conformance suite) -------------------------------------------------
+def libvirt_unavailable() -> str | None:
+    """Why libvirt cannot run here, or None."""
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not installed in this venv (scripts/ensure-libvirt installs it)"
+    for tool in ("qemu-system-x86_64", "qemu-img"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/ensure-libvirt installs it)"
+    if shutil.which("apt-get") is None and not _guest_cached():
+        return "the test guest is not built and there is no apt-get to fetch its packages"
+    return None
+
+
+def _guest_cached() -> bool:
+    cache = Path(os.environ.get("FREEZEFRAME_CACHE", Path.home() / ".cache" / "freezeframe"))
+    return (cache / "guest" / "out" / "stamp").exists()
+
+
+_guest: dict[str, str] | None = None
+
+
+def guest_files() -> dict[str, str]:
+    """KERNEL, INITRD, DATA_DISK, CMDLINE of the tiny guest (scripts/build-test-guest, cached)."""
+    global _guest
+    if _guest is None:
+        proc = subprocess.run([str(ROOT / "scripts" / "build-test-guest")], capture_output=True,
+                              text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(f"scripts/build-test-guest failed:\n{proc.stderr[-3000:]}")
+        _guest = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return _guest
+
+
+
+_embed_root: Path | None = None
+
+
+def embed_root() -> Path:
+    """The process's embedded libvirt root: short (socket paths), removed at exit with any
+    domain a crashed test left running."""
+    global _embed_root
+    if _embed_root is None:
+        from freezeframe.compute.drivers.libvirt import embedded_uri
+        _embed_root = Path(tempfile.gettempdir()) / f"ffv-{os.getpid()}"
+        embedded_uri(_embed_root)
+        atexit.register(_remove_embed_root, _embed_root)
+    return _embed_root
+
+
+def _remove_embed_root(root: Path) -> None:
+    from freezeframe.compute.drivers.libvirt import LibvirtDriver, embedded_uri
+    try:
+        driver = LibvirtDriver(embedded_uri(root))
+        for info in driver.list_domains():
+            driver.destroy(info.name)
+    except Exception:
+        pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def qemu_img_info(path: Path) -> dict:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+class GuestLab:
+    """Tiny guests on the embedded libvirt, their disks in a workspace any user can traverse
+    (QEMU may run unprivileged: libvirt then chowns disks, kernel and initrd)."""
+
+    def __init__(self, prefix: str) -> None:
+        from freezeframe.compute.drivers.libvirt import LibvirtDriver, embedded_uri
+        self.prefix = prefix
+        self.files = guest_files()
+        self.ws = Path(tempfile.mkdtemp(prefix=f"ff-{prefix}-", dir="/var/tmp"))
+        self.ws.chmod(0o755)
+        self.kernel = self.ws / Path(self.files["KERNEL"]).name
+        self.initrd = self.ws / "initrd.img"
+        shutil.copyfile(self.files["KERNEL"], self.kernel)
+        shutil.copyfile(self.files["INITRD"], self.initrd)
+        self.uri = embedded_uri(embed_root())
+        self.driver = LibvirtDriver(self.uri, console_dir=self.ws)
+        self.names: list[str] = []
+
+    def new_driver(self):
+        """Another driver instance on the same host (as a new process would make)."""
+        from freezeframe.compute.drivers.libvirt import LibvirtDriver
+        return LibvirtDriver(self.uri)
+
+    def disk(self, name: str, *, data: bool = False, size: str = "16M", fill: str | None = None) -> Path:
+        """A qcow2: an overlay on the ext4 data template (a chain to flatten), or a blank one,
+        optionally filled with a byte pattern by qemu-io (``fill``: its size)."""
+        path = self.ws / f"{name}.qcow2"
+        path.unlink(missing_ok=True)
+        if data:
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", self.files["DATA_DISK"], str(path)]
+        else:
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), size]
+        subprocess.run(cmd, check=True)
+        if fill:
+            subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {fill}", str(path)],
+                           check=True, capture_output=True)
+        return path
+
+    def spec(self, name: str, *, agent: bool = True, extra: tuple[Path, ...] = (), cmdline: str = "") -> GuestSpec:
+        full = f"{self.prefix}-{name}"
+        return GuestSpec(name=full, uuid=str(uuid.uuid4()), vcpus=1, memory_mb=256,
+                         root_disk=self.disk(f"{name}-vda"), extra_disks=extra,
+                         kernel=self.kernel, initrd=self.initrd,
+                         cmdline=f"{self.files['CMDLINE']} {cmdline}".strip(), guest_agent=agent)
+
+    def boot(self, spec: GuestSpec) -> None:
+        self.driver.spawn(spec)
+        self.names.append(spec.name)
+
+    def console(self, name: str) -> str:
+        try:
+            return (self.ws / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_ready(self, name: str, *, agent: bool = True, timeout: float = BOOT_TIMEOUT) -> float:
+        """Seconds until the guest's agent answers (or its /init says ready)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if agent and self.driver.agent_available(name, timeout=1):
+                return time.monotonic() - t0
+            if not agent and "ff-guest: ready" in self.console(name):
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        pytest.fail(f"{name} not ready after {timeout} s; console:\n{self.console(name)[-3000:]}")
+
+    def close(self) -> None:
+        for name in self.names:
+            try:
+                self.driver.destroy(name)
+            except DriverError:
+                pass
+        shutil.rmtree(self.ws, ignore_errors=True)
+
+
+def ticks(raw_image: Path) -> list[tuple[int, float]]:
+    """The (seq, uptime) lines of /ticks in an ext4 image, read without mounting."""
+    out = subprocess.run(["debugfs", "-R", "cat /ticks", str(raw_image)], capture_output=True,
+                         text=True, check=True).stdout
+    lines = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            lines.append((int(parts[0]), float(parts[1])))
+    return lines
+
+
+def to_raw(qcow2: Path, dest: Path) -> Path:
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(dest)], check=True)
+    return dest
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lab():
+    reason = libvirt_unavailable()
+    if reason:
+        pytest.skip(reason)
+    lab = GuestLab("ffs")
+    t0 = time.monotonic()
+    data = lab.disk("agent-vdb", data=True)
+    big = lab.disk("agent-vdc", size="1G", fill="1G")
+    lab.boot(lab.spec("agent", extra=(data, big)))
+    lab.boot(lab.spec("noagent", extra=(lab.disk("noagent-vdb", data=True),), cmdline="ff.noagent"))
+    lab.timings = {"boot_agent": lab.wait_ready("ffs-agent"),
+                   "boot_noagent": lab.wait_ready("ffs-noagent", agent=False)}
+    lab.timings["boot_both"] = time.monotonic() - t0
+    print(f"\nlibvirt guests booted: {lab.timings}")
+    yield lab
+    lab.close()
+
+
+# -- the tests -------------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_quiesced_live_snapshot_is_clean_and_shows_the_freeze(lab, tmp_path):
+    drv = lab.driver
+    time.sleep(1.0)                           # let the writer lay down some ticks
+    t0 = time.monotonic()
+    h1 = drv.begin_snapshot("ffs-agent", "vdb", "s1", tmp_path / "s1", quiesce=True,
+                            require_quiesce=True, max_frozen=1.0)
+    begun = time.monotonic() - t0
+    assert h1.quiesced
+    assert 0 < h1.frozen_seconds < 1.0
+    assert drv.guest_frozen("ffs-agent") is False          # thawed at once
+    done = drv.wait_snapshot(h1, timeout=120)
+    backup_seconds = time.monotonic() - t0
+    assert done.finished and done.done == done.total > 0
+    print(f"\nquiesced snapshot: begin {begun:.3f} s, frozen {h1.frozen_seconds:.3f} s, "
+          f"backup complete after {backup_seconds:.3f} s")
+
+    info = qemu_img_info(h1.path)
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    assert info["virtual-size"] == h1.virtual_size
+    check = subprocess.run(["qemu-img", "check", str(h1.path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    raw1 = to_raw(h1.path, tmp_path / "s1.raw")
+    header = subprocess.run(["dumpe2fs", "-h", str(raw1)], capture_output=True, text=True, check=True).stdout
+    assert "Filesystem state:         clean" in header
+    assert "needs_recovery" not in header
+    fsck = subprocess.run(["e2fsck", "-fn", str(raw1)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    before = ticks(raw1)
+    assert len(before) >= 5, before
+
+    # The guest runs on: a second (quiesced) snapshot has more ticks, and a gap after the last
+    # tick of the first one, as long as the first freeze.
+    time.sleep(1.5)
+    h2 = drv.begin_snapshot("ffs-agent", "vdb", "s2", tmp_path / "s2", quiesce=True,
+                            require_quiesce=True, max_frozen=1.0)
+    drv.wait_snapshot(h2, timeout=120)
+    after = ticks(to_raw(h2.path, tmp_path / "s2.raw"))
+    assert after[: len(before)] == before
+    assert len(after) >= len(before) + 5
+    intervals = sorted(b[1] - a[1] for a, b in zip(after, after[1:]))
+    typical = intervals[len(intervals) // 2]
+    gap = after[len(before)][1] - before[-1][1]
+    print(f"ticks: typical interval {typical:.3f} s, gap at the freeze {gap:.3f} s "
+          f"(frozen {h1.frozen_seconds:.3f} s)")
+    assert gap >= max(2 * typical, 0.5 * h1.frozen_seconds - 0.05), (gap, typical, h1.frozen_seconds)
+    for h in (h1, h2):
+        drv.end_snapshot("ffs-agent", h.snapshot_id, h.workdir)
+        assert not h.workdir.exists()
+
+
+@pytest.mark.timeout(120)
+def test_require_quiesce_without_agent_fails_and_leaves_the_guest_alone(lab, tmp_path):
+    drv = lab.driver
+    assert not drv.agent_available("ffs-noagent", timeout=1)
+    t0 = time.monotonic()
+    with pytest.raises(QuiesceFailed):
+        drv.begin_snapshot("ffs-noagent", "vdb", "nq", tmp_path / "nq", quiesce=True,
+                           require_quiesce=True)
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "nq").exists()
+    assert drv.get_info("ffs-noagent").state is PowerState.RUNNING
+    dom = drv.conn.lookupByName("ffs-noagent")
+    assert dom.jobStats().get("type", 0) == 0                # no job left behind
+    # Not frozen: the writer goes on (ticks reach the disk with the next ext4 commit).
+    h = drv.begin_snapshot("ffs-noagent", "vdb", "nq2", tmp_path / "nq2", quiesce=True,
+                           require_quiesce=False)
+    assert not h.quiesced and h.frozen_seconds == 0
+    drv.wait_snapshot(h, timeout=120)
+    drv.end_snapshot("ffs-noagent", "nq2", h.workdir)
+
+
+@pytest.mark.timeout(120)
+def test_freeze_longer_than_max_frozen_is_not_quiesced_and_thaws(lab, tmp_path):
+    drv = lab.driver
+    with pytest.raises(QuiesceFailed):
+        drv.begin_snapshot("ffs-agent", "vdb", "short", tmp_path / "short", quiesce=True,
+                           require_quiesce=True, max_frozen=0.01)
+    assert drv.guest_frozen("ffs-agent") is False
+    assert not (tmp_path / "short").exists()
+    assert drv.conn.lookupByName("ffs-agent").jobStats().get("type", 0) == 0
+
+
+@pytest.mark.timeout(180)
+def test_end_snapshot_from_a_new_driver_aborts_the_running_backup(lab, tmp_path):
+    drv = lab.driver
+    h = drv.begin_snapshot("ffs-agent", "vdc", "big", tmp_path / "big", quiesce=False,
+                           require_quiesce=False)
+    progress = drv.snapshot_progress(h)
+    assert not progress.finished, "the 1 GiB backup finished too fast to test the abort"
+    other = lab.new_driver()
+    other.end_snapshot("ffs-agent", "big", h.workdir)
+    assert not h.workdir.exists()
+    assert drv.conn.lookupByName("ffs-agent").jobStats().get("type", 0) == 0
+    assert drv.get_info("ffs-agent").state is PowerState.RUNNING
+    with pytest.raises(DriverError):
+        drv.snapshot_progress(h)
+    other.end_snapshot("ffs-agent", "big", h.workdir)       # idempotent
+
+
+@pytest.mark.timeout(180)
+def test_cold_snapshot_of_a_shut_off_domain(lab, tmp_path):
+    drv = lab.driver
+    spec = lab.spec("cold", agent=False, extra=(lab.disk("cold-vdb", data=True),),
+                    cmdline="ff.noagent ff.nowriter")
+    lab.boot(spec)
+    drv.power_off(spec.name, timeout=0)
+    assert drv.get_info(spec.name).state is PowerState.SHUTDOWN
+    t0 = time.monotonic()
+    h = drv.begin_snapshot(spec.name, "vdb", "cold", tmp_path / "cold", quiesce=True, require_quiesce=False)
+    seen = [drv.snapshot_progress(h)]
+    seen.append(drv.wait_snapshot(h, timeout=120))
+    print(f"\ncold copy: {time.monotonic() - t0:.3f} s, progress {seen}")
+    assert seen[-1].finished and seen[-1].done == seen[-1].total == h.virtual_size
+    info = qemu_img_info(h.path)
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    same = subprocess.run(["qemu-img", "compare", "-U", str(h.path), str(spec.extra_disks[0])],
+                          capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    drv.end_snapshot(spec.name, "cold", h.workdir)
+    assert not h.workdir.exists()
+    drv.destroy(spec.name)
+    with pytest.raises(DomainNotFound):
+        drv.get_info(spec.name)

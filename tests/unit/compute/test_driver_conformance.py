@@ -1,0 +1,326 @@
+"""The conformance suite every virt driver passes: the fake always, libvirt (embedded mode, TCG,
+the tiny test guest, booted once per module) wherever libvirt can run.
+
+Each setup offers a running guest whose agent answers, a running guest whose agent does not, the
+disk to snapshot on them, and a way to make a fresh guest and a second driver on the same host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from freezeframe.compute.drivers.base import (
+    DomainNotFound, DriverError, GuestSpec, PowerState, QuiesceFailed, VirtDriver,
+)
+from freezeframe.compute.drivers.fake import FakeDriver
+from tests.libvirt.test_libvirt_snapshot import GuestLab, libvirt_unavailable
+
+MiB = 1 << 20
+
+
+@dataclass
+class Setup:
+    kind: str
+    driver: VirtDriver
+    agent_guest: str              # running, its guest agent answers
+    noagent_guest: str            # running, no agent answers
+    disk: str                     # the disk to snapshot on both
+    new_spec: Callable[[str], GuestSpec]       # a fresh guest (no agent), not yet spawned
+    new_driver: Callable[[], VirtDriver]       # a second driver on the same host
+    off_timeout: float            # power_off timeout that does not wait for a guest that ignores ACPI
+
+
+# -- the fake ----------------------------------------------------------------------------------------
+def fake_disk(path: Path, size: int = 8 * MiB) -> Path:
+    """A sparse raw file with data at a few places."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset in (0, 3 * MiB + 4096, size - 4096):
+            f.seek(offset)
+            f.write(os.urandom(4096))
+    return path
+
+
+def fake_setup(tmp_path: Path) -> Setup:
+    driver = FakeDriver()
+
+    def spec(name: str, agent: bool = False) -> GuestSpec:
+        return GuestSpec(name=name, uuid=str(uuid.uuid4()), vcpus=1, memory_mb=128,
+                         root_disk=fake_disk(tmp_path / f"{name}-vda.img"),
+                         extra_disks=(fake_disk(tmp_path / f"{name}-vdb.img"),), guest_agent=agent)
+
+    driver.spawn(spec("fake-agent", agent=True))
+    driver.spawn(spec("fake-noagent"))
+    return Setup("fake", driver, "fake-agent", "fake-noagent", "vdb", new_spec=spec,
+                 new_driver=lambda: FakeDriver(host=driver.host), off_timeout=0)
+
+
+# -- libvirt ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def libvirt_lab():
+    reason = libvirt_unavailable()
+    if reason:
+        pytest.skip(reason)
+    lab = GuestLab("ffc")
+    lab.boot(lab.spec("agent", extra=(lab.disk("agent-vdb", data=True),)))
+    lab.boot(lab.spec("noagent", extra=(lab.disk("noagent-vdb", data=True),), cmdline="ff.noagent"))
+    lab.wait_ready("ffc-agent")
+    lab.wait_ready("ffc-noagent", agent=False)
+    yield lab
+    lab.close()
+
+
+def libvirt_setup(lab: GuestLab) -> Setup:
+    def spec(name: str) -> GuestSpec:
+        s = lab.spec(name, agent=False, extra=(lab.disk(f"{name}-vdb", data=True),),
+                     cmdline="ff.noagent ff.nowriter")
+        lab.names.append(s.name)          # destroyed with the lab whatever the test does
+        return s
+
+    return Setup("libvirt", lab.driver, "ffc-agent", "ffc-noagent", "vdb", new_spec=spec,
+                 new_driver=lab.new_driver, off_timeout=1)
+
+
+@pytest.fixture(params=["fake", pytest.param("libvirt", marks=pytest.mark.libvirt)])
+def setup(request, tmp_path) -> Setup:
+    if request.param == "fake":
+        return fake_setup(tmp_path)
+    return libvirt_setup(request.getfixturevalue("libvirt_lab"))
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def assert_standalone(path: Path, fmt: str) -> None:
+    if fmt == "qcow2":
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert info["format"] == "qcow2" and "backing-filename" not in info, info
+    else:
+        assert fmt == "raw"
+
+
+def assert_same_content(a: Path, b: Path) -> None:
+    if shutil.which("qemu-img"):
+        proc = subprocess.run(["qemu-img", "compare", "-U", str(a), str(b)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        assert a.read_bytes() == b.read_bytes()
+
+
+def assert_thawed(s: Setup, name: str) -> None:
+    assert s.driver.guest_frozen(name) is False
+    if isinstance(s.driver, FakeDriver):
+        mine = [e for e, n in s.driver.events if n == name]
+        assert mine.count("freeze") == mine.count("thaw") and (not mine or mine[-1] == "thaw")
+
+
+# -- the suite -------------------------------------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_lifecycle(setup):
+    drv, spec = setup.driver, setup.new_spec("life")
+    info = drv.spawn(spec)
+    assert (info.name, info.uuid, info.state) == (spec.name, spec.uuid, PowerState.RUNNING)
+    assert (info.vcpus, info.memory_mb) == (spec.vcpus, spec.memory_mb)
+    assert [d.target for d in info.disks] == ["vda", "vdb"]
+    assert [d.path for d in info.disks] == [spec.root_disk, *spec.extra_disks]
+    assert all(d.virtual_size > 0 and d.format in ("raw", "qcow2") for d in info.disks)
+    assert drv.spawn(spec).uuid == spec.uuid                      # idempotent
+    assert spec.name in {d.name for d in drv.list_domains()}
+    drv.power_off(spec.name, timeout=setup.off_timeout)
+    assert drv.get_info(spec.name).state is PowerState.SHUTDOWN
+    drv.power_off(spec.name, timeout=setup.off_timeout)           # already off: no error
+    drv.power_on(spec.name)
+    assert drv.get_info(spec.name).state is PowerState.RUNNING
+    drv.spawn(spec)                                                # running: still fine
+    drv.destroy(spec.name)
+    with pytest.raises(DomainNotFound):
+        drv.get_info(spec.name)
+    drv.destroy(spec.name)                                         # absent: no error
+    assert spec.root_disk.exists()                                 # the caller owns the disks
+
+
+def test_unknown_domain(setup, tmp_path):
+    drv = setup.driver
+    with pytest.raises(DomainNotFound):
+        drv.get_info("no-such-domain")
+    with pytest.raises(DomainNotFound):
+        drv.power_on("no-such-domain")
+    with pytest.raises(DomainNotFound):
+        drv.begin_snapshot("no-such-domain", "vda", "x", tmp_path / "x", quiesce=False, require_quiesce=False)
+    drv.destroy("no-such-domain")
+    assert issubclass(DomainNotFound, DriverError)
+
+
+def test_unknown_disk(setup, tmp_path):
+    with pytest.raises(DriverError):
+        setup.driver.begin_snapshot(setup.agent_guest, "vdz", "x", tmp_path / "x",
+                                    quiesce=False, require_quiesce=False)
+
+
+@pytest.mark.timeout(60)
+def test_agent_available(setup):
+    assert setup.driver.agent_available(setup.agent_guest)
+    t0 = time.monotonic()
+    assert not setup.driver.agent_available(setup.noagent_guest, timeout=1)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.timeout(180)
+def test_quiesced_live_snapshot(setup, tmp_path):
+    drv, name = setup.driver, setup.agent_guest
+    h = drv.begin_snapshot(name, setup.disk, "live", tmp_path / "live", quiesce=True,
+                           require_quiesce=True, max_frozen=1.0)
+    assert (h.snapshot_id, h.domain, h.disk) == ("live", name, setup.disk)
+    assert h.quiesced and 0 < h.frozen_seconds < 1.0
+    assert h.path.parent == h.workdir == (tmp_path / "live").absolute()
+    assert_thawed(setup, name)
+    done = drv.wait_snapshot(h, timeout=120)
+    assert done.finished and 0 < done.done == done.total
+    assert drv.snapshot_progress(h).finished
+    assert_standalone(h.path, h.format)
+    disk = next(d for d in drv.get_info(name).disks if d.target == setup.disk)
+    assert h.virtual_size == disk.virtual_size
+    drv.end_snapshot(name, "live", h.workdir)
+    assert not h.workdir.exists()
+    drv.end_snapshot(name, "live", h.workdir)                      # idempotent
+    assert drv.get_info(name).state is PowerState.RUNNING
+    assert_thawed(setup, name)
+
+
+@pytest.mark.timeout(60)
+def test_require_quiesce_without_agent(setup, tmp_path):
+    drv, name = setup.driver, setup.noagent_guest
+    with pytest.raises(QuiesceFailed):
+        drv.begin_snapshot(name, setup.disk, "rq", tmp_path / "rq", quiesce=True, require_quiesce=True)
+    assert not (tmp_path / "rq").exists()
+    assert drv.get_info(name).state is PowerState.RUNNING
+    if isinstance(drv, FakeDriver):
+        assert not [e for e in drv.events if e[1] == name]
+
+
+@pytest.mark.timeout(120)
+def test_quiesce_is_optional_without_agent(setup, tmp_path):
+    drv, name = setup.driver, setup.noagent_guest
+    h = drv.begin_snapshot(name, setup.disk, "opt", tmp_path / "opt", quiesce=True, require_quiesce=False)
+    assert not h.quiesced and h.frozen_seconds == 0
+    assert drv.wait_snapshot(h, timeout=120).finished
+    assert_standalone(h.path, h.format)
+    drv.end_snapshot(name, "opt", h.workdir)
+
+
+@pytest.mark.timeout(120)
+def test_begin_snapshot_is_idempotent(setup, tmp_path):
+    drv, name = setup.driver, setup.agent_guest
+    h1 = drv.begin_snapshot(name, setup.disk, "idem", tmp_path / "idem", quiesce=False, require_quiesce=False)
+    h2 = drv.begin_snapshot(name, setup.disk, "idem", tmp_path / "idem", quiesce=False, require_quiesce=False)
+    assert (h2.path, h2.snapshot_id, h2.format) == (h1.path, h1.snapshot_id, h1.format)
+    drv.wait_snapshot(h2, timeout=120)
+    # A different snapshot in the same workdir replaces the old one.
+    h3 = drv.begin_snapshot(name, setup.disk, "idem2", tmp_path / "idem", quiesce=False, require_quiesce=False)
+    assert drv.wait_snapshot(h3, timeout=120).finished
+    with pytest.raises(DriverError):
+        drv.snapshot_progress(h1)
+    drv.end_snapshot(name, "idem2", h3.workdir)
+
+
+@pytest.mark.timeout(120)
+def test_end_snapshot_from_a_new_driver(setup, tmp_path):
+    drv, name = setup.driver, setup.agent_guest
+    h = drv.begin_snapshot(name, setup.disk, "peer", tmp_path / "peer", quiesce=True, require_quiesce=False)
+    other = setup.new_driver()
+    other.end_snapshot(name, "peer", h.workdir)
+    assert not h.workdir.exists()
+    with pytest.raises(DriverError):
+        drv.snapshot_progress(h)
+    other.end_snapshot(name, "peer", h.workdir)
+    assert drv.get_info(name).state is PowerState.RUNNING
+    assert_thawed(setup, name)
+    # and the host takes a new snapshot
+    h2 = drv.begin_snapshot(name, setup.disk, "peer2", tmp_path / "peer", quiesce=False, require_quiesce=False)
+    assert drv.wait_snapshot(h2, timeout=120).finished
+    drv.end_snapshot(name, "peer2", h2.workdir)
+
+
+@pytest.mark.timeout(180)
+def test_cold_snapshot(setup, tmp_path):
+    drv, spec = setup.driver, setup.new_spec("cold")
+    drv.spawn(spec)
+    drv.power_off(spec.name, timeout=setup.off_timeout)
+    h = drv.begin_snapshot(spec.name, "vdb", "cold", tmp_path / "cold", quiesce=True, require_quiesce=False)
+    assert not h.quiesced
+    done = drv.wait_snapshot(h, timeout=120)
+    assert done.finished and done.done == done.total
+    assert_standalone(h.path, h.format)
+    assert_same_content(h.path, spec.extra_disks[0])
+    assert drv.get_info(spec.name).state is PowerState.SHUTDOWN
+    drv.end_snapshot(spec.name, "cold", h.workdir)
+    assert not h.workdir.exists()
+    drv.destroy(spec.name)
+
+
+# -- the fake's own knobs ----------------------------------------------------------------------------------
+def test_fake_injected_failures_always_thaw(tmp_path):
+    s = fake_setup(tmp_path)
+    drv, name = s.driver, s.agent_guest
+    drv.fail_on["begin_snapshot"] = DriverError("boom")
+    with pytest.raises(DriverError, match="boom"):
+        drv.begin_snapshot(name, "vdb", "a", tmp_path / "a", quiesce=True, require_quiesce=True)
+    del drv.fail_on["begin_snapshot"]
+
+    drv.fail_on["freeze"] = RuntimeError("agent hiccup")
+    with pytest.raises(QuiesceFailed):
+        drv.begin_snapshot(name, "vdb", "b", tmp_path / "b", quiesce=True, require_quiesce=True)
+    assert not (tmp_path / "b").exists()
+    h = drv.begin_snapshot(name, "vdb", "c", tmp_path / "c", quiesce=True, require_quiesce=False)
+    assert not h.quiesced
+    del drv.fail_on["freeze"]
+    drv.end_snapshot(name, "c", h.workdir)
+
+    drv.fail_on["thaw"] = RuntimeError("thaw lost")
+    with pytest.raises(RuntimeError):
+        drv.begin_snapshot(name, "vdb", "d", tmp_path / "d", quiesce=True, require_quiesce=True)
+    del drv.fail_on["thaw"]
+    assert drv.events[-2:] == [("freeze", name), ("thaw", name)]     # end_snapshot thawed it
+    assert_thawed(s, name)
+
+    drv.fail_on["copy"] = OSError("disk full")
+    h = drv.begin_snapshot(name, "vdb", "e", tmp_path / "e", quiesce=True, require_quiesce=True)
+    with pytest.raises(DriverError, match="disk full"):
+        drv.wait_snapshot(h, timeout=10)
+    drv.end_snapshot(name, "e", h.workdir)
+    assert_thawed(s, name)
+
+
+def test_fake_max_frozen_and_progress(tmp_path):
+    s = fake_setup(tmp_path)
+    drv, name = s.driver, s.agent_guest
+    drv.freeze_seconds = 0.2
+    with pytest.raises(QuiesceFailed):
+        drv.begin_snapshot(name, "vdb", "slow", tmp_path / "slow", quiesce=True,
+                           require_quiesce=True, max_frozen=0.1)
+    assert_thawed(s, name)
+    h = drv.begin_snapshot(name, "vdb", "slow2", tmp_path / "slow2", quiesce=True,
+                           require_quiesce=False, max_frozen=0.1)
+    assert not h.quiesced
+    drv.end_snapshot(name, "slow2", h.workdir)
+
+    drv.freeze_seconds, drv.copy_delay = 0.0, 0.05
+    h = drv.begin_snapshot(name, "vdb", "p", tmp_path / "p", quiesce=True, require_quiesce=True)
+    seen = []
+    while not (p := drv.snapshot_progress(h)).finished:
+        seen.append(p.done)
+        time.sleep(0.02)
+    assert seen == sorted(seen) and p.done == p.total == h.virtual_size
+    copy = h.path.stat()
+    assert copy.st_blocks * 512 < h.virtual_size                    # holes stayed holes
+    assert_same_content(h.path, tmp_path / f"{name}-vdb.img")
+    drv.end_snapshot(name, "p", h.workdir)
