@@ -124,6 +124,8 @@ class ConductorSettings:
     scan_interval: float = 5.0
     # A workflow whose state has not changed for this long is shown as stalled.
     stall_timeout: float = 300.0
+    # Upload bandwidth limit per snapshot, bytes/s (0: none), to spare a busy host's network.
+    upload_rate: int = 0
 
 
 @dataclass(frozen=True)

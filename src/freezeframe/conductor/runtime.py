@@ -22,7 +22,7 @@ class Runtime:
     driver: VirtDriver
     image_client: Callable[[], GlanceClient]   # a client acting as the service (role "service")
     workdir: Path                              # where local snapshots live while they upload
-    upload_block: int = 8 << 20
+    upload_rate: int = 0                       # bytes/s per upload, 0 = unlimited
 
 
 _current: Runtime | None = None

@@ -90,10 +90,11 @@ def service_image_client(settings: Settings, authenticator: Authenticator) -> Ca
 def build_driver(settings: Settings) -> VirtDriver:
     if settings.compute.driver == "fake":
         from freezeframe.compute.drivers.base import DriverError
-        from freezeframe.compute.drivers.fake import FakeDriver
+        from freezeframe.compute.drivers.fake import PersistentFakeDriver
         steps = [step.strip() for step in settings.compute.fake_fail_on.split(",") if step.strip()]
-        return FakeDriver(fail_on={step: DriverError(f"injected failure at {step}") for step in steps},
-                          copy_delay=settings.compute.fake_copy_delay)
+        return PersistentFakeDriver(settings.data_dir / "fake-host.json",
+                                    fail_on={step: DriverError(f"injected failure at {step}") for step in steps},
+                                    copy_delay=settings.compute.fake_copy_delay)
     from freezeframe.compute.drivers.libvirt import LibvirtDriver
     return LibvirtDriver(settings.compute.libvirt_uri or f"qemu:///embed?root={settings.data_dir / 'libvirt'}")
 
@@ -107,7 +108,8 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
         return
     images = service_image_client(settings, authenticator)
     install_runtime(Runtime(db=services.db, driver=driver, image_client=images,
-                            workdir=settings.instances_path / "_snapshots"))
+                            workdir=settings.instances_path / "_snapshots",
+                            upload_rate=settings.conductor.upload_rate))
     member_id = settings.conductor.id or f"{socket.gethostname()}-{hashlib.sha1(str(settings.data_dir).encode()).hexdigest()[:8]}"
     liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir), member_id)
     services.conductor = Conductor(services.db, liveness, database_url=settings.database_url,

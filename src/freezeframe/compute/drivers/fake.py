@@ -13,6 +13,7 @@ the same host, as a new process would be.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import shutil
@@ -308,3 +309,44 @@ class FakeDriver(VirtDriver):
             if job.thread is not None and job.thread is not threading.current_thread():
                 job.thread.join(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class PersistentFakeDriver(FakeDriver):
+    """The fake driver as ``serve`` runs it: its domains outlive the process (a JSON file), as
+    real domains outlive a crashed conductor, so crash-recovery tests can restart the server."""
+
+    def __init__(self, state_file: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.state_file = Path(state_file)
+        if self.state_file.exists():
+            for name, doc in json.loads(self.state_file.read_text()).items():
+                spec = GuestSpec(**{**doc["spec"], "root_disk": Path(doc["spec"]["root_disk"]),
+                                    "extra_disks": tuple(Path(p) for p in doc["spec"]["extra_disks"])})
+                self.host.domains[name] = FakeDomain(spec, state=PowerState(doc["state"]), agent=doc["agent"])
+
+    def _save(self) -> None:
+        with self.host.lock:
+            doc = {name: {"state": dom.state.value, "agent": dom.agent,
+                          "spec": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(dom.spec).items()},
+                                   "extra_disks": [str(p) for p in dom.spec.extra_disks]}}
+                   for name, dom in self.host.domains.items()}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.state_file)
+
+    def spawn(self, spec: GuestSpec) -> DomainInfo:
+        info = super().spawn(spec)
+        self._save()
+        return info
+
+    def destroy(self, name: str) -> None:
+        super().destroy(name)
+        self._save()
+
+    def power_on(self, name: str) -> None:
+        super().power_on(name)
+        self._save()
+
+    def power_off(self, name: str, timeout: float = 30.0) -> None:
+        super().power_off(name, timeout)
+        self._save()

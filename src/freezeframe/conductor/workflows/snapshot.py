@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 from taskflow import task
@@ -220,10 +221,14 @@ class UploadSnapshot(task.Task):
             offset = 0
             if image.status == "saving":
                 offset = images.upload_offset(image_id, workflow_id)
-            sent, last = [0], [0]
+            sent, last, started = [0], [0], time.monotonic()
 
             def progress(increment: int) -> None:
                 sent[0] += increment
+                if rt.upload_rate:  # bandwidth limit: never ahead of the allowed rate
+                    ahead = sent[0] / rt.upload_rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
                 percent = int((offset + sent[0]) * 100 / size) if size else 100
                 percent = percent // 10 * 10
                 if 0 < percent < 100 and percent > last[0]:
