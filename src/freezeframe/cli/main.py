@@ -36,6 +36,23 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _conductor(args: argparse.Namespace) -> int:
+    from freezeframe import settings as settings_mod
+    from freezeframe.conductor.process import run
+
+    flags = {"data_dir": args.data_dir, "database.url": args.database_url, "auth.mode": args.auth,
+             "auth.tokens_file": args.tokens_file, "server.log_level": args.log_level,
+             "conductor.image_url": args.image_url, "conductor.coordination_url": args.coordination_url,
+             "conductor.id": args.id}
+    try:
+        settings = settings_mod.load(args.config, flags=flags)
+    except settings_mod.SettingsError as exc:
+        print(f"freezeframe: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run(settings)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freezeframe", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
+
+    cond = sub.add_parser("conductor", help="run a conductor on its own (scale-out); serve with "
+                                            "FREEZEFRAME_CONDUCTOR__ENABLED=false then")
+    cond.add_argument("--config", help="TOML settings file (also FREEZEFRAME_CONFIG)")
+    cond.add_argument("--data-dir", help="local work area (snapshots in progress); share the database")
+    cond.add_argument("--database-url", help="the API's database (PostgreSQL for several hosts)")
+    cond.add_argument("--image-url", help="the image API the snapshots upload to")
+    cond.add_argument("--coordination-url", help="liveness backend shared with the API, e.g. redis://host:6379")
+    cond.add_argument("--id", help="this conductor's stable id (default: host + data dir)")
+    cond.add_argument("--auth", choices=["tokens", "noauth"], help="how to reach the image API")
+    cond.add_argument("--tokens-file", help="tokens file holding a token with role 'service'")
+    cond.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    cond.set_defaults(func=_conductor)
 
     from freezeframe.cli import image
 

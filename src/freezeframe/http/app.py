@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import socket
-from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -16,160 +13,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from freezeframe.assembly import build_authenticator, build_compute, build_services
 from freezeframe.compute.api import ComputeAPI
-from freezeframe.compute.drivers.base import VirtDriver
-from freezeframe.compute.service import ComputeService
 from freezeframe.conductor.api import WorkflowAPI
-from freezeframe.conductor.engine import Conductor
-from freezeframe.conductor.liveness import Liveness, backend_url
-from freezeframe.conductor.model import Workflow
-from freezeframe.conductor.runtime import Runtime
-from freezeframe.conductor.runtime import install as install_runtime
-from freezeframe.conductor.states import TERMINAL, WorkflowState, parse
-from freezeframe.db.engine import make_engine, make_sessionmaker, redact
-from freezeframe.images.client import GlanceClient
-from freezeframe.settings import SettingsError
-from freezeframe.db.migrate import upgrade
-from freezeframe.db.session import Database
-from freezeframe.http.auth import Authenticator, load_tokens, service_token, write_default_tokens
+from freezeframe.db.engine import redact
 from freezeframe.http.errors import HANDLERS
 from freezeframe.http.middleware import EdgeMiddleware
 from freezeframe.images import states
 from freezeframe.images.api import ImageAPI
-from freezeframe.images.data import ImageData
-from freezeframe.images.drivers.file import FileStore
-from freezeframe.images.members import MemberService
-from freezeframe.images.reaper import Reaper
-from freezeframe.images.service import ImageService
 from freezeframe.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
 
-@dataclass
-class Services:
-    db: Database
-    store: FileStore
-    images: ImageService
-    data: ImageData
-    members: MemberService
-    reaper: Reaper
-    conductor: Conductor | None = None
-    compute: ComputeService | None = None
-
-
-def build_services(settings: Settings) -> Services:
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    db = Database(engine, make_sessionmaker(engine))
-    store = FileStore(settings.store_path, fsync=settings.store.fsync)
-    return Services(
-        db=db,
-        store=store,
-        images=ImageService(db, store, settings.images),
-        data=ImageData(db, store, settings.images),
-        members=MemberService(db, settings.images),
-        reaper=Reaper(db, store, settings.reaper),
-    )
-
-
-def service_image_client(settings: Settings, authenticator: Authenticator) -> Callable[[], GlanceClient]:
-    """How the other services (and the workflows) reach the image API: as role "service"."""
-    host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
-    url = settings.conductor.image_url or f"http://{host}:{settings.server.port}/image"
-    if authenticator.mode == "noauth":
-        headers = {"X-Roles": "service,admin", "X-Project-Id": "service", "X-User-Id": "freezeframe"}
-        return lambda: GlanceClient(url, extra_headers=headers)
-    token = settings.conductor.service_token or service_token(authenticator.tokens)
-    if not token:
-        raise SettingsError("conductor.service_token: no token with role 'service' in the tokens file; "
-                            "add one (the workflows upload snapshots with it) or set conductor.service_token")
-    return lambda: GlanceClient(url, token)
-
-
-def build_driver(settings: Settings) -> VirtDriver:
-    if settings.compute.driver == "fake":
-        from freezeframe.compute.drivers.base import DriverError
-        from freezeframe.compute.drivers.fake import PersistentFakeDriver
-        steps = [step.strip() for step in settings.compute.fake_fail_on.split(",") if step.strip()]
-        return PersistentFakeDriver(settings.data_dir / "fake-host.json",
-                                    fail_on={step: DriverError(f"injected failure at {step}") for step in steps},
-                                    copy_delay=settings.compute.fake_copy_delay)
-    from freezeframe.compute.drivers.libvirt import LibvirtDriver
-    return LibvirtDriver(settings.compute.libvirt_uri or f"qemu:///embed?root={settings.data_dir / 'libvirt'}")
-
-
-def build_compute(settings: Settings, services: Services, authenticator: Authenticator) -> None:
-    """The compute service and the conductor that runs its snapshots (embedded default)."""
-    try:
-        driver = build_driver(settings)
-    except Exception as exc:  # e.g. libvirt-python missing: the image service still runs
-        LOG.warning("compute disabled: the %s driver is unavailable: %s", settings.compute.driver, exc)
-        return
-    images = service_image_client(settings, authenticator)
-    install_runtime(Runtime(db=services.db, driver=driver, image_client=images,
-                            workdir=settings.instances_path / "_snapshots",
-                            upload_rate=settings.conductor.upload_rate))
-    member_id = settings.conductor.id or f"{socket.gethostname()}-{hashlib.sha1(str(settings.data_dir).encode()).hexdigest()[:8]}"
-    liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir), member_id)
-    services.conductor = Conductor(services.db, liveness, database_url=settings.database_url,
-                                   max_workers=settings.conductor.workers,
-                                   scan_interval=settings.conductor.scan_interval)
-    services.reaper.owner_alive = workflow_owner_alive(services.db, services.conductor)
-    services.compute = ComputeService(services.db, driver, images, settings.instances_path,
-                                      submit=services.conductor.submit,
-                                      max_concurrent_snapshots=settings.compute.max_concurrent_snapshots)
-
-
-def workflow_owner_alive(db: Database, conductor: Conductor) -> Callable[[str], bool]:
-    """For the reaper: is the conductor running this workflow alive (or will one pick it up)?"""
-    def alive(workflow_id: str) -> bool:
-        wf = db.run_sync(lambda s: s.get(Workflow, workflow_id))
-        if wf is None or WorkflowState(parse(wf.state)[0]) in TERMINAL:
-            return False
-        return wf.owner is None or conductor.owner_alive(wf.owner)
-    return alive
-
-
-def build_authenticator(settings: Settings) -> Authenticator:
-    if settings.auth.mode == "noauth":
-        LOG.warning("authentication is OFF (--auth noauth): every caller is an admin. Development only.")
-        return Authenticator("noauth")
-    path = settings.tokens_path
-    if not settings.auth.tokens_file:
-        if not path.exists():
-            write_default_tokens(path)
-        write_clouds_yaml(settings, load_tokens(path))
-    return Authenticator("tokens", load_tokens(path))
-
-
-def write_clouds_yaml(settings: Settings, tokens: dict) -> None:
-    """With the generated tokens, also write a clouds.yaml so clients work at once:
-    ``OS_CLIENT_CONFIG_FILE=<data-dir>/clouds.yaml OS_CLOUD=freezeframe``."""
-    import os
-
-    import yaml
-
-    host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
-    url = f"http://{host}:{settings.server.port}/image"
-    clouds = {}
-    for token, ident in tokens.items():
-        name = ("freezeframe-service" if "service" in ident.roles else
-                "freezeframe" if "admin" in ident.roles else f"freezeframe-{ident.project_id}")
-        clouds[name] = {"auth_type": "admin_token", "auth": {"endpoint": url, "token": token},
-                        "image_endpoint_override": url, "image_api_version": "2"}
-    target = settings.data_dir / "clouds.yaml"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump({"clouds": clouds}, fh, sort_keys=True)
-    LOG.info("client configuration: export OS_CLIENT_CONFIG_FILE=%s OS_CLOUD=freezeframe", target)
-
-
 def build_app(settings: Settings) -> Starlette:
     services = build_services(settings)
     authenticator = build_authenticator(settings)
-    if settings.compute.enabled and settings.conductor.enabled:
-        build_compute(settings, services, authenticator)
+    if settings.compute.enabled:
+        build_compute(settings, services, authenticator, with_conductor=settings.conductor.enabled)
     LOG.info("database %s, store %s", redact(settings.database_url), settings.store_path)
 
     async def healthcheck(request: Request) -> Response:
@@ -185,13 +46,18 @@ def build_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         services.reaper.start()
+        loop = asyncio.get_running_loop()
         if services.conductor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, services.conductor.start)
+            await loop.run_in_executor(None, services.conductor.start)
+        elif services.liveness is not None:
+            await loop.run_in_executor(None, services.liveness.start)
         try:
             yield
         finally:
             if services.conductor is not None:
-                await asyncio.get_running_loop().run_in_executor(None, services.conductor.stop)
+                await loop.run_in_executor(None, services.conductor.stop)
+            elif services.liveness is not None:
+                await loop.run_in_executor(None, services.liveness.stop)
             await services.reaper.stop()
             await services.data.close()
             services.db.close()
@@ -200,10 +66,10 @@ def build_app(settings: Settings) -> Starlette:
         Route("/healthcheck", healthcheck, methods=["GET", "HEAD"]),
         Mount("/image", app=ImageAPI(services.images, services.data, services.members).router()),
     ]
-    if services.compute is not None and services.conductor is not None:
+    if services.compute is not None and services.liveness is not None:
         routes += [
             Mount("/compute", app=ComputeAPI(services.compute, services.db).router()),
-            Mount("/v1", app=WorkflowAPI(services.db, services.conductor.owner_alive,
+            Mount("/v1", app=WorkflowAPI(services.db, services.liveness.is_alive,
                                          settings.conductor.stall_timeout).router()),
         ]
     app = Starlette(

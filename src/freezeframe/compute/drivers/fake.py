@@ -260,6 +260,12 @@ class FakeDriver(VirtDriver):
                     # A qcow2 disk may be an overlay: flatten it, as a real snapshot must be standalone.
                     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(source), str(handle.path)],
                                    check=True, capture_output=True)
+                    for done in range(0, job.total, CHUNK):   # the same pace as a raw copy
+                        if job.cancel.is_set():
+                            return
+                        job.done = done
+                        if self.copy_delay:
+                            time.sleep(self.copy_delay)
                 else:
                     sparse_copy(source, handle.path, job, self.copy_delay)
                 if not job.cancel.is_set():

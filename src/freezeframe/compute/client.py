@@ -1,0 +1,365 @@
+"""A typed client for the compute API (Nova v2.1 subset) and the workflow API, on httpx.
+
+Used by the CLI and by any code that starts or follows snapshots. Errors are ``ComputeError``
+with the server's message, HTTP status and request id (parsed as the image client does).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Collection, Iterator, Mapping
+
+import httpx
+
+from freezeframe import __version__
+from freezeframe.images.client import DEFAULT_TIMEOUT, error_from, looks_like_id
+
+# createImage/createBackup answer {"image_id"} from 2.45 on; 2.84 adds event details.
+MICROVERSION = "2.45"
+EVENT_DETAILS_MICROVERSION = "2.84"
+WORKFLOW_HEADER = "X-Freezeframe-Workflow-Id"
+SUCCEEDED = "IMAGE_ACTIVE"
+# Where a workflow stops for good; FAILED normally moves on to REVERTED once the revert is done.
+TERMINAL = frozenset({"IMAGE_ACTIVE", "REVERTED", "CANCELLED"})
+FAILED = "FAILED"
+
+
+class ComputeError(Exception):
+    """A compute or workflow request failed. ``status`` is None when no HTTP response was received."""
+
+    def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None,
+                 title: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.request_id = request_id
+        self.title = title
+
+    def __str__(self) -> str:
+        details = []
+        if self.status is not None:
+            details.append(f"HTTP {self.status}" + (f" {self.title}" if self.title else ""))
+        if self.request_id:
+            details.append(f"request id {self.request_id}")
+        return self.message + (f" ({'; '.join(details)})" if details else "")
+
+
+class Unreachable(ComputeError):
+    """No connection to the service could be made (refused, unknown host, connect timeout)."""
+
+    def __init__(self, message: str, *, service: str = "compute") -> None:
+        super().__init__(message)
+        self.service = service  # "compute" or "workflow"
+
+
+class WaitTimeout(ComputeError):
+    """A server or workflow did not reach the awaited state in time."""
+
+
+@dataclass(frozen=True, eq=False)
+class Server:
+    id: str
+    name: str | None
+    status: str
+    vm_state: str | None
+    task_state: str | None
+    power_state: int | None
+    fault: str | None
+    # The whole document as the server sent it.
+    attrs: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Server:
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+            raise ComputeError(f"the server sent something that is not a server: {str(doc)[:200]}")
+        fault = doc.get("fault")
+        return cls(id=doc["id"], name=doc.get("name"), status=str(doc.get("status", "UNKNOWN")),
+                   vm_state=doc.get("OS-EXT-STS:vm_state"), task_state=doc.get("OS-EXT-STS:task_state"),
+                   power_state=doc.get("OS-EXT-STS:power_state"),
+                   fault=fault.get("message") if isinstance(fault, dict) else None, attrs=doc)
+
+
+@dataclass(frozen=True)
+class Flavor:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What createImage/createBackup answered: the (queued) image and the workflow filling it."""
+    server_id: str
+    image_id: str
+    workflow_id: str
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class WorkflowEvent:
+    state: str
+    progress: int | None
+    at: str | None
+    detail: str
+
+
+@dataclass(frozen=True, eq=False)
+class Workflow:
+    id: str
+    kind: str | None
+    state: str
+    progress: int
+    resource_id: str | None
+    image_id: str | None
+    failure_reason: str | None
+    last_good_state: str | None
+    stalled: bool
+    # Only ``show`` returns the history; ``list`` leaves it empty.
+    history: tuple[WorkflowEvent, ...]
+    attrs: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == SUCCEEDED
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Workflow:
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("state"), str):
+            raise ComputeError(f"the server sent something that is not a workflow: {str(doc)[:200]}")
+        history = tuple(WorkflowEvent(state=str(e.get("state")), progress=e.get("progress"), at=e.get("at"),
+                                      detail=e.get("detail") or "")
+                        for e in doc.get("history") or () if isinstance(e, dict))
+        progress = doc.get("progress")
+        return cls(id=doc["id"], kind=doc.get("kind"), state=doc["state"],
+                   progress=progress if isinstance(progress, int) else 0, resource_id=doc.get("resource_id"),
+                   image_id=doc.get("image_id"), failure_reason=doc.get("failure_reason"),
+                   last_good_state=doc.get("last_good_state"), stalled=doc.get("stalled") is True,
+                   history=history, attrs=doc)
+
+
+def _error(response: httpx.Response) -> ComputeError:
+    parsed = error_from(response)
+    return ComputeError(parsed.message, status=parsed.status, title=parsed.title,
+                        request_id=parsed.request_id or response.headers.get("x-compute-request-id"))
+
+
+class ComputeClient:
+    """Calls to one compute root (``{compute_url}/servers``) and one workflow root
+    (``{workflow_url}/workflows``), over one connection pool."""
+
+    def __init__(self, compute_url: str, workflow_url: str, token: str | None = None, *,
+                 verify: bool | ssl.SSLContext = True, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 transport: httpx.BaseTransport | None = None, microversion: str = MICROVERSION) -> None:
+        headers = {"User-Agent": f"freezeframe/{__version__} httpx/{httpx.__version__}",
+                   "Accept": "application/json", "X-OpenStack-Nova-API-Version": microversion}
+        if token:
+            headers["X-Auth-Token"] = token
+        self.compute_url = compute_url.rstrip("/")
+        self.workflow_url = workflow_url.rstrip("/")
+        self._http = httpx.Client(headers=headers, verify=verify, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ComputeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _call(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        service = "workflow" if url.startswith(self.workflow_url + "/") else "compute"
+        try:
+            response = self._http.request(method, url, **kw)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            root = self.workflow_url if service == "workflow" else self.compute_url
+            raise Unreachable(f"cannot reach the {service} service at {root}: {exc}", service=service) from None
+        except httpx.TransportError as exc:
+            raise ComputeError(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+        if response.is_error:
+            raise _error(response)
+        return response
+
+    def _json(self, method: str, url: str, key: str, **kw: Any) -> Any:
+        response = self._call(method, url, **kw)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or key not in body:
+            raise ComputeError(f"{method} {url}: the answer has no {key!r}", status=response.status_code,
+                               request_id=response.headers.get("x-openstack-request-id"))
+        return body[key]
+
+    def _servers(self, path: str = "") -> str:
+        return f"{self.compute_url}/servers{path}"
+
+    def _workflows(self, path: str = "") -> str:
+        return f"{self.workflow_url}/workflows{path}"
+
+    # -- servers -----------------------------------------------------------------------------
+
+    def list_servers(self) -> list[Server]:
+        docs = self._json("GET", self._servers("/detail"), "servers")
+        if not isinstance(docs, list):
+            raise ComputeError("GET /servers/detail: 'servers' is not a list")
+        return [Server.from_json(doc) for doc in docs]
+
+    def show_server(self, server_id: str) -> Server:
+        return Server.from_json(self._json("GET", self._servers(f"/{server_id}"), "server"))
+
+    def find_server(self, name_or_id: str) -> Server:
+        """A server by ID, or by name when exactly one visible server has that name."""
+        missing: ComputeError | None = None
+        if looks_like_id(name_or_id):
+            try:
+                return self.show_server(name_or_id)
+            except ComputeError as exc:
+                if exc.status != 404:
+                    raise
+                missing = exc
+        matches = [s for s in self.list_servers() if s.name == name_or_id]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ComputeError(f"more than one server is named {name_or_id!r}; use its ID")
+        raise missing or ComputeError(f"no server with name or ID {name_or_id!r}")
+
+    def create_server(self, name: str, image_ref: str, flavor_ref: str,
+                      metadata: Mapping[str, str] | None = None) -> str:
+        """Ask for a server; returns its ID (it is BUILD until ``wait_server`` says otherwise)."""
+        body: dict[str, Any] = {"name": name, "imageRef": image_ref, "flavorRef": flavor_ref}
+        if metadata:
+            body["metadata"] = dict(metadata)
+        server = self._json("POST", self._servers(), "server", json={"server": body})
+        if not isinstance(server, dict) or not isinstance(server.get("id"), str):
+            raise ComputeError("POST /servers: the answer has no server id")
+        return server["id"]
+
+    def delete_server(self, server_id: str) -> None:
+        self._call("DELETE", self._servers(f"/{server_id}"))
+
+    def start_server(self, server_id: str) -> None:
+        self._call("POST", self._servers(f"/{server_id}/action"), json={"os-start": None})
+
+    def stop_server(self, server_id: str) -> None:
+        self._call("POST", self._servers(f"/{server_id}/action"), json={"os-stop": None})
+
+    def wait_server(self, server_id: str, *, until: Collection[str] = ("ACTIVE", "ERROR"),
+                    timeout: float = 600.0, interval: float = 0.5, max_interval: float = 5.0) -> Server:
+        """Poll until the status is one of ``until`` with no task running; WaitTimeout otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            server = self.show_server(server_id)
+            if server.status in until and server.task_state is None:
+                return server
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g}s waiting for server {server_id} (status "
+                                  f"{server.status}, task_state {server.task_state})")
+            time.sleep(min(interval, max(deadline - time.monotonic(), 0.05)))
+            interval = min(interval * 1.5, max_interval)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def create_image(self, server_id: str, name: str, metadata: Mapping[str, str] | None = None) -> Accepted:
+        args: dict[str, Any] = {"name": name}
+        if metadata:
+            args["metadata"] = dict(metadata)
+        return self._snapshot(server_id, {"createImage": args})
+
+    def create_backup(self, server_id: str, name: str, backup_type: str, rotation: int,
+                      metadata: Mapping[str, str] | None = None) -> Accepted:
+        args: dict[str, Any] = {"name": name, "backup_type": backup_type, "rotation": rotation}
+        if metadata:
+            args["metadata"] = dict(metadata)
+        return self._snapshot(server_id, {"createBackup": args})
+
+    def _snapshot(self, server_id: str, body: dict[str, Any]) -> Accepted:
+        url = self._servers(f"/{server_id}/action")
+        response = self._call("POST", url, json=body)
+        request_id = response.headers.get("x-openstack-request-id")
+        try:
+            image_id = response.json().get("image_id")
+        except (ValueError, AttributeError):
+            image_id = None
+        workflow_id = response.headers.get(WORKFLOW_HEADER)
+        if not isinstance(image_id, str) or not workflow_id:
+            raise ComputeError(f"POST {url}: the answer lacks the image id or the {WORKFLOW_HEADER} header "
+                               "(not a Freezeframe compute service, or a microversion below 2.45?)",
+                               status=response.status_code, request_id=request_id)
+        return Accepted(server_id=server_id, image_id=image_id, workflow_id=workflow_id, request_id=request_id)
+
+    def instance_actions(self, server_id: str) -> list[dict[str, Any]]:
+        return self._json("GET", self._servers(f"/{server_id}/os-instance-actions"), "instanceActions")
+
+    def instance_action(self, server_id: str, request_id: str) -> dict[str, Any]:
+        """One action with its events (and their ``details``)."""
+        return self._json("GET", self._servers(f"/{server_id}/os-instance-actions/{request_id}"), "instanceAction",
+                          headers={"X-OpenStack-Nova-API-Version": EVENT_DETAILS_MICROVERSION})
+
+    # -- flavors -----------------------------------------------------------------------------
+
+    def list_flavors(self) -> list[Flavor]:
+        docs = self._json("GET", f"{self.compute_url}/flavors", "flavors")
+        return [Flavor(id=str(d["id"]), name=str(d.get("name", d["id"]))) for d in docs
+                if isinstance(d, dict) and "id" in d]
+
+    def find_flavor(self, name_or_id: str) -> Flavor:
+        flavors = self.list_flavors()
+        for flavor in flavors:
+            if flavor.id == name_or_id:
+                return flavor
+        named = [f for f in flavors if f.name == name_or_id]
+        if len(named) == 1:
+            return named[0]
+        known = ", ".join(f"{f.name} ({f.id})" for f in flavors) or "none"
+        raise ComputeError(f"no flavor with name or ID {name_or_id!r} (flavors: {known})")
+
+    # -- workflows ---------------------------------------------------------------------------
+
+    def list_workflows(self, *, resource_id: str | None = None, image_id: str | None = None,
+                       state: str | None = None, kind: str | None = None) -> list[Workflow]:
+        params = {k: v for k, v in (("resource_id", resource_id), ("image_id", image_id), ("state", state),
+                                    ("kind", kind)) if v is not None}
+        docs = self._json("GET", self._workflows(), "workflows", params=params)
+        if not isinstance(docs, list):
+            raise ComputeError("GET /workflows: 'workflows' is not a list")
+        return [Workflow.from_json(doc) for doc in docs]
+
+    def show_workflow(self, workflow_id: str) -> Workflow:
+        return Workflow.from_json(self._json("GET", self._workflows(f"/{workflow_id}"), "workflow"))
+
+    def cancel_workflow(self, workflow_id: str) -> None:
+        """Ask the workflow to stop and revert; a 409 ComputeError when it already ended."""
+        self._call("DELETE", self._workflows(f"/{workflow_id}"))
+
+    def watch_workflow(self, workflow_id: str, *, timeout: float | None = None, interval: float = 0.25,
+                       failed_grace: float = 30.0) -> Iterator[Workflow]:
+        """Yield the workflow at every poll until it ends (the last one yielded has ended, or is
+        FAILED with a revert that is stalled or has not finished within ``failed_grace``);
+        WaitTimeout after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failed_since: float | None = None
+        while True:
+            wf = self.show_workflow(workflow_id)
+            yield wf
+            now = time.monotonic()
+            if wf.ended:
+                return
+            if wf.state == FAILED:
+                failed_since = failed_since or now
+                if wf.stalled or now - failed_since >= failed_grace:
+                    return
+            else:
+                failed_since = None
+            if deadline is not None and now >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g}s waiting for workflow {workflow_id} "
+                                  f"(state {wf.state}, {wf.progress}%)")
+            time.sleep(interval if deadline is None else min(interval, max(deadline - now, 0.01)))
