@@ -107,7 +107,7 @@ class ImageService:
             image = Image(
                 id=image_id, status=ImageStatus.QUEUED.value, visibility="shared", protected=False,
                 os_hidden=False, min_disk=0, min_ram=0, owner=ctx.project_id,
-                created_at=now, updated_at=now, status_changed_at=now,
+                created_at=now, updated_at=now, status_changed_at=now, properties=[], tags=[],
             )
             _store(session, image, {k: v for k, v in body.items() if k != "id"})
             session.add(image)

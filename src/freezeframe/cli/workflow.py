@@ -1,0 +1,221 @@
+"""``freezeframe workflow ...``: list, show, watch and cancel the long operations (snapshots, backups).
+
+``watch`` (and ``server image create --wait``) polls the workflow four times a second: a live
+progress bar on stderr when it is a terminal, one line per state change otherwise. It exits 0
+when the workflow reaches IMAGE_ACTIVE and 1 when it ends REVERTED or CANCELLED, or stays FAILED
+(its revert stalled), printing the failure reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Iterable
+
+from freezeframe.cli import compute_cloud
+from freezeframe.cli.compute_cloud import ComputeEndpoint, command
+from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
+from freezeframe.cli.image import _cell as cell, _console as console, fail, print_json
+from freezeframe.compute.client import ComputeClient, ComputeError, Workflow, WaitTimeout
+from freezeframe.images.client import looks_like_id
+
+POLL_INTERVAL = 0.25
+DEFAULT_TIMEOUT = 3600.0
+LIST_COLUMNS = [("ID", "id"), ("Kind", "kind"), ("State", "state"), ("Progress", "progress"),
+                ("Server", "resource_id"), ("Image", "image_id"), ("Last State Change", "last_state_change_at")]
+HISTORY_COLUMNS = [("At", "at"), ("State", "state"), ("Progress", "progress"), ("Detail", "detail")]
+
+
+# -- following a workflow (also used by ``server image/backup create --wait``) ---------------
+
+
+def _describe(wf: Workflow) -> str:
+    return f"{wf.kind or 'workflow'} {wf.state}" + (" (stalled)" if wf.stalled else "")
+
+
+def _line(at: str | None, state: str, progress: int | None, detail: str = "") -> str:
+    percent = f"{progress:>3}%" if progress is not None else "    "
+    return f"{at or '':<20}  {state:<24} {percent}" + (f"  {detail}" if detail else "")
+
+
+def _bar(client: ComputeClient, workflow_id: str, timeout: float | None) -> Workflow:
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    wf = None
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console(sys.stderr), refresh_per_second=8) as bar:
+        task = bar.add_task(f"workflow {workflow_id}", total=100)
+        for wf in client.watch_workflow(workflow_id, timeout=timeout, interval=POLL_INTERVAL):
+            bar.update(task, completed=wf.progress, description=escape(_describe(wf)))
+    assert wf is not None
+    return wf
+
+
+def _lines(client: ComputeClient, workflow_id: str, timeout: float | None) -> Workflow:
+    """One line per state change, from the workflow's history (so quick steps between polls show)."""
+    printed, last, wf = 0, None, None
+    for wf in client.watch_workflow(workflow_id, timeout=timeout, interval=POLL_INTERVAL):
+        for event in wf.history[printed:]:
+            print(_line(event.at, event.state, event.progress, event.detail), file=sys.stderr, flush=True)
+            last = event.state
+        printed = max(printed, len(wf.history))
+        if wf.state != last:  # PENDING has no history event; an old server may send none at all
+            print(_line(wf.attrs.get("last_state_change_at"), wf.state, wf.progress), file=sys.stderr, flush=True)
+            last = wf.state
+    assert wf is not None
+    return wf
+
+
+def follow(client: ComputeClient, workflow_id: str, timeout: float | None = DEFAULT_TIMEOUT) -> Workflow:
+    """Show a workflow's progress on stderr until it ends; the last state seen."""
+    try:
+        if sys.stderr.isatty():
+            return _bar(client, workflow_id, timeout)
+        return _lines(client, workflow_id, timeout)
+    except WaitTimeout as exc:
+        exc.message += f"; it goes on on the server ('freezeframe workflow watch {workflow_id}')"
+        raise
+    except KeyboardInterrupt:
+        print(f"freezeframe: stopped watching; workflow {workflow_id} goes on on the server "
+              f"('freezeframe workflow cancel {workflow_id}' stops it)", file=sys.stderr)
+        raise
+
+
+def outcome(wf: Workflow) -> int:
+    """The exit code for how a followed workflow ended, saying why when it failed."""
+    if wf.succeeded:
+        return EXIT_OK
+    reason = wf.failure_reason or "no reason given"
+    message = f"workflow {wf.id} ended {wf.state}: {reason}"
+    if wf.last_good_state:
+        message += f" (last good state {wf.last_good_state})"
+    if not wf.ended:
+        message += "; its revert has not finished" + (" and is stalled" if wf.stalled else "")
+    return fail(message, EXIT_FAILED)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def print_workflow(wf: Workflow, fmt: str) -> None:
+    if fmt == "json":
+        print_json(dict(wf.attrs))
+        return
+    from rich.table import Table
+
+    table = Table("Field", "Value")
+    for key, value in wf.attrs.items():
+        if key != "history":
+            table.add_row(cell(key), cell(value))
+    out = console(sys.stdout)
+    out.print(table)
+    if "history" in wf.attrs:
+        history = Table(*(title for title, _ in HISTORY_COLUMNS), title="History")
+        for event in wf.history:
+            history.add_row(*(cell(getattr(event, key)) for _, key in HISTORY_COLUMNS))
+        out.print(history)
+
+
+def print_workflows(workflows: Iterable[Workflow], fmt: str) -> None:
+    if fmt == "json":
+        print_json([dict(wf.attrs) for wf in workflows])
+        return
+    from rich.table import Table
+
+    table = Table(*(title for title, _ in LIST_COLUMNS))
+    for wf in workflows:
+        table.add_row(*(cell(wf.attrs.get(key)) for _, key in LIST_COLUMNS))
+    console(sys.stdout).print(table)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+@command
+def list_workflows(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    server_id = None
+    if args.server is not None:
+        # An ID is taken as it is: a deleted server's workflows are still listed.
+        server_id = args.server if looks_like_id(args.server) else client.find_server(args.server).id
+    print_workflows(client.list_workflows(resource_id=server_id, image_id=args.image, state=args.state,
+                                          kind=args.kind), args.format)
+    return EXIT_OK
+
+
+@command
+def show(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    print_workflow(client.show_workflow(args.workflow), args.format)
+    return EXIT_OK
+
+
+@command
+def watch(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    return outcome(follow(client, args.workflow, args.timeout))
+
+
+@command
+def cancel(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    try:
+        client.cancel_workflow(args.workflow)
+    except ComputeError as exc:
+        if exc.status == 409:
+            exc.message = f"cannot cancel workflow {args.workflow}: {exc.message}"
+        raise
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def add_timeout(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--timeout", "--wait-timeout", dest="timeout", type=_seconds, default=DEFAULT_TIMEOUT,
+                        metavar="SECONDS", help=f"give up waiting for {what} after this long (default "
+                        f"{DEFAULT_TIMEOUT:g}; the operation goes on)")
+
+
+def parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The shared option sets: service endpoints, and ``-f``."""
+    service = argparse.ArgumentParser(add_help=False)
+    compute_cloud.add_arguments(service)
+    fmt = argparse.ArgumentParser(add_help=False)
+    fmt.add_argument("-f", "--format", choices=["table", "json"], default="table", help="output format")
+    return service, fmt
+
+
+def register(subparsers: Any) -> None:
+    workflow = subparsers.add_parser("workflow", help="list, show, watch and cancel snapshot workflows",
+                                     description="The long operations (snapshots, backups) and their states.")
+    actions = workflow.add_subparsers(dest="workflow_command", required=True, metavar="ACTION")
+    service, fmt = parents()
+
+    p = actions.add_parser("list", parents=[service, fmt], help="list workflows (newest first)")
+    p.add_argument("--server", metavar="SERVER", help="only this server's (ID or name)")
+    p.add_argument("--image", metavar="IMAGE_ID", help="only the one filling this image")
+    p.add_argument("--state", metavar="STATE", help="only workflows in this state, e.g. IMAGE_ACTIVE")
+    p.add_argument("--kind", choices=["snapshot", "backup"])
+    p.set_defaults(func=list_workflows)
+
+    p = actions.add_parser("show", parents=[service, fmt], help="show one workflow and its history")
+    p.add_argument("workflow", metavar="ID")
+    p.set_defaults(func=show)
+
+    p = actions.add_parser("watch", parents=[service], help="follow a workflow until it ends (exit 0 if "
+                           "its image became active)")
+    p.add_argument("workflow", metavar="ID")
+    add_timeout(p, "the workflow")
+    p.set_defaults(func=watch)
+
+    p = actions.add_parser("cancel", parents=[service], help="stop a workflow; it reverts and ends CANCELLED")
+    p.add_argument("workflow", metavar="ID")
+    p.set_defaults(func=cancel)
