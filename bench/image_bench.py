@@ -4,7 +4,7 @@
     image_bench.py --target ours=http://127.0.0.1:9400/image,pid=123,store=/data/images \
                    --target glance=http://127.0.0.1:9292,pid=456,store=/tmp/glance-peer/images,close=1 \
                    [--baseline glance] [--sizes 1G,4G] [--reps 3] [--sparse 20G:2G | --skip-sparse] \
-                   [--creates 200] [--clients 8] [--json-out bench/results/latest.json]
+                   [--creates 200] [--clients 1,8] [--json-out bench/results/latest.json]
 
 A target is ``NAME=URL[,pid=PID][,store=DIR][,close=1][,tests=dense+sparse+creates][,checks=0]``:
 URL is the image API root (clients call URL/v2/images); pid is the server process whose RSS and
@@ -320,9 +320,10 @@ def digests(path: str) -> dict[str, str]:
     return {k: h.hexdigest() for k, h in hs.items()}
 
 
-def hash_speeds(path: str) -> dict[str, float]:
+def hash_speeds(path: str) -> tuple[dict[str, float], dict[str, str]]:
     """MB/s of md5, sha512 and md5+sha512 (one thread, one after the other per block, as a
-    single hashlib loop does it), and of sha256 alone. Reading the file is not timed."""
+    single hashlib loop does it), and of sha256 alone; and the three digests. Reading the file
+    is not timed."""
     md5, sha512, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha512(), hashlib.sha256()
     t_md5 = t_sha512 = t_sha256 = 0.0
     n = 0
@@ -341,8 +342,17 @@ def hash_speeds(path: str) -> dict[str, float]:
             t0 = time.perf_counter()
             sha256.update(block)
             t_sha256 += time.perf_counter() - t0
-    return {"md5": n / t_md5 / MB, "sha512": n / t_sha512 / MB,
-            "md5+sha512": n / (t_md5 + t_sha512) / MB, "sha256": n / t_sha256 / MB}
+    speeds = {"md5": n / t_md5 / MB, "sha512": n / t_sha512 / MB,
+              "md5+sha512": n / (t_md5 + t_sha512) / MB, "sha256": n / t_sha256 / MB}
+    return speeds, {"md5": md5.hexdigest(), "sha512": sha512.hexdigest(), "sha256": sha256.hexdigest()}
+
+
+def settle() -> float:
+    """Flush dirty pages (untimed) so that one target's unsynced writes (Glance does not fsync)
+    are not written back during the next target's measurement. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - t0
 
 
 def download_sha256(t: Target, image_id: str, nbytes: int) -> tuple[str, int]:
@@ -421,6 +431,7 @@ def upload(c: httpx.Client, t: Target, path: str, nbytes: int, sums: dict[str, s
            label: str) -> tuple[str, dict[str, Any]]:
     """Create an image and upload `path` into it, sampling the server's RSS/CPU; returns (id, row)."""
     image_id = create_image(c, t, f"bench-{label}")
+    synced = settle()
     rss0, pss0 = rss_bytes(t.pid)
     u0, s0 = cpu_times(t.pid)
     f0 = page_faults(t.pid)
@@ -440,7 +451,8 @@ def upload(c: httpx.Client, t: Target, path: str, nbytes: int, sums: dict[str, s
                           rss_before_MB=rss0 / MB, pss_before_MB=pss0 / MB,
                           peak_rss_MB=sampler.peak_rss / MB if t.pid else None,
                           peak_pss_MB=sampler.peak_pss / MB if t.pid else None,
-                          rss_samples=sampler.samples, profile=profile, on_disk=on_disk(t, image_id))
+                          rss_samples=sampler.samples, profile=profile, on_disk=on_disk(t, image_id),
+                          sync_before_s=synced)
 
 
 def dense_rep(t: Target, label: str, path: str, nbytes: int, sums: dict[str, str], verify: bool) -> dict[str, Any]:
@@ -452,6 +464,7 @@ def dense_rep(t: Target, label: str, path: str, nbytes: int, sums: dict[str, str
                 if got_n != nbytes or got_sha != sums["sha256"]:
                     raise RuntimeError(f"downloaded data differs ({got_n} bytes, sha256 {got_sha[:12]}...)")
                 row["download_verified"] = True
+            settle()
             cpu0 = cpu_seconds(t.pid)
             t0 = time.perf_counter()
             res = curl([*t.curl_headers, t.images_url(image_id, "file")], timeout=transfer_timeout(nbytes))
@@ -514,6 +527,7 @@ def creates_run(t: Target, n: int, clients: int) -> dict[str, Any]:
         for i in range(3):
             delete_image(c, t, create_image(c, t, f"bench-warmup-{i}"))
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    settle()
     t0 = time.perf_counter()
     for th in threads:
         th.start()
@@ -559,7 +573,7 @@ def fmt(v: Any, digits: int = 1) -> str:
 def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
-    def row(metric: str, unit: str, better: str, get: Callable[[Target], Any]) -> None:
+    def row(metric: str, unit: str, better: str, get: Callable[[Target], Any], ratio: bool = True) -> None:
         vals = {}
         for t in targets:
             try:
@@ -567,7 +581,7 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
             except (KeyError, TypeError, IndexError):
                 vals[t.name] = None
         if any(v is not None for v in vals.values()):
-            rows.append(dict(metric=metric, unit=unit, better=better, values=vals))
+            rows.append(dict(metric=metric, unit=unit, better=better, values=vals, ratio=ratio))
 
     for label in args.size_labels:
         row(f"upload {label}", "MB/s", "higher", lambda t: t.result["dense"][label]["upload_MBps_median"])
@@ -578,7 +592,7 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
         row(f"  of which kernel (sys)", "s/GB", "lower",
             lambda t: t.result["dense"][label]["upload_sys_s_per_GB_median"])
         row(f"  server page faults", "/MB", "lower",
-            lambda t: t.result["dense"][label]["upload_faults_per_MB_median"])
+            lambda t: t.result["dense"][label]["upload_faults_per_MB_median"], ratio=False)
         row(f"download {label}", "MB/s", "higher", lambda t: t.result["dense"][label]["download_MBps_median"])
     big = args.size_labels[-1] if args.size_labels else None
     row("server RSS idle (at start)", "MB", "lower", lambda t: t.result["idle_rss_MB"])
@@ -604,7 +618,7 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
     base = args.baseline
     for r in rows:
         b = r["values"].get(base)
-        r["ratios"] = {name: (v / b if (v is not None and b) else None)
+        r["ratios"] = {name: (v / b if (v is not None and b and r["ratio"]) else None)
                        for name, v in r["values"].items() if name != base}
     return rows
 
@@ -789,39 +803,40 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="ffbench-data.", dir=args.tmp)
     ceilings: dict[str, Any] = {}
     try:
-        # 1 + 2. dense files, their hashes and the in-process hash ceiling
-        for label in args.size_labels:
-            n = sizes[label]
-            path = os.path.join(workdir, f"dense-{label}.bin")
-            log(f"making {label} of random data ({n} bytes)")
-            make_random_file(path, n)
-            speeds = []
-            for rep in range(args.reps):
-                speeds.append(hash_speeds(path))
-                log(f"  in-process hash speed {label} rep{rep}: " +
-                    ", ".join(f"{k} {v:.0f}" for k, v in speeds[-1].items()) + " MB/s")
-            ceilings[label] = {k: median([s[k] for s in speeds]) for k in speeds[0]}
-            ceilings[label]["reps"] = speeds
-            ceilings[label]["digests"] = digests(path)
-        results["hash_ceiling_MBps"] = {k: {kk: vv for kk, vv in v.items() if kk != "digests"} for k, v in ceilings.items()}
-
+        # 1 + 2. dense upload/download and, in each rep, the in-process hash ceiling over the same
+        # bytes (measured in the same rotation as the targets, so it sees the same machine noise)
         dense_targets = [t for t in targets if "dense" in t.tests]
         step = 0
         for label in args.size_labels:
             n = sizes[label]
             path = os.path.join(workdir, f"dense-{label}.bin")
-            sums = ceilings[label]["digests"]
+            log(f"making {label} of random data ({n} bytes)")
+            make_random_file(path, n)
+            sums = digests(path)  # to verify what the servers store and send back
+            speeds: list[dict[str, float]] = []
             reps: dict[str, list[dict[str, Any]]] = {t.name: [] for t in dense_targets}
             for rep in range(args.reps):
-                for t in rotated(dense_targets, step):
+                for t in rotated([None, *dense_targets], step):
+                    if t is None:
+                        settle()
+                        sp, sums_rep = hash_speeds(path)
+                        if sums_rep != sums:
+                            raise RuntimeError(f"{path} changed during the run")
+                        speeds.append(sp)
+                        log(f"{'in-process':>14} {label} rep{rep}: " +
+                            ", ".join(f"{k} {v:.0f}" for k, v in sp.items()) + " MB/s (one thread)")
+                        continue
                     r = guarded(t, f"dense {label} rep{rep}",
                                 lambda: dense_rep(t, f"{label}-{rep}", path, n, sums, verify=(rep == 0)))
                     if r:
                         reps[t.name].append(r)
                         log(f"{t.name:>14} {label} rep{rep}: upload {r['MBps']:7.1f} MB/s ({r['seconds']:.2f}s, "
-                            f"server cpu {r['server_user_s']:.2f}u+{r['server_sys_s']:.2f}s, peak rss {fmt(r['peak_rss_MB'])} MB)  "
+                            f"server cpu {r['server_user_s']:.2f}u+{r['server_sys_s']:.2f}s, "
+                            f"peak rss {fmt(r['peak_rss_MB'])} MB)  "
                             f"download {r['download_MBps']:7.1f} MB/s ({r['download_seconds']:.2f}s)")
                 step += 1
+            ceilings[label] = {k: median([sp[k] for sp in speeds]) for k in speeds[0]}
+            ceilings[label]["reps"] = speeds
             for t in dense_targets:
                 rs = reps[t.name]
                 if not rs:
@@ -842,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if not args.keep_files:
                 os.remove(path)
+        results["hash_ceiling_MBps"] = ceilings
 
         # 3. sparse
         if not args.skip_sparse:
@@ -851,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
             st = os.stat(path)
             log(f"  source file: {st.st_size} bytes, {st.st_blocks * 512} on disk, {len(extents)} extents; hashing")
             sums = digests(path)
+            settle()
             results["sparse_source"] = dict(apparent=st.st_size, on_disk=st.st_blocks * 512, extents=len(extents),
                                             data=args.sparse_data)
             for t in targets:
@@ -912,7 +929,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"results written to {args.json_out}")
     if args.markdown_out:
         md = markdown_table(rows, targets, args.baseline)
-        md += "\n\n" + "\n".join(f"- **{c['result']}** {c['target']}: {c['check']} ({c['detail']})" for c in checks)
+        md += "\n\n" + "\n".join(f"- **{c['result']}** {c['target']}: {c['check']}" +
+                                  (f" ({c['detail']})" if c["detail"] else "") for c in checks)
         if ceilings:
             md += "\n\nIn-process hash speed (one thread, MB/s): " + "; ".join(
                 f"{label}: md5+sha512 {c['md5+sha512']:.0f}, sha256 {c['sha256']:.0f}" for label, c in ceilings.items())

@@ -12,8 +12,9 @@
 #   glance        the Glance peer (/work/shared/peers/glance/start-glance.sh), in a private
 #                 GLANCE_ROOT so that it neither disturbs nor is disturbed by other users of the
 #                 shared peer (BENCH_GLANCE_SHARED=1 uses the default $TMPDIR/glance-peer instead)
-# then runs bench/image_bench.py against all of them, writes bench/results/latest.{json,md,txt},
-# and stops everything it started (trap on exit). Other arguments go to image_bench.py.
+# then runs bench/image_bench.py against all of them, writes bench/results/latest.{json,md,txt}
+# (server logs go to $TMPDIR/ffbench-logs/), and stops everything it started (trap on exit).
+# Other arguments go to image_bench.py (see bench/image_bench.py --help).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,14 +23,15 @@ PY="$ROOT/.venv/bin/python"
 FF="$ROOT/.venv/bin/freezeframe"
 PEER="${GLANCE_PEER_DIR:-/work/shared/peers/glance}"
 SHARED_GLANCE_ROOT="${TMPDIR:-/tmp}/glance-peer"
-RESULTS="$HERE/results"
+RESULTS="${BENCH_RESULTS:-$HERE/results}"   # latest.{json,md,txt}
+LOGS="${BENCH_LOGS:-${TMPDIR:-/tmp}/ffbench-logs}"   # server logs of the last run (kept out of the repo)
 
 NOFSYNC=1
 PASS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-nofsync) NOFSYNC=0 ;;
-    -h|--help) sed -n '2,18p' "$0"; exec "$PY" "$HERE/image_bench.py" --help ;;
+    -h|--help) sed -n '2,17p' "$0"; exec "$PY" "$HERE/image_bench.py" --help ;;
     *) PASS+=("$1") ;;
   esac
   shift
@@ -62,10 +64,11 @@ cleanup() {
   if [ "$GLANCE_STARTED" = 1 ]; then
     GLANCE_ROOT="$GROOT" "$PEER/stop-glance.sh" >/dev/null 2>&1 || true
   fi
-  mkdir -p "$RESULTS/logs"
+  mkdir -p "$LOGS"
   for f in "$WORK"/*.log "$GROOT/state/uwsgi.log" "$GROOT/state/glance-api.log"; do
-    [ -f "$f" ] && tail -c 2000000 "$f" > "$RESULTS/logs/$(basename "$f")" 2>/dev/null || true
+    [ -f "$f" ] && tail -c 2000000 "$f" > "$LOGS/$(basename "$f")" 2>/dev/null || true
   done
+  echo "server logs of this run: $LOGS" >&2
   rm -rf "$WORK"
   exit "$rc"
 }

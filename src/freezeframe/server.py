@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import signal
@@ -15,8 +16,22 @@ from freezeframe.settings import Settings
 LOG = logging.getLogger(__name__)
 
 
+def tune_malloc() -> None:
+    """Keep freed upload blocks (4 MiB) in the heap instead of handing them back to the kernel
+    and faulting fresh pages in for the next block: glibc's defaults cost ~40,000 page faults
+    per GB uploaded here; these settings make it a handful."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 << 20)
+    libc.mallopt(m_trim_threshold, 256 << 20)
+
+
 def serve(settings: Settings) -> None:
     logs.setup(settings.server.log_level)
+    tune_malloc()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
     # Everything imported and built so far lives as long as the process: keep it out of the

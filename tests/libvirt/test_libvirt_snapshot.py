@@ -71,14 +71,23 @@ _embed_root: Path | None = None
 
 def embed_root() -> Path:
     """The process's embedded libvirt root: short (socket paths), removed at exit with any
-    domain a crashed test left running."""
+    domain a crashed test left running. libvirt's QEMU capabilities (a ~8 s probe) are kept
+    across sessions in the freezeframe cache; libvirt re-validates them."""
     global _embed_root
     if _embed_root is None:
         from freezeframe.compute.drivers.libvirt import embedded_uri
         _embed_root = Path(tempfile.gettempdir()) / f"ffv-{os.getpid()}"
         embedded_uri(_embed_root)
+        caps = _embed_root / "cache" / "qemu" / "capabilities"
+        caps.mkdir(parents=True, exist_ok=True)
+        for seed in _caps_cache().glob("*.xml"):
+            shutil.copy2(seed, caps / seed.name)
         atexit.register(_remove_embed_root, _embed_root)
     return _embed_root
+
+
+def _caps_cache() -> Path:
+    return Path(os.environ.get("FREEZEFRAME_CACHE", Path.home() / ".cache" / "freezeframe")) / "libvirt-caps"
 
 
 def _remove_embed_root(root: Path) -> None:
@@ -87,6 +96,10 @@ def _remove_embed_root(root: Path) -> None:
         driver = LibvirtDriver(embedded_uri(root))
         for info in driver.list_domains():
             driver.destroy(info.name)
+        driver.close()
+        _caps_cache().mkdir(parents=True, exist_ok=True)
+        for probed in (root / "cache" / "qemu" / "capabilities").glob("*.xml"):
+            shutil.copy2(probed, _caps_cache() / probed.name)
     except Exception:
         pass
     shutil.rmtree(root, ignore_errors=True)
@@ -110,8 +123,10 @@ class GuestLab:
         self.ws.chmod(0o755)
         self.kernel = self.ws / Path(self.files["KERNEL"]).name
         self.initrd = self.ws / "initrd.img"
+        self.data_template = self.ws / "data.img"
         shutil.copyfile(self.files["KERNEL"], self.kernel)
         shutil.copyfile(self.files["INITRD"], self.initrd)
+        subprocess.run(["cp", "--sparse=always", self.files["DATA_DISK"], str(self.data_template)], check=True)
         self.uri = embedded_uri(embed_root())
         self.driver = LibvirtDriver(self.uri, console_dir=self.ws)
         self.names: list[str] = []
@@ -127,7 +142,7 @@ class GuestLab:
         path = self.ws / f"{name}.qcow2"
         path.unlink(missing_ok=True)
         if data:
-            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", self.files["DATA_DISK"], str(path)]
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.data_template), str(path)]
         else:
             cmd = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), size]
         subprocess.run(cmd, check=True)

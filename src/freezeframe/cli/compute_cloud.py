@@ -31,7 +31,6 @@ from freezeframe.cli.image import UsageError, fail
 from freezeframe.compute.client import ComputeClient, ComputeError, Unreachable
 from freezeframe.images.client import GlanceError, Unreachable as ImageUnreachable
 
-COMPUTE_PATH = "/compute/v2.1"
 WORKFLOW_PATH = "/v1"
 _COMPUTE_SUFFIX = re.compile(r"/compute$")
 _WORKFLOW_SUFFIX = re.compile(r"/v1$")
@@ -58,10 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "(also OS_WORKFLOW_URL; default: the service root + /v1)")
 
 
-def _root(url: str) -> str:
+def _normalise(url: str, what: str) -> str:
+    """No trailing slash, no ``/v2``/``/v2.1`` suffix; ConfigError unless it is http(s)."""
+    if not re.match(r"^https?://[^/]", url.strip()):
+        raise cloud.ConfigError(f"{what} URL {url!r} must start with http:// or https://")
+    return cloud.normalise_url(url)
+
+
+def _root(url: str, what: str) -> str:
     """The server root of an image or compute URL (``.../image`` and ``.../compute`` removed)."""
-    base = cloud.normalise_url(url)
-    return re.sub(r"/(image|compute)$", "", base)
+    return re.sub(r"/(image|compute)$", "", _normalise(url, what))
 
 
 def _overrides(name: str, env: Mapping[str, str], cwd: Path | None) -> dict[str, Any]:
@@ -97,7 +102,7 @@ def resolve(*, cloud_name: str | None = None, image_url: str | None = None, comp
         if found:
             environment[key] = (env[found], found)
     layers.append(environment)
-    if not cloud_name and env.get("OS_CLOUD") and not any("compute" in l or "image" in l for l in layers):
+    if not cloud_name and env.get("OS_CLOUD") and not any("compute" in layer or "image" in layer for layer in layers):
         layers.append(_overrides(env["OS_CLOUD"], env, cwd))
 
     def first(key: str) -> tuple[str, str] | None:
@@ -109,22 +114,25 @@ def resolve(*, cloud_name: str | None = None, image_url: str | None = None, comp
                                 "http://127.0.0.1:9292/compute/v2.1) or --os-image-url URL, set OS_COMPUTE_URL "
                                 "or OS_IMAGE_URL, or pick a cloud from clouds.yaml with --os-cloud / OS_CLOUD")
     if compute is not None:
-        compute_root = cloud.normalise_url(compute[0])
-        compute = (compute_root + "/v2.1", compute[1])
+        compute_base = _normalise(compute[0], "compute")
+        # A Freezeframe compute URL (.../compute) names the root; Nova's (host:8774/v2.1) does not.
+        names_root = bool(_COMPUTE_SUFFIX.search(compute_base)) or image is None
+        compute = (compute_base + "/v2.1", compute[1])
     else:
         assert image is not None
-        compute = (_root(image[0]) + COMPUTE_PATH, f"the image URL from {image[1]}")
+        compute_base, names_root = _root(image[0], "image") + "/compute", False
+        compute = (compute_base + "/v2.1", f"the image URL from {image[1]}")
     if workflow is not None:
-        workflow = (_WORKFLOW_SUFFIX.sub("", cloud.normalise_url(workflow[0])) + WORKFLOW_PATH, workflow[1])
-    elif _COMPUTE_SUFFIX.search(compute[0].removesuffix("/v2.1")) or image is None:
-        workflow = (_root(compute[0].removesuffix("/v2.1")) + WORKFLOW_PATH, f"the compute URL from {compute[1]}")
+        workflow = (_WORKFLOW_SUFFIX.sub("", _normalise(workflow[0], "workflow")) + WORKFLOW_PATH, workflow[1])
+    elif names_root:
+        workflow = (_root(compute_base, "compute") + WORKFLOW_PATH, f"the compute URL from {compute[1]}")
     else:
-        workflow = (_root(image[0]) + WORKFLOW_PATH, f"the image URL from {image[1]}")
+        assert image is not None
+        workflow = (_root(image[0], "image") + WORKFLOW_PATH, f"the image URL from {image[1]}")
     # The token and TLS settings come from the same layers as the image endpoint's; with only a
-    # compute URL known, its root stands in for the image URL.
+    # compute URL known, the root it names stands in for the image URL.
     base = cloud.resolve(cloud=cloud_name, token=token, env=env, cwd=cwd,
-                         image_url=image_url or (None if image else _root(compute[0].removesuffix("/v2.1"))
-                                                 + "/image"))
+                         image_url=image_url if image else _root(compute_base, "compute") + "/image")
     return ComputeEndpoint(compute_url=compute[0], workflow_url=workflow[0], image_url=base.url, token=base.token,
                            verify=base.verify, compute_source=compute[1], workflow_source=workflow[1])
 

@@ -85,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     cond.set_defaults(func=_conductor)
 
     from freezeframe.cli import image
+    from freezeframe.cli import server, workflow
 
     image.register(sub)
+    server.register(sub)
+    workflow.register(sub)
     return parser
 
 

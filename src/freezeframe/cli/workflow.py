@@ -9,13 +9,14 @@ when the workflow reaches IMAGE_ACTIVE and 1 when it ends REVERTED or CANCELLED,
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any, Iterable
 
 from freezeframe.cli import compute_cloud
 from freezeframe.cli.compute_cloud import ComputeEndpoint, command
 from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
-from freezeframe.cli.image import _cell as cell, _console as console, fail, print_json
+from freezeframe.cli.image import _cell, _console as console, fail, print_json
 from freezeframe.compute.client import ComputeClient, ComputeError, Workflow, WaitTimeout
 from freezeframe.images.client import looks_like_id
 
@@ -96,6 +97,13 @@ def outcome(wf: Workflow) -> int:
 
 
 # -- output ----------------------------------------------------------------------------------
+
+
+def cell(value: Any) -> Any:
+    """A table cell; lists of objects (links, events) as JSON rather than Python's repr."""
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        value = json.dumps(value, sort_keys=True)
+    return _cell(value)
 
 
 def print_workflow(wf: Workflow, fmt: str) -> None:

@@ -80,7 +80,7 @@ def server_view(inst: Instance, base: str, version: tuple[int, int]) -> dict[str
     return body
 
 
-def action_view(action: InstanceAction, events: bool = False) -> dict[str, Any]:
+def action_view(action: InstanceAction) -> dict[str, Any]:
     body = {"action": action.action, "instance_uuid": action.instance_uuid, "request_id": action.request_id,
             "user_id": action.user_id, "project_id": action.project_id, "start_time": isotime(action.start_time),
             "updated_at": isotime(action.finish_time or action.start_time), "message": action.message}
@@ -178,7 +178,8 @@ class ComputeAPI:
             headers = {"X-Freezeframe-Workflow-Id": workflow_id}
             if version >= (2, 45):
                 return versioned(JSONResponse({"image_id": image_id}, status_code=202, headers=headers), version)
-            image_root = f"{request.url.scheme}://{request.url.netloc}/image/v2/images/{image_id}"
+            root = request.scope.get("root_path", "").removesuffix("/compute")
+            image_root = f"{request.url.scheme}://{request.url.netloc}{root}/image/v2/images/{image_id}"
             return versioned(Response(status_code=202, headers={**headers, "Location": image_root}), version)
         raise errors.Invalid(f"There is no such action: {name}")
 

@@ -354,7 +354,8 @@ class ComputeClient:
             if wf.ended:
                 return
             if wf.state == FAILED:
-                failed_since = failed_since or now
+                if failed_since is None:
+                    failed_since = now
                 if wf.stalled or now - failed_since >= failed_grace:
                     return
             else:

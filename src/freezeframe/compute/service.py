@@ -71,6 +71,7 @@ class ComputeService:
         self.instances_path = instances_path
         self.submit = submit
         self.max_concurrent_snapshots = max_concurrent_snapshots
+        self._spawning: set[asyncio.Future] = set()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -123,8 +124,11 @@ class ComputeService:
                         system_metadata=json.dumps({f"image_{k}": v for k, v in image.properties.items()
                                                     if k not in NOT_INHERITED and not k.startswith("os_")}))
         await self.db.run(lambda s: s.add(inst))
-        await loop.run_in_executor(None, self._spawn, server_id, image)
-        return await self.db.run(lambda s: s.get(Instance, server_id))
+        # As Nova: answer at once (BUILD); downloading the image and booting happen meanwhile.
+        task = asyncio.ensure_future(loop.run_in_executor(None, self._spawn, server_id, image))
+        self._spawning.add(task)
+        task.add_done_callback(self._spawning.discard)
+        return inst
 
     def _image_for_boot(self, ctx: RequestContext, image_ref: str):
         with self.image_client() as images:

@@ -60,10 +60,18 @@ class WorkflowAPI:
         ctx = ctx_of(request)
         params = request.query_params
 
+        limit = params.get("limit", "100")
+        if not limit.isdigit():
+            raise errors.Invalid(f"Invalid limit {limit!r}: a non-negative integer is required")
+        state = params.get("state")
+        if state is not None:
+            try:
+                parse(state)
+            except ValueError:
+                raise errors.Invalid(f"Unknown workflow state {state!r}") from None
+
         def find(session) -> list[Workflow]:
-            stmt = select(Workflow).order_by(Workflow.created_at.desc()).limit(min(int(params.get("limit", "100")
-                                                                                   if params.get("limit", "100").isdigit()
-                                                                                   else 100), 1000))
+            stmt = select(Workflow).order_by(Workflow.created_at.desc()).limit(min(int(limit), 1000))
             if not ctx.is_admin:
                 stmt = stmt.where(Workflow.project_id == ctx.project_id)
             for key in ("resource_id", "image_id", "state", "kind"):

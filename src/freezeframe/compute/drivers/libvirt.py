@@ -271,9 +271,11 @@ class LibvirtDriver(VirtDriver):
             dom = self._dom(name)
         except DomainNotFound:
             return
-        with _libvirt_errors(f"destroying {name}"):
-            if dom.isActive():
-                dom.destroy()
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if dom.isActive():      # (else it was not running, or stopped meanwhile)
+                raise DriverError(f"destroying {name}: {exc.get_error_message()}") from exc
         try:
             dom.undefineFlags(_UNDEFINE_FLAGS)
         except libvirt.libvirtError as exc:

@@ -175,7 +175,7 @@ class TakeLocalSnapshot(task.Task):
         rt.driver.wait_snapshot(handle)
 
         def done(session) -> None:
-            _move(session, workflow_id, W.LOCAL_SNAPSHOT_COMPLETE,
+            _move(session, workflow_id, W.LOCAL_SNAPSHOT_COMPLETE, progress=0,
                   detail=f"frozen {handle.frozen_seconds:.3f}s" if handle.quiesced else "crash-consistent")
             _advance_task_state(session, inst.id, TaskState.IMAGE_PENDING_UPLOAD,
                                 (TaskState.IMAGE_SNAPSHOT, TaskState.IMAGE_BACKUP))

@@ -1,0 +1,233 @@
+"""``freezeframe server ...``: servers, and their snapshots and backups, on the compute API.
+
+``server image create`` and ``server backup create`` print the new image's ID and the workflow
+filling it; with ``--wait`` they follow the workflow as ``freezeframe workflow watch`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Iterable
+
+from freezeframe.cli import workflow as workflows
+from freezeframe.cli.compute_cloud import ComputeEndpoint, command
+from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
+from freezeframe.cli.image import _console as console, _key_value, _non_negative, fail, print_json, spinner
+from freezeframe.cli.workflow import cell
+from freezeframe.compute.client import Accepted, ComputeClient, ComputeError, Server, Unreachable, Workflow
+from freezeframe.images.client import GlanceClient, looks_like_id
+
+# Nova's power_state numbers, in openstackclient's words.
+POWER_STATES = {0: "NOSTATE", 1: "Running", 3: "Paused", 4: "Shutdown", 6: "Crashed", 7: "Suspended"}
+LIST_COLUMNS = [("ID", "id"), ("Name", "name"), ("Status", "status"), ("Task State", "OS-EXT-STS:task_state"),
+                ("Power State", "OS-EXT-STS:power_state"), ("Image", "image")]
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _value(server: Server, key: str) -> Any:
+    value = server.attrs.get(key)
+    if key == "OS-EXT-STS:power_state":
+        return POWER_STATES.get(value, value)
+    if key == "image":
+        return value.get("id") if isinstance(value, dict) else value
+    return value
+
+
+def print_server(server: Server, fmt: str) -> None:
+    if fmt == "json":
+        print_json(dict(server.attrs))
+        return
+    from rich.table import Table
+
+    table = Table("Field", "Value")
+    for key in sorted(server.attrs):
+        table.add_row(cell(key), cell(_value(server, key)))
+    console(sys.stdout).print(table)
+
+
+def print_servers(servers: Iterable[Server], fmt: str) -> None:
+    if fmt == "json":
+        print_json([dict(server.attrs) for server in servers])
+        return
+    from rich.table import Table
+
+    table = Table(*(title for title, _ in LIST_COLUMNS))
+    for server in servers:
+        table.add_row(*(cell(_value(server, key)) for _, key in LIST_COLUMNS))
+    console(sys.stdout).print(table)
+
+
+def print_accepted(accepted: Accepted, fmt: str, wf: Workflow | None = None) -> None:
+    doc: dict[str, Any] = {"server_id": accepted.server_id, "image_id": accepted.image_id,
+                           "workflow_id": accepted.workflow_id}
+    if wf is not None:
+        doc.update(state=wf.state, progress=wf.progress, failure_reason=wf.failure_reason)
+    if fmt == "json":
+        print_json(doc)
+        return
+    from rich.table import Table
+
+    table = Table("Field", "Value")
+    for key, value in doc.items():
+        table.add_row(cell(key), cell(value))
+    console(sys.stdout).print(table)
+    sys.stdout.flush()
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _image_id(endpoint: ComputeEndpoint, name_or_id: str) -> str:
+    """An image ID as given, or looked up by name in the image service."""
+    if looks_like_id(name_or_id):
+        return name_or_id
+    with GlanceClient(endpoint.image_url, endpoint.token, verify=endpoint.verify) as images:
+        return images.find(name_or_id).id
+
+
+@command
+def create(args: argparse.Namespace, client: ComputeClient, endpoint: ComputeEndpoint) -> int:
+    flavor = client.find_flavor(args.flavor)
+    server_id = client.create_server(args.name, _image_id(endpoint, args.image), flavor.id, dict(args.property))
+    if not args.wait:
+        print_server(client.show_server(server_id), args.format)
+        return EXIT_OK
+    with spinner(f"waiting for server {server_id} to become active"):
+        server = client.wait_server(server_id, until=("ACTIVE", "ERROR"), timeout=args.timeout)
+    print_server(server, args.format)
+    if server.status != "ACTIVE":
+        return fail(f"server {server_id} ended in status {server.status}: {server.fault or 'no fault given'}",
+                    EXIT_FAILED)
+    return EXIT_OK
+
+
+@command
+def list_servers(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    print_servers(client.list_servers(), args.format)
+    return EXIT_OK
+
+
+@command
+def show(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    print_server(client.find_server(args.server), args.format)
+    return EXIT_OK
+
+
+def _each(client: ComputeClient, names: list[str], verb: str, done: str, act: Callable[[str], None]) -> int:
+    """Do ``act`` to every named server, going on past failures (openstackclient's way)."""
+    failed = 0
+    for name in names:
+        try:
+            act(client.find_server(name).id)
+        except Unreachable:
+            raise
+        except ComputeError as exc:
+            failed += 1
+            fail(f"cannot {verb} {name}: {exc}", EXIT_FAILED)
+    if failed and len(names) > 1:
+        return fail(f"{failed} of {len(names)} servers were not {done}", EXIT_FAILED)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+@command
+def delete(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    return _each(client, args.servers, "delete", "deleted", client.delete_server)
+
+
+@command
+def start(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    return _each(client, args.servers, "start", "started", client.start_server)
+
+
+@command
+def stop(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    return _each(client, args.servers, "stop", "stopped", client.stop_server)
+
+
+def _snapshot(args: argparse.Namespace, client: ComputeClient, accept: Callable[[Server], Accepted]) -> int:
+    accepted = accept(client.find_server(args.server))
+    if not args.wait:
+        print_accepted(accepted, args.format)
+        return EXIT_OK
+    if args.format != "json":  # the IDs first, so they are known while waiting
+        print_accepted(accepted, args.format)
+    wf = None
+    try:
+        wf = workflows.follow(client, accepted.workflow_id, args.timeout)
+    finally:
+        if args.format == "json":  # one document, whatever happened
+            print_accepted(accepted, args.format, wf)
+    return workflows.outcome(wf)
+
+
+@command
+def image_create(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    return _snapshot(args, client, lambda server: client.create_image(
+        server.id, args.name or server.name or server.id, dict(args.property)))
+
+
+@command
+def backup_create(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    return _snapshot(args, client, lambda server: client.create_backup(
+        server.id, args.name or server.name or server.id, args.type, args.rotation, dict(args.property)))
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    server = subparsers.add_parser("server", help="create, list, show, delete, start and stop servers; "
+                                   "snapshot them", description="Server commands for the compute API.")
+    actions = server.add_subparsers(dest="server_command", required=True, metavar="ACTION")
+    service, fmt = workflows.parents()
+
+    def wait_options(parser: argparse.ArgumentParser, until: str, what: str) -> None:
+        parser.add_argument("--wait", action="store_true", help=f"wait until {until}")
+        workflows.add_timeout(parser, what)
+
+    p = actions.add_parser("create", parents=[service, fmt], help="boot a server from an image")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--image", required=True, metavar="IMAGE", help="ID or name")
+    p.add_argument("--flavor", required=True, metavar="FLAVOR", help="ID or name, e.g. 1 or m1.tiny")
+    p.add_argument("--property", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="server metadata")
+    wait_options(p, "the server is active (exit 1 if it ends in ERROR)", "the server")
+    p.set_defaults(func=create)
+
+    p = actions.add_parser("list", parents=[service, fmt], help="list servers")
+    p.set_defaults(func=list_servers)
+
+    p = actions.add_parser("show", parents=[service, fmt], help="show one server")
+    p.add_argument("server", metavar="SERVER", help="ID or name")
+    p.set_defaults(func=show)
+
+    for name, func, what in (("delete", delete, "delete servers"), ("start", start, "start stopped servers"),
+                             ("stop", stop, "stop running servers")):
+        p = actions.add_parser(name, parents=[service], help=what)
+        p.add_argument("servers", nargs="+", metavar="SERVER", help="ID or name")
+        p.set_defaults(func=func)
+
+    snapshot = argparse.ArgumentParser(add_help=False)
+    snapshot.add_argument("server", metavar="SERVER", help="ID or name")
+    snapshot.add_argument("--name", metavar="NAME", help="the image's name (default: the server's)")
+    snapshot.add_argument("--property", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                          help="image property")
+
+    image = actions.add_parser("image", help="snapshot a server into an image")
+    image_actions = image.add_subparsers(dest="server_image_command", required=True, metavar="ACTION")
+    p = image_actions.add_parser("create", parents=[snapshot, service, fmt], help="snapshot a server into an image")
+    wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
+    p.set_defaults(func=image_create)
+
+    backup = actions.add_parser("backup", help="back a server up into a rotated image")
+    backup_actions = backup.add_subparsers(dest="server_backup_command", required=True, metavar="ACTION")
+    p = backup_actions.add_parser("create", parents=[snapshot, service, fmt],
+                                  help="back a server up, keeping the newest --rotation backups of --type")
+    p.add_argument("--type", required=True, metavar="TYPE", help="backup type, e.g. daily or weekly")
+    p.add_argument("--rotation", "--rotate", dest="rotation", type=_non_negative, required=True, metavar="N",
+                   help="how many backups of this type to keep")
+    wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
+    p.set_defaults(func=backup_create)
