@@ -38,6 +38,7 @@ class Setup:
     new_spec: Callable[[str], GuestSpec]       # a fresh guest (no agent), not yet spawned
     new_driver: Callable[[], VirtDriver]       # a second driver on the same host
     off_timeout: float            # power_off timeout that does not wait for a guest that ignores ACPI
+    workdir: Callable[[str], Path]             # a fresh snapshot workdir the hypervisor can write
 
 
 # -- the fake ----------------------------------------------------------------------------------------
@@ -62,7 +63,8 @@ def fake_setup(tmp_path: Path) -> Setup:
     driver.spawn(spec("fake-agent", agent=True))
     driver.spawn(spec("fake-noagent"))
     return Setup("fake", driver, "fake-agent", "fake-noagent", "vdb", new_spec=spec,
-                 new_driver=lambda: FakeDriver(host=driver.host), off_timeout=0)
+                 new_driver=lambda: FakeDriver(host=driver.host), off_timeout=0,
+                 workdir=lambda name: tmp_path / "snapshots" / name)
 
 
 # -- libvirt ---------------------------------------------------------------------------------------
@@ -72,12 +74,14 @@ def libvirt_lab():
     if reason:
         pytest.skip(reason)
     lab = GuestLab("ffc")
-    lab.boot(lab.spec("agent", extra=(lab.disk("agent-vdb", data=True),)))
-    lab.boot(lab.spec("noagent", extra=(lab.disk("noagent-vdb", data=True),), cmdline="ff.noagent"))
-    lab.wait_ready("ffc-agent")
-    lab.wait_ready("ffc-noagent", agent=False)
-    yield lab
-    lab.close()
+    try:
+        lab.boot(lab.spec("agent", extra=(lab.disk("agent-vdb", data=True),)))
+        lab.boot(lab.spec("noagent", extra=(lab.disk("noagent-vdb", data=True),), cmdline="ff.noagent"))
+        lab.wait_ready("ffc-agent")
+        lab.wait_ready("ffc-noagent", agent=False)
+        yield lab
+    finally:
+        lab.close()
 
 
 def libvirt_setup(lab: GuestLab) -> Setup:
@@ -88,7 +92,7 @@ def libvirt_setup(lab: GuestLab) -> Setup:
         return s
 
     return Setup("libvirt", lab.driver, "ffc-agent", "ffc-noagent", "vdb", new_spec=spec,
-                 new_driver=lab.new_driver, off_timeout=1)
+                 new_driver=lab.new_driver, off_timeout=1, workdir=lab.workdir)
 
 
 @pytest.fixture(params=["fake", pytest.param("libvirt", marks=pytest.mark.libvirt)])
@@ -148,21 +152,21 @@ def test_lifecycle(setup):
     assert spec.root_disk.exists()                                 # the caller owns the disks
 
 
-def test_unknown_domain(setup, tmp_path):
+def test_unknown_domain(setup):
     drv = setup.driver
     with pytest.raises(DomainNotFound):
         drv.get_info("no-such-domain")
     with pytest.raises(DomainNotFound):
         drv.power_on("no-such-domain")
     with pytest.raises(DomainNotFound):
-        drv.begin_snapshot("no-such-domain", "vda", "x", tmp_path / "x", quiesce=False, require_quiesce=False)
+        drv.begin_snapshot("no-such-domain", "vda", "x", setup.workdir("x"), quiesce=False, require_quiesce=False)
     drv.destroy("no-such-domain")
     assert issubclass(DomainNotFound, DriverError)
 
 
-def test_unknown_disk(setup, tmp_path):
+def test_unknown_disk(setup):
     with pytest.raises(DriverError):
-        setup.driver.begin_snapshot(setup.agent_guest, "vdz", "x", tmp_path / "x",
+        setup.driver.begin_snapshot(setup.agent_guest, "vdz", "x", setup.workdir("x"),
                                     quiesce=False, require_quiesce=False)
 
 
@@ -175,13 +179,14 @@ def test_agent_available(setup):
 
 
 @pytest.mark.timeout(180)
-def test_quiesced_live_snapshot(setup, tmp_path):
+def test_quiesced_live_snapshot(setup):
     drv, name = setup.driver, setup.agent_guest
-    h = drv.begin_snapshot(name, setup.disk, "live", tmp_path / "live", quiesce=True,
+    wd = setup.workdir("live")
+    h = drv.begin_snapshot(name, setup.disk, "live", wd, quiesce=True,
                            require_quiesce=True, max_frozen=1.0)
     assert (h.snapshot_id, h.domain, h.disk) == ("live", name, setup.disk)
     assert h.quiesced and 0 < h.frozen_seconds < 1.0
-    assert h.path.parent == h.workdir == (tmp_path / "live").absolute()
+    assert h.path.parent == h.workdir == wd.absolute()
     assert_thawed(setup, name)
     done = drv.wait_snapshot(h, timeout=120)
     assert done.finished and 0 < done.done == done.total
@@ -197,20 +202,21 @@ def test_quiesced_live_snapshot(setup, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_require_quiesce_without_agent(setup, tmp_path):
+def test_require_quiesce_without_agent(setup):
     drv, name = setup.driver, setup.noagent_guest
+    wd = setup.workdir("rq")
     with pytest.raises(QuiesceFailed):
-        drv.begin_snapshot(name, setup.disk, "rq", tmp_path / "rq", quiesce=True, require_quiesce=True)
-    assert not (tmp_path / "rq").exists()
+        drv.begin_snapshot(name, setup.disk, "rq", wd, quiesce=True, require_quiesce=True)
+    assert not wd.exists()
     assert drv.get_info(name).state is PowerState.RUNNING
     if isinstance(drv, FakeDriver):
         assert not [e for e in drv.events if e[1] == name]
 
 
 @pytest.mark.timeout(120)
-def test_quiesce_is_optional_without_agent(setup, tmp_path):
+def test_quiesce_is_optional_without_agent(setup):
     drv, name = setup.driver, setup.noagent_guest
-    h = drv.begin_snapshot(name, setup.disk, "opt", tmp_path / "opt", quiesce=True, require_quiesce=False)
+    h = drv.begin_snapshot(name, setup.disk, "opt", setup.workdir("opt"), quiesce=True, require_quiesce=False)
     assert not h.quiesced and h.frozen_seconds == 0
     assert drv.wait_snapshot(h, timeout=120).finished
     assert_standalone(h.path, h.format)
@@ -218,14 +224,15 @@ def test_quiesce_is_optional_without_agent(setup, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_begin_snapshot_is_idempotent(setup, tmp_path):
+def test_begin_snapshot_is_idempotent(setup):
     drv, name = setup.driver, setup.agent_guest
-    h1 = drv.begin_snapshot(name, setup.disk, "idem", tmp_path / "idem", quiesce=False, require_quiesce=False)
-    h2 = drv.begin_snapshot(name, setup.disk, "idem", tmp_path / "idem", quiesce=False, require_quiesce=False)
+    wd = setup.workdir("idem")
+    h1 = drv.begin_snapshot(name, setup.disk, "idem", wd, quiesce=False, require_quiesce=False)
+    h2 = drv.begin_snapshot(name, setup.disk, "idem", wd, quiesce=False, require_quiesce=False)
     assert (h2.path, h2.snapshot_id, h2.format) == (h1.path, h1.snapshot_id, h1.format)
     drv.wait_snapshot(h2, timeout=120)
     # A different snapshot in the same workdir replaces the old one.
-    h3 = drv.begin_snapshot(name, setup.disk, "idem2", tmp_path / "idem", quiesce=False, require_quiesce=False)
+    h3 = drv.begin_snapshot(name, setup.disk, "idem2", wd, quiesce=False, require_quiesce=False)
     assert drv.wait_snapshot(h3, timeout=120).finished
     with pytest.raises(DriverError):
         drv.snapshot_progress(h1)
@@ -233,9 +240,10 @@ def test_begin_snapshot_is_idempotent(setup, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_end_snapshot_from_a_new_driver(setup, tmp_path):
+def test_end_snapshot_from_a_new_driver(setup):
     drv, name = setup.driver, setup.agent_guest
-    h = drv.begin_snapshot(name, setup.disk, "peer", tmp_path / "peer", quiesce=True, require_quiesce=False)
+    wd = setup.workdir("peer")
+    h = drv.begin_snapshot(name, setup.disk, "peer", wd, quiesce=True, require_quiesce=False)
     other = setup.new_driver()
     other.end_snapshot(name, "peer", h.workdir)
     assert not h.workdir.exists()
@@ -245,17 +253,17 @@ def test_end_snapshot_from_a_new_driver(setup, tmp_path):
     assert drv.get_info(name).state is PowerState.RUNNING
     assert_thawed(setup, name)
     # and the host takes a new snapshot
-    h2 = drv.begin_snapshot(name, setup.disk, "peer2", tmp_path / "peer", quiesce=False, require_quiesce=False)
+    h2 = drv.begin_snapshot(name, setup.disk, "peer2", wd, quiesce=False, require_quiesce=False)
     assert drv.wait_snapshot(h2, timeout=120).finished
     drv.end_snapshot(name, "peer2", h2.workdir)
 
 
 @pytest.mark.timeout(180)
-def test_cold_snapshot(setup, tmp_path):
+def test_cold_snapshot(setup):
     drv, spec = setup.driver, setup.new_spec("cold")
     drv.spawn(spec)
     drv.power_off(spec.name, timeout=setup.off_timeout)
-    h = drv.begin_snapshot(spec.name, "vdb", "cold", tmp_path / "cold", quiesce=True, require_quiesce=False)
+    h = drv.begin_snapshot(spec.name, "vdb", "cold", setup.workdir("cold"), quiesce=True, require_quiesce=False)
     assert not h.quiesced
     done = drv.wait_snapshot(h, timeout=120)
     assert done.finished and done.done == done.total

@@ -202,11 +202,12 @@ class LibvirtDriver(VirtDriver):
         "kvm" or "qemu" (TCG); by default KVM where it really works. ``console_dir`` keeps each
         domain's serial console in ``<console_dir>/<name>.log`` (else a pty)."""
         self.uri = uri or os.environ.get("FREEZEFRAME_LIBVIRT_URI") or "qemu:///system"
+        if self.uri.startswith("qemu:///embed?root="):     # the root needs its qemu.conf
+            self.uri = embedded_uri(Path(self.uri.split("=", 1)[1]))
         self._virt_type = virt_type or os.environ.get("FREEZEFRAME_VIRT_TYPE") or None
         self.console_dir = Path(console_dir) if console_dir else None
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
-        self._copies: dict[Path, subprocess.Popen] = {}   # our own copy processes, to reap
 
     @classmethod
     def embedded(cls, root: Path, **kwargs: object) -> LibvirtDriver:
@@ -437,8 +438,13 @@ class LibvirtDriver(VirtDriver):
 
     @staticmethod
     def _backup_begin(dom: libvirt.virDomain, backup: str) -> None:
-        with _libvirt_errors(f"starting the backup of {dom.name()}"):
+        try:
             dom.backupBegin(backup, None, libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)
+        except libvirt.libvirtError as exc:
+            hint = ""
+            if "Permission denied" in (exc.get_error_message() or ""):
+                hint = " (QEMU may run as an unprivileged user: each parent of the workdir needs o+x)"
+            raise DriverError(f"starting the backup of {dom.name()}: {exc.get_error_message()}{hint}") from exc
 
     def _begin_copy(self, name: str, info: DiskInfo, snapshot_id: str, workdir: Path) -> SnapshotHandle:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -451,8 +457,7 @@ class LibvirtDriver(VirtDriver):
                                  str(info.path), str(target), str(workdir)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        with self._lock:
-            self._copies[workdir] = proc
+        threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
         rec.pid, rec.phase = proc.pid, "running"
         rec.save(workdir)
         return rec.handle(workdir)
@@ -547,12 +552,10 @@ class LibvirtDriver(VirtDriver):
         return True
 
     # -- the copy process -----------------------------------------------------------------------
-    def _copy_alive(self, rec: _Record, workdir: Path) -> bool:
-        with self._lock:
-            proc = self._copies.get(workdir)
-        if proc is not None and proc.pid == rec.pid:
-            return proc.poll() is None
-        try:   # someone else's child (a previous process): is that pid still our copy?
+    @staticmethod
+    def _copy_alive(rec: _Record, workdir: Path) -> bool:
+        """Is the copy process running (and that pid still our copy, not a reused one)?"""
+        try:
             cmdline = Path(f"/proc/{rec.pid}/cmdline").read_bytes()
             status = Path(f"/proc/{rec.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
@@ -563,10 +566,6 @@ class LibvirtDriver(VirtDriver):
         rc_file = workdir / "rc"
         alive = self._copy_alive(rec, workdir)
         if rc_file.exists():
-            with self._lock:
-                proc = self._copies.pop(workdir, None)
-            if proc is not None:
-                proc.wait()
             rc = rc_file.read_text().strip()
             if rc != "0":
                 log = _PERCENT.sub(b"", (workdir / "progress.log").read_bytes())
@@ -594,10 +593,6 @@ class LibvirtDriver(VirtDriver):
         if self._copy_alive(rec, workdir):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(rec.pid, signal.SIGKILL)
-        with self._lock:
-            proc = self._copies.pop(workdir, None)
-        if proc is not None:
-            proc.wait(timeout=5)
 
     # -- end --------------------------------------------------------------------------------------
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
@@ -614,8 +609,6 @@ class LibvirtDriver(VirtDriver):
                 self._ensure_thawed(dom)     # we died inside the freeze window
         if rec is not None and rec.method == "copy":
             self._stop_copy(rec, workdir)
-        with self._lock:
-            self._copies.pop(workdir, None)
         shutil.rmtree(workdir, ignore_errors=True)
 
     def _ensure_thawed(self, dom: libvirt.virDomain) -> None:
