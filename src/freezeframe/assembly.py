@@ -83,7 +83,10 @@ def build_driver(settings: Settings) -> VirtDriver:
                                     fail_on={step: DriverError(f"injected failure at {step}") for step in steps},
                                     copy_delay=settings.compute.fake_copy_delay)
     from freezeframe.compute.drivers.libvirt import LibvirtDriver
-    return LibvirtDriver(settings.compute.libvirt_uri or f"qemu:///embed?root={settings.data_dir / 'libvirt'}")
+    consoles = settings.instances_path / "_consoles"   # each server's serial console log
+    consoles.mkdir(parents=True, exist_ok=True)
+    return LibvirtDriver(settings.compute.libvirt_uri or f"qemu:///embed?root={settings.data_dir / 'libvirt'}",
+                         console_dir=settings.instances_path / "_consoles")
 
 
 def conductor_id(settings: Settings, role: str = "conductor") -> str:

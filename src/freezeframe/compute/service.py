@@ -122,7 +122,8 @@ class ComputeService:
                         domain_name=f"instance-{server_id}", metadata_json=json.dumps(metadata),
                         guest_agent=image.properties.get("hw_qemu_guest_agent", "no").lower() in ("yes", "true"),
                         system_metadata=json.dumps({f"image_{k}": v for k, v in image.properties.items()
-                                                    if k not in NOT_INHERITED and not k.startswith("os_")}))
+                                                    if k not in NOT_INHERITED
+                                                    and not k.startswith(("os_glance", "os_freezeframe_"))}))
         await self.db.run(lambda s: s.add(inst))
         # As Nova: answer at once (BUILD); downloading the image and booting happen meanwhile.
         task = asyncio.ensure_future(loop.run_in_executor(None, self._spawn, server_id, image))
