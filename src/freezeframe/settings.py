@@ -24,6 +24,10 @@ class SettingsError(ValueError):
 
 
 def default_data_dir() -> Path:
+    """/var/lib/freezeframe for root (a system service; QEMU, which may run unprivileged, can
+    reach disks there), else $XDG_DATA_HOME/freezeframe."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/freezeframe")
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "freezeframe"
 
