@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -102,22 +103,34 @@ class ImageService:
         _check_quotas(self.settings, body)
         image_id = body.get("id") or str(fast_uuid4())
 
-        def create(session: Session) -> dict[str, Any]:
-            now = utcnow()
-            image = Image(
-                id=image_id, status=ImageStatus.QUEUED.value, visibility="shared", protected=False,
-                os_hidden=False, min_disk=0, min_ram=0, owner=ctx.project_id,
-                created_at=now, updated_at=now, status_changed_at=now, properties=[], tags=[],
-            )
-            _store(session, image, {k: v for k, v in body.items() if k != "id"})
-            session.add(image)
+        now = utcnow()
+        row = {"id": image_id, "status": ImageStatus.QUEUED.value, "visibility": "shared", "protected": False,
+               "os_hidden": False, "min_disk": 0, "min_ram": 0, "owner": ctx.project_id, "created_at": now,
+               "updated_at": now, "status_changed_at": now,
+               **{k: body[k] for k in schema.CORE_WRITABLE if k in body}}
+        props = [{"image_id": image_id, "name": k, "value": v} for k, v in body.items()
+                 if k not in schema.IMAGE_SCHEMA["properties"]]
+        tags = [{"image_id": image_id, "value": t} for t in dict.fromkeys(body.get("tags") or [])]
+        # The record as stored, for the response (plain values, no ORM object).
+        image = SimpleNamespace(
+            **{**{c: None for c in ("name", "disk_format", "container_format", "size", "virtual_size", "checksum",
+                                    "os_hash_algo", "os_hash_value", "store_key")}, **row},
+            properties=[SimpleNamespace(name=p["name"], value=p["value"]) for p in props],
+            tags=[SimpleNamespace(value=t["value"]) for t in sorted(tags, key=lambda t: t["value"])])
+
+        def create(session: Session) -> None:
+            # Plain INSERTs: creates are the hot metadata path, the ORM unit of work is not needed.
             try:
-                session.flush()
+                session.execute(insert(Image.__table__), [row])
             except IntegrityError:
                 raise errors.Conflict(f"An image with ID {image_id} already exists") from None
-            return self.view(image)
+            if props:
+                session.execute(insert(ImageProperty.__table__), props)
+            if tags:
+                session.execute(insert(ImageTag.__table__), tags)
 
-        view = await self.db.run(create)
+        await self.db.run(create)
+        view = self.view(image)
         LOG.info("image %s created (queued) by project %s", view["id"], ctx.project_id)
         return view
 
