@@ -13,6 +13,7 @@ from typing import Any, Collection, Iterator, Mapping
 
 import httpx
 
+from freezeframe.common.remote import RemoteError
 from freezeframe import __version__
 from freezeframe.images.client import DEFAULT_TIMEOUT, error_from, looks_like_id
 
@@ -26,24 +27,9 @@ TERMINAL = frozenset({"IMAGE_ACTIVE", "REVERTED", "CANCELLED"})
 FAILED = "FAILED"
 
 
-class ComputeError(Exception):
+class ComputeError(RemoteError):
     """A compute or workflow request failed. ``status`` is None when no HTTP response was received."""
 
-    def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None,
-                 title: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.request_id = request_id
-        self.title = title
-
-    def __str__(self) -> str:
-        details = []
-        if self.status is not None:
-            details.append(f"HTTP {self.status}" + (f" {self.title}" if self.title else ""))
-        if self.request_id:
-            details.append(f"request id {self.request_id}")
-        return self.message + (f" ({'; '.join(details)})" if details else "")
 
 
 class Unreachable(ComputeError):

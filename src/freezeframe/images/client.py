@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from freezeframe.common.remote import RemoteError
 from freezeframe import __version__
 
 CHUNK_SIZE = 1 << 20  # measured: 1 MiB blocks hash and write faster than 4 MiB ones (cache)
@@ -36,24 +37,9 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 Progress = Callable[[int], None]
 
 
-class GlanceError(Exception):
+class GlanceError(RemoteError):
     """A request failed. ``status`` is None when no HTTP response was received."""
 
-    def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None,
-                 title: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.request_id = request_id
-        self.title = title
-
-    def __str__(self) -> str:
-        details = []
-        if self.status is not None:
-            details.append(f"HTTP {self.status}" + (f" {self.title}" if self.title else ""))
-        if self.request_id:
-            details.append(f"request id {self.request_id}")
-        return self.message + (f" ({'; '.join(details)})" if details else "")
 
 
 class Unreachable(GlanceError):
