@@ -198,3 +198,41 @@ def test_cancel_reverts(tmp_path):
             assert c.get(f"/v1/workflows/{workflow_id}", headers={"X-Auth-Token": server.other_token}).status_code == 404
     finally:
         server.stop()
+
+
+def test_adopt_an_existing_domain_and_snapshot_it(tmp_path):
+    """An operator's VM that Freezeframe did not create becomes a server and can be snapshotted."""
+    import json as jsonlib
+    data_dir = tmp_path / "ff"
+    data_dir.mkdir()
+    disk = tmp_path / "legacy.raw"
+    payload = os.urandom(1 << 20) + bytes(3 << 20)
+    disk.write_bytes(payload)
+    spec = {"name": "legacy-vm", "uuid": "6f1c2a3b-0000-4000-8000-00000000abcd", "vcpus": 1, "memory_mb": 256,
+            "root_disk": str(disk), "extra_disks": [], "kernel": None, "initrd": None, "cmdline": None,
+            "guest_agent": False, "metadata": {}}
+    (data_dir / "fake-host.json").write_text(jsonlib.dumps({"legacy-vm": {"state": "running", "agent": False,
+                                                                          "spec": spec}}))
+    server = start_server(data_dir)
+    try:
+        with compute(server, server.member_token) as nova:
+            assert nova.post("/os-freezeframe-adopt", json={"adopt": {"domain": "legacy-vm"}}).status_code == 403
+        with compute(server, server.admin_token) as nova:
+            assert nova.post("/os-freezeframe-adopt", json={"adopt": {"domain": "nope"}}).status_code == 404
+            resp = nova.post("/os-freezeframe-adopt", json={"adopt": {"domain": "legacy-vm"}})
+            assert resp.status_code == 201, resp.text
+            adopted = resp.json()["server"]
+            assert adopted["id"] == spec["uuid"] and adopted["status"] == "ACTIVE"
+            assert nova.post("/os-freezeframe-adopt", json={"adopt": {"domain": "legacy-vm"}}).status_code == 409
+            snap = nova.post(f"/servers/{adopted['id']}/action", json={"createImage": {"name": "legacy-snap"}})
+            assert snap.status_code == 202, snap.text
+        wf = wait_workflow(server, snap.headers["x-freezeframe-workflow-id"], {"IMAGE_ACTIVE", "REVERTED"},
+                           token=server.admin_token)
+        assert wf["state"] == "IMAGE_ACTIVE", wf
+        with server.client(server.admin_token) as images:
+            image = images.get(f"/v2/images/{snap.json()['image_id']}").json()
+            assert image["disk_format"] == "raw" and image["size"] == len(payload)
+            assert images.get(f"/v2/images/{image['id']}/file").content == payload
+        assert disk.read_bytes() == payload   # the operator's disk is untouched
+    finally:
+        server.stop()
