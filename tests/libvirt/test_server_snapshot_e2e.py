@@ -102,6 +102,9 @@ def test_boot_snapshot_boot_again(cloud, tmp_path):
     local = next(h for h in wf["history"] if h["state"] == "LOCAL_SNAPSHOT_COMPLETE")
     frozen = float(local["detail"].split()[1].rstrip("s"))
     assert local["detail"].startswith("frozen") and frozen < 1.0      # quiesced, and briefly
+    with cloud.client() as images:
+        size = images.get(f"/v2/images/{snap_id}").json()["size"]
+    assert size < 16 << 20, size    # the 64 MiB disk holds ~1 MiB: holes are neither copied nor sent
     raw = fetch_raw(cloud, snap_id, tmp_path / "snap1.raw")
     fsck = subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr                # a clean filesystem

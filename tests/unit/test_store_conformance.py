@@ -98,3 +98,16 @@ def test_data_is_flushed_behind_the_writer(tmp_path, monkeypatch):
     reader = store.reader("img")
     assert reader.read(7 << 20, 1 << 20) == block
     reader.close()
+
+
+def test_sparse_sink_leaves_holes(tmp_path):
+    from freezeframe.compute.service import SparseSink
+    data = os.urandom(1 << 16) + bytes(4 << 20) + os.urandom(100)
+    path = tmp_path / "base"
+    with open(path, "wb") as fh:
+        sink = SparseSink(fh)
+        for pos in range(0, len(data), 1 << 20):
+            sink.write(data[pos:pos + (1 << 20)])
+        sink.close()
+    assert path.read_bytes() == data
+    assert os.stat(path).st_blocks * 512 < 1 << 20   # the 4 MiB of zeros are a hole
