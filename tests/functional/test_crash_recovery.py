@@ -75,3 +75,32 @@ def test_kill_9_then_resume(tmp_path, crash_in):
         assert not (restarted.data_dir / "instances" / "_snapshots" / workflow_id).exists()
     finally:
         restarted.stop()
+
+
+def test_kill_9_while_pending_then_a_conductor_runs_it(tmp_path):
+    """Accepted but never started (the API's process died before any conductor took it): the
+    image stays queued with its owning workflow alive-or-pending, and the next conductor runs it."""
+    data = os.urandom(4 << 20)
+    server = start_server(tmp_path / "ff", env={**ENV, "FREEZEFRAME_CONDUCTOR__ENABLED": "false"})
+    try:
+        server_id, _, _ = boot(server, tmp_path, data)
+        with compute(server) as nova:
+            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "pending"}})
+            assert resp.status_code == 202
+            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+        wf = workflow(server, workflow_id)
+        assert wf["state"] == "PENDING" and wf["owner"] is None
+        with server.client() as images:
+            assert images.get(f"/v2/images/{image_id}").json()["status"] == "queued"
+    finally:
+        server.stop(signal.SIGKILL)
+    restarted = start_server(tmp_path / "ff", env=ENV)
+    try:
+        wf = wait_workflow(restarted, workflow_id, {"IMAGE_ACTIVE", "REVERTED"}, timeout=60)
+        assert wf["state"] == "IMAGE_ACTIVE", wf
+        with restarted.client() as images:
+            assert images.get(f"/v2/images/{image_id}").json()["status"] == "active"
+        with compute(restarted) as nova:
+            assert wait_server(nova, server_id, "ACTIVE")["OS-EXT-STS:task_state"] is None
+    finally:
+        restarted.stop()
