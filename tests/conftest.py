@@ -145,3 +145,14 @@ def new_image(client: httpx.Client, **attrs) -> dict:
     resp = client.post("/v2/images", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()
+
+
+@pytest.fixture
+def client_env_isolated(monkeypatch, tmp_path) -> None:
+    """No OS_* variables or clouds.yaml from the developer's machine; cwd is the test's tmp dir."""
+    for var in list(os.environ):
+        if var.startswith("OS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    monkeypatch.chdir(tmp_path)

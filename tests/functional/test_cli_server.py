@@ -23,14 +23,8 @@ REQUEST_ID = re.compile(r"request id req-[0-9a-f-]{36}")
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path) -> None:
-    """No OS_* variables or clouds.yaml from the developer's machine; cwd is the test's tmp dir."""
-    for var in list(os.environ):
-        if var.startswith("OS_"):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
-    monkeypatch.chdir(tmp_path)
+def isolated(client_env_isolated) -> None:
+    """Every CLI test runs without the developer's OS_* variables or clouds.yaml."""
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,18 @@ from freezeframe import __version__
 from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE  # noqa: F401
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _load_settings(config: str | None, flags: dict):
+    """The settings tree, or None after printing why the configuration is wrong."""
     from freezeframe import settings as settings_mod
+
+    try:
+        return settings_mod.load(config, flags=flags)
+    except settings_mod.SettingsError as exc:
+        print(f"freezeframe: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
     from freezeframe.server import serve
 
     flags = {
@@ -27,27 +37,22 @@ def _serve(args: argparse.Namespace) -> int:
         "database.url": args.database_url,
         "server.log_level": args.log_level,
     }
-    try:
-        settings = settings_mod.load(args.config, flags=flags)
-    except settings_mod.SettingsError as exc:
-        print(f"freezeframe: configuration error: {exc}", file=sys.stderr)
+    settings = _load_settings(args.config, flags)
+    if settings is None:
         return EXIT_USAGE
     serve(settings)
     return EXIT_OK
 
 
 def _conductor(args: argparse.Namespace) -> int:
-    from freezeframe import settings as settings_mod
     from freezeframe.conductor.process import run
 
     flags = {"data_dir": args.data_dir, "database.url": args.database_url, "auth.mode": args.auth,
              "auth.tokens_file": args.tokens_file, "server.log_level": args.log_level,
              "conductor.image_url": args.image_url, "conductor.coordination_url": args.coordination_url,
              "conductor.id": args.id}
-    try:
-        settings = settings_mod.load(args.config, flags=flags)
-    except settings_mod.SettingsError as exc:
-        print(f"freezeframe: configuration error: {exc}", file=sys.stderr)
+    settings = _load_settings(args.config, flags)
+    if settings is None:
         return EXIT_USAGE
     run(settings)
     return EXIT_OK
