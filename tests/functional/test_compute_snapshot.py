@@ -236,3 +236,27 @@ def test_adopt_an_existing_domain_and_snapshot_it(tmp_path):
         assert disk.read_bytes() == payload   # the operator's disk is untouched
     finally:
         server.stop()
+
+
+def test_snapshot_with_postgresql_and_redis(tmp_path):
+    """The scale-out backends: workflows and taskflow's persistence on PostgreSQL, liveness on Redis."""
+    import socket as socketlib
+    from tests.pg import temp_database
+    try:
+        socketlib.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        pytest.skip("no Redis server on 127.0.0.1:6379")
+    with temp_database() as url:
+        server = start_server(tmp_path / "ff", args=["--database-url", url],
+                              env={"FREEZEFRAME_CONDUCTOR__COORDINATION_URL": "redis://127.0.0.1:6379?timeout=3"})
+        try:
+            server_id, _, data = boot(server, tmp_path)
+            with compute(server) as nova:
+                resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "pg-snap"}})
+                assert resp.status_code == 202, resp.text
+            wf = wait_workflow(server, resp.headers["x-freezeframe-workflow-id"], {"IMAGE_ACTIVE", "REVERTED"})
+            assert wf["state"] == "IMAGE_ACTIVE" and wf["owner_alive"] is True, wf
+            with server.client() as images:
+                assert images.get(f"/v2/images/{resp.json()['image_id']}").json()["status"] == "active"
+        finally:
+            server.stop()
