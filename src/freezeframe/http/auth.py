@@ -45,7 +45,7 @@ def load_tokens(path: Path) -> dict[str, Identity]:
 
 
 def write_default_tokens(path: Path) -> dict[str, Any]:
-    """First start without a tokens file: make one with an admin and a member token."""
+    """First start without a tokens file: make one with an admin, a member and a service token."""
     data = {
         secrets.token_urlsafe(24): {"user_id": "admin", "project_id": "admin", "roles": ["admin", "member", "reader"]},
         secrets.token_urlsafe(24): {"user_id": "demo", "project_id": "demo", "roles": ["member", "reader"]},
@@ -57,7 +57,7 @@ def write_default_tokens(path: Path) -> dict[str, Any]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
-    LOG.warning("created tokens file %s with an admin and a member token", path)
+    LOG.warning("created tokens file %s with an admin, a member and a service token", path)
     return data
 
 
