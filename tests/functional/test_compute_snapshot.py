@@ -260,3 +260,26 @@ def test_snapshot_with_postgresql_and_redis(tmp_path):
                 assert images.get(f"/v2/images/{resp.json()['image_id']}").json()["status"] == "active"
         finally:
             server.stop()
+
+
+def test_local_copy_progress_is_visible(tmp_path):
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.3"})
+    try:
+        server_id, _, _ = boot(server, tmp_path)
+        with compute(server) as nova:
+            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "slow"}})
+        workflow_id = resp.headers["x-freezeframe-workflow-id"]
+        seen = set()
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.member_token}) as c:
+            while time.monotonic() < deadline:
+                wf = c.get(f"/v1/workflows/{workflow_id}").json()["workflow"]
+                if wf["state"] == "LOCAL_SNAPSHOT_STARTED":
+                    seen.add(wf["progress"])
+                if wf["state"] in ("IMAGE_ACTIVE", "REVERTED"):
+                    break
+                time.sleep(0.1)
+        assert wf["state"] == "IMAGE_ACTIVE"
+        assert any(0 < p < 100 for p in seen), seen   # the copy's progress showed while it ran
+    finally:
+        server.stop()

@@ -67,6 +67,13 @@ def image_format(path: Path) -> str:
         return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
 
 
+def virtual_size(path: Path) -> int:
+    """The size the guest sees: a qcow2 header's size field, else the file's size."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    return int.from_bytes(head[24:32], "big") if head[:4] == b"QFI\xfb" else path.stat().st_size
+
+
 def sparse_copy(src: Path, dst: Path, job: FakeJob, delay: float) -> None:
     """Copy the data extents of ``src`` (SEEK_DATA/SEEK_HOLE), leaving holes as holes."""
     size = src.stat().st_size
@@ -161,7 +168,7 @@ class FakeDriver(VirtDriver):
 
     @staticmethod
     def _info(dom: FakeDomain) -> DomainInfo:
-        disks = tuple(DiskInfo(target=t, path=p, format=image_format(p), virtual_size=p.stat().st_size)
+        disks = tuple(DiskInfo(target=t, path=p, format=image_format(p), virtual_size=virtual_size(p))
                       for t, p in dom.disks().items())
         return DomainInfo(name=dom.spec.name, uuid=dom.spec.uuid, state=dom.state,
                           vcpus=dom.spec.vcpus, memory_mb=dom.spec.memory_mb, disks=disks)
@@ -220,7 +227,7 @@ class FakeDriver(VirtDriver):
         workdir.mkdir(parents=True, exist_ok=True)
         handle = SnapshotHandle(snapshot_id=snapshot_id, domain=name, disk=disk,
                                 path=workdir / f"{disk}.img", format=image_format(source),
-                                virtual_size=source.stat().st_size, workdir=workdir,
+                                virtual_size=virtual_size(source), workdir=workdir,
                                 quiesced=False, frozen_seconds=0.0)
         quiesced, frozen = False, 0.0
         try:

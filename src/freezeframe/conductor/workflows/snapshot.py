@@ -112,6 +112,29 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
     return runtime.current().db.run_sync(fail)
 
 
+def _follow_copy(workflow_id: str, handle, interval: float = 0.5) -> None:
+    """Wait for the point-in-time copy, showing its percent as the workflow's progress (the
+    state stays LOCAL_SNAPSHOT_STARTED) and honouring a cancel meanwhile."""
+    rt = runtime.current()
+    shown = -1
+    while True:
+        done = rt.driver.snapshot_progress(handle)
+        if done.finished:
+            rt.driver.wait_snapshot(handle)   # raises if the job failed
+            return
+        percent = int(done.done * 100 / done.total) if done.total else 0
+        if percent // 10 > shown // 10:
+            shown = percent
+
+            def record(session) -> None:
+                wf = session.get(Workflow, workflow_id)
+                if wf.state == W.LOCAL_SNAPSHOT_STARTED:
+                    wf.progress = percent
+            rt.db.run_sync(record)
+        _check_cancel(workflow_id)
+        time.sleep(interval)
+
+
 class GuardImage(task.Task):
     """Owns the image for the flow: nothing to do going forward; going back, the image that
     will never get its data is killed, then deleted (seed 001: no image left in queued/saving)."""
@@ -172,7 +195,7 @@ class TakeLocalSnapshot(task.Task):
         handle = rt.driver.begin_snapshot(
             inst.domain_name, inst.root_target, workflow_id, workdir,
             quiesce=params.get("quiesce", False), require_quiesce=params.get("require_quiesce", False))
-        rt.driver.wait_snapshot(handle)
+        _follow_copy(workflow_id, handle)
 
         def done(session) -> None:
             _move(session, workflow_id, W.LOCAL_SNAPSHOT_COMPLETE, progress=0,
