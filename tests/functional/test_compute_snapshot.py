@@ -54,6 +54,23 @@ def wait_server(nova, server_id, status, timeout=30):
     raise AssertionError(f"server {server_id} not {status}: {body}")
 
 
+def snapshot(server, server_id, name):
+    """POST createImage; returns (image_id, workflow_id) after asserting the 202."""
+    with compute(server) as nova:
+        resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": name}})
+    assert resp.status_code == 202, resp.text
+    return resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+
+
+def snapshot_data(server, image_id, tmp_path) -> bytes:
+    """The snapshot image's disk contents (qcow2 downloaded, converted to raw)."""
+    out, raw = tmp_path / "snap.qcow2", tmp_path / "snap.raw"
+    with server.client() as images:
+        out.write_bytes(images.get(f"/v2/images/{image_id}/file").content)
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(out), str(raw)], check=True)
+    return raw.read_bytes()
+
+
 def wait_workflow(server, workflow_id, states, timeout=60, token=None):
     with httpx.Client(base_url=server.url, headers={"X-Auth-Token": token or server.member_token}) as c:
         deadline = time.monotonic() + timeout
@@ -87,11 +104,7 @@ def test_snapshot_end_to_end(cloud, tmp_path):
         assert image["base_image_ref"] == base["id"] and image["purpose"] == "test"
         assert image["os_freezeframe_workflow_state"] == "IMAGE_ACTIVE"
         assert image["os_freezeframe_workflow_id"] == workflow_id
-        out = tmp_path / "snap.qcow2"
-        out.write_bytes(images.get(f"/v2/images/{image_id}/file").content)
-    raw = tmp_path / "snap.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(out), str(raw)], check=True)
-    assert hashlib.sha256(raw.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert hashlib.sha256(snapshot_data(cloud, image_id, tmp_path)).hexdigest() == hashlib.sha256(data).hexdigest()
     with compute(cloud) as nova:
         server = wait_server(nova, server_id, "ACTIVE")
         assert server["OS-EXT-STS:vm_state"] == "active"
@@ -160,10 +173,8 @@ def test_failure_reverts_everything(tmp_path):
     server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_FAIL_ON": "copy"})
     try:
         server_id, _, _ = boot(server, tmp_path)
+        image_id, workflow_id = snapshot(server, server_id, "doomed")
         with compute(server) as nova:
-            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "doomed"}})
-            assert resp.status_code == 202
-            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
             wf = wait_workflow(server, workflow_id, {"REVERTED", "IMAGE_ACTIVE", "CANCELLED"})
             assert wf["state"] == "REVERTED"
             assert "injected failure at copy" in wf["failure_reason"]
@@ -182,9 +193,7 @@ def test_cancel_reverts(tmp_path):
     server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.5"})
     try:
         server_id, _, _ = boot(server, tmp_path)
-        with compute(server) as nova:
-            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "cancel-me"}})
-            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+        image_id, workflow_id = snapshot(server, server_id, "cancel-me")
         with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.member_token}) as c:
             assert c.delete(f"/v1/workflows/{workflow_id}").status_code == 202
         wf = wait_workflow(server, workflow_id, {"CANCELLED", "REVERTED", "IMAGE_ACTIVE"})
@@ -251,13 +260,11 @@ def test_snapshot_with_postgresql_and_redis(tmp_path):
                               env={"FREEZEFRAME_CONDUCTOR__COORDINATION_URL": "redis://127.0.0.1:6379?timeout=3"})
         try:
             server_id, _, data = boot(server, tmp_path)
-            with compute(server) as nova:
-                resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "pg-snap"}})
-                assert resp.status_code == 202, resp.text
-            wf = wait_workflow(server, resp.headers["x-freezeframe-workflow-id"], {"IMAGE_ACTIVE", "REVERTED"})
+            image_id, workflow_id = snapshot(server, server_id, "pg-snap")
+            wf = wait_workflow(server, workflow_id, {"IMAGE_ACTIVE", "REVERTED"})
             assert wf["state"] == "IMAGE_ACTIVE" and wf["owner_alive"] is True, wf
             with server.client() as images:
-                assert images.get(f"/v2/images/{resp.json()['image_id']}").json()["status"] == "active"
+                assert images.get(f"/v2/images/{image_id}").json()["status"] == "active"
         finally:
             server.stop()
 
@@ -266,9 +273,7 @@ def test_local_copy_progress_is_visible(tmp_path):
     server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.3"})
     try:
         server_id, _, _ = boot(server, tmp_path)
-        with compute(server) as nova:
-            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "slow"}})
-        workflow_id = resp.headers["x-freezeframe-workflow-id"]
+        _, workflow_id = snapshot(server, server_id, "slow")
         seen = set()
         deadline = time.monotonic() + 30
         with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.member_token}) as c:

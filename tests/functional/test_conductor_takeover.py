@@ -10,7 +10,7 @@ import time
 import httpx
 
 from tests.conftest import start_server
-from tests.functional.test_compute_snapshot import boot, compute, wait_server, wait_workflow
+from tests.functional.test_compute_snapshot import boot, compute, snapshot, wait_server, wait_workflow
 
 
 def start_conductor(server, conductor_id, env):
@@ -30,10 +30,7 @@ def test_live_conductor_takes_over_from_a_dead_one(tmp_path):
     try:
         server_id, _, _ = boot(server, tmp_path)
         first = start_conductor(server, "conductor-a", env)
-        with compute(server) as nova:
-            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "handover"}})
-            assert resp.status_code == 202, resp.text
-            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+        image_id, workflow_id = snapshot(server, server_id, "handover")
         wf = wait_workflow(server, workflow_id, {"LOCAL_SNAPSHOT_STARTED"}, timeout=30)
         assert wf["owner"] == "conductor-a" and wf["owner_alive"] is True
         first.send_signal(signal.SIGKILL)

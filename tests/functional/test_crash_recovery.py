@@ -6,14 +6,14 @@ with task_state None and vm_state as before, and the image is active with the ri
 import hashlib
 import os
 import signal
-import subprocess
 import time
 
 import httpx
 import pytest
 
 from tests.conftest import start_server
-from tests.functional.test_compute_snapshot import boot, compute, wait_server, wait_workflow
+from tests.functional.test_compute_snapshot import (boot, compute, snapshot, snapshot_data, wait_server,
+                                                     wait_workflow)
 
 ENV = {
     "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5",
@@ -34,10 +34,7 @@ def test_kill_9_then_resume(tmp_path, crash_in):
     server = start_server(tmp_path / "ff", env=ENV)
     try:
         server_id, _, _ = boot(server, tmp_path, data)
-        with compute(server) as nova:
-            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "crashy"}})
-            assert resp.status_code == 202
-            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+        image_id, workflow_id = snapshot(server, server_id, "crashy")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             state = workflow(server, workflow_id)["state"]
@@ -62,13 +59,8 @@ def test_kill_9_then_resume(tmp_path, crash_in):
             resumed_at = int(done["detail"].rsplit(" ", 1)[1])
             assert resumed_at > 0, done           # committed bytes were not sent again
         with restarted.client() as images:
-            image = images.get(f"/v2/images/{image_id}").json()
-            assert image["status"] == "active"
-            out = tmp_path / "snap.qcow2"
-            out.write_bytes(images.get(f"/v2/images/{image_id}/file").content)
-        raw = tmp_path / "snap.raw"
-        subprocess.run(["qemu-img", "convert", "-O", "raw", str(out), str(raw)], check=True)
-        assert hashlib.sha256(raw.read_bytes()).digest() == hashlib.sha256(data).digest()
+            assert images.get(f"/v2/images/{image_id}").json()["status"] == "active"
+        assert hashlib.sha256(snapshot_data(restarted, image_id, tmp_path)).digest() == hashlib.sha256(data).digest()
         with compute(restarted) as nova:
             shown = wait_server(nova, server_id, "ACTIVE")
             assert shown["OS-EXT-STS:vm_state"] == "active"
@@ -84,10 +76,7 @@ def test_kill_9_while_pending_then_a_conductor_runs_it(tmp_path):
     server = start_server(tmp_path / "ff", env={**ENV, "FREEZEFRAME_CONDUCTOR__ENABLED": "false"})
     try:
         server_id, _, _ = boot(server, tmp_path, data)
-        with compute(server) as nova:
-            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "pending"}})
-            assert resp.status_code == 202
-            image_id, workflow_id = resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
+        image_id, workflow_id = snapshot(server, server_id, "pending")
         wf = workflow(server, workflow_id)
         assert wf["state"] == "PENDING" and wf["owner"] is None
         with server.client() as images:
