@@ -195,7 +195,7 @@ def main() -> int:
             written = tree_write_bytes(server.pid) - written0
             assert wf["state"] == "IMAGE_ACTIVE", wf
             local = next(h for h in wf["history"] if h["state"] == "LOCAL_SNAPSHOT_COMPLETE")
-            frozen = float(local["detail"].split()[1].rstrip("s")) if local["detail"].startswith("frozen") else None
+            frozen = float(local["detail"].split()[1].rstrip(";s")) if local["detail"].startswith("frozen") else None
             size = images.get(f"/v2/images/{snap}").json()["size"]
             rec = {"cold_cache": cold, "api_ms": round(call_ms, 1), "e2e_s": round(e2e_s, 2), "convert_s": round(convert_s, 2),
                    "ratio": round(e2e_s / convert_s, 2), "frozen_s": frozen, "image_bytes": size,

@@ -81,7 +81,8 @@ def build_driver(settings: Settings) -> VirtDriver:
         steps = [step.strip() for step in settings.compute.fake_fail_on.split(",") if step.strip()]
         return PersistentFakeDriver(settings.data_dir / "fake-host.json",
                                     fail_on={step: DriverError(f"injected failure at {step}") for step in steps},
-                                    copy_delay=settings.compute.fake_copy_delay)
+                                    copy_delay=settings.compute.fake_copy_delay,
+                                    read_delay=settings.compute.fake_read_delay)
     from freezeframe.compute.drivers.libvirt import LibvirtDriver
     consoles = settings.instances_path / "_consoles"   # each server's serial console log
     consoles.mkdir(parents=True, exist_ok=True)

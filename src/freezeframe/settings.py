@@ -106,10 +106,11 @@ class ComputeSettings:
     # Empty means <data_dir>/instances.
     instances_path: str = ""
     max_concurrent_snapshots: int = 5
-    # Fake driver only (workflow tests): steps that fail ("begin_snapshot,copy"), and seconds
-    # to sleep per MiB copied (to watch progress or cancel).
+    # Fake driver only (workflow tests): steps that fail ("begin_snapshot,copy,open_snapshot"),
+    # seconds to sleep per MiB while taking the point in time, and after each read of it.
     fake_fail_on: str = ""
     fake_copy_delay: float = 0.0
+    fake_read_delay: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,12 @@ def snapshot(server, server_id, name):
     return resp.json()["image_id"], resp.headers["x-freezeframe-workflow-id"]
 
 
-def snapshot_data(server, image_id, tmp_path) -> bytes:
-    """The snapshot image's disk contents (qcow2 downloaded, converted to raw)."""
+def snapshot_data(server, image_id, tmp_path, token=None) -> bytes:
+    """The snapshot image's disk contents (qcow2 downloaded, checked, converted to raw)."""
     out, raw = tmp_path / "snap.qcow2", tmp_path / "snap.raw"
-    with server.client() as images:
+    with server.client(token) if token else server.client() as images:
         out.write_bytes(images.get(f"/v2/images/{image_id}/file").content)
+    subprocess.run(["qemu-img", "check", "-q", str(out)], check=True)
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(out), str(raw)], check=True)
     return raw.read_bytes()
 
@@ -240,8 +241,8 @@ def test_adopt_an_existing_domain_and_snapshot_it(tmp_path):
         assert wf["state"] == "IMAGE_ACTIVE", wf
         with server.client(server.admin_token) as images:
             image = images.get(f"/v2/images/{snap.json()['image_id']}").json()
-            assert image["disk_format"] == "raw" and image["size"] == len(payload)
-            assert images.get(f"/v2/images/{image['id']}/file").content == payload
+            assert image["disk_format"] == "qcow2" and image["size"] < len(payload) + (1 << 20)
+        assert snapshot_data(server, image["id"], tmp_path, token=server.admin_token) == payload
         assert disk.read_bytes() == payload   # the operator's disk is untouched
     finally:
         server.stop()
@@ -269,22 +270,32 @@ def test_snapshot_with_postgresql_and_redis(tmp_path):
             server.stop()
 
 
-def test_local_copy_progress_is_visible(tmp_path):
-    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.3"})
+def test_upload_progress_is_visible(tmp_path):
+    """The data streams from the point in time into the image service; while it does, the
+    workflow walks UPLOAD_<n>_COMPLETE and its image shows the same progress."""
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_READ_DELAY": "0.25"})
     try:
-        server_id, _, _ = boot(server, tmp_path)
-        _, workflow_id = snapshot(server, server_id, "slow")
-        seen = set()
-        deadline = time.monotonic() + 30
+        server_id, _, data = boot(server, tmp_path, os.urandom(32 << 20))      # 8 reads of 4 MiB
+        image_id, workflow_id = snapshot(server, server_id, "slow")
+        states, shown = [], set()
+        deadline = time.monotonic() + 60
         with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.member_token}) as c:
             while time.monotonic() < deadline:
                 wf = c.get(f"/v1/workflows/{workflow_id}").json()["workflow"]
-                if wf["state"] == "LOCAL_SNAPSHOT_STARTED":
-                    seen.add(wf["progress"])
+                if not states or states[-1] != (wf["state"], wf["progress"]):
+                    states.append((wf["state"], wf["progress"]))
+                props = c.get(f"/image/v2/images/{image_id}").json()
+                if props.get("os_freezeframe_workflow_state", "").startswith("UPLOAD_"):
+                    shown.add(int(props["os_freezeframe_workflow_progress"]))
                 if wf["state"] in ("IMAGE_ACTIVE", "REVERTED"):
                     break
-                time.sleep(0.1)
-        assert wf["state"] == "IMAGE_ACTIVE"
-        assert any(0 < p < 100 for p in seen), seen   # the copy's progress showed while it ran
+                time.sleep(0.05)
+        assert wf["state"] == "IMAGE_ACTIVE", states
+        uploads = [(st, p) for st, p in states if st.startswith("UPLOAD_") and st[7:-9].isdigit()]
+        assert len(uploads) >= 2, states                       # several steps seen while it ran
+        assert [p for _st, p in uploads] == sorted(p for _st, p in uploads)
+        assert all(st == f"UPLOAD_{p}_COMPLETE" for st, p in uploads)
+        assert any(0 < p < 100 for p in shown), shown           # and on the image
+        assert snapshot_data(server, image_id, tmp_path) == data
     finally:
         server.stop()

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +27,8 @@ from pathlib import Path
 import pytest
 
 from freezeframe.compute.drivers.base import DomainNotFound, DriverError, GuestSpec, PowerState, QuiesceFailed
+from freezeframe.compute.nbd import NbdError
+from freezeframe.compute.qcow2stream import Layout, stream
 
 pytestmark = [pytest.mark.libvirt]
 
@@ -214,6 +217,29 @@ def ticks(raw_image: Path) -> list[tuple[int, float]]:
     return lines
 
 
+def read_snapshot(drv, h, out: Path) -> Path:
+    """Stream the point in time as the snapshot workflow does (a qcow2 of its data ranges, read
+    over NBD) into ``out``; it must be a clean standalone qcow2 of the disk's size."""
+    reader = drv.open_snapshot(h.domain, h.snapshot_id, h.workdir)
+    try:
+        assert reader.size == h.virtual_size
+        extents = reader.extents()
+        assert sum(e.length for e in extents) == h.virtual_size
+        layout = Layout.from_extents(h.virtual_size, [(e.offset, e.length) for e in extents if not e.zero])
+        with open(out, "wb") as fh:
+            for block in stream(layout, reader):
+                fh.write(block)
+    finally:
+        reader.close()
+    assert out.stat().st_size == layout.size
+    check = subprocess.run(["qemu-img", "check", str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    info = qemu_img_info(out)
+    assert info["format"] == "qcow2" and "backing-filename" not in info, info
+    assert info["virtual-size"] == h.virtual_size
+    return out
+
+
 def to_raw(qcow2: Path, dest: Path) -> Path:
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(dest)], check=True)
     return dest
@@ -266,20 +292,15 @@ def test_quiesced_live_snapshot_is_clean_and_shows_the_freeze(lab, tmp_path):
     assert h1.quiesced
     assert 0 < h1.frozen_seconds < 1.0
     assert drv.guest_frozen("ffs-agent") is False          # thawed at once
-    done = drv.wait_snapshot(h1, timeout=120)
-    backup_seconds = time.monotonic() - t0
-    assert done.finished and done.done == done.total > 0
-    print(f"\nquiesced snapshot: begin {begun:.3f} s, frozen {h1.frozen_seconds:.3f} s, "
-          f"backup complete after {backup_seconds:.3f} s")
+    print(f"\nquiesced snapshot: begin {begun:.3f} s, frozen {h1.frozen_seconds:.3f} s")
 
-    info = qemu_img_info(h1.path)
-    assert info["format"] == "qcow2" and "backing-filename" not in info
-    assert info["virtual-size"] == h1.virtual_size
-    assert info["actual-size"] < h1.virtual_size / 4       # the disk's holes were not written
-    check = subprocess.run(["qemu-img", "check", str(h1.path)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-
-    raw1 = to_raw(h1.path, tmp_path / "s1.raw")
+    # The guest runs on and writes; s1 is read only now, after the guest overwrote its blocks:
+    # the point in time held (copy-before-write into the scratch file).
+    time.sleep(1.5)
+    q1 = read_snapshot(drv, h1, tmp_path / "s1.qcow2")
+    drv.end_snapshot("ffs-agent", "s1", h1.workdir)      # one backup job per domain at a time
+    assert qemu_img_info(q1)["actual-size"] < h1.virtual_size / 4     # the disk's holes were not sent
+    raw1 = to_raw(q1, tmp_path / "s1.raw")
     header = ext4_header(raw1)
     assert "Filesystem state:         clean" in header
     assert "needs_recovery" not in header
@@ -291,17 +312,16 @@ def test_quiesced_live_snapshot_is_clean_and_shows_the_freeze(lab, tmp_path):
     # Contrast: without the freeze, the same disk is only crash-consistent (journal to replay).
     h0 = drv.begin_snapshot("ffs-agent", "vdb", "s0", lab.workdir("s0"), quiesce=False,
                             require_quiesce=False)
-    drv.wait_snapshot(h0, timeout=120)
-    assert "needs_recovery" in ext4_header(to_raw(h0.path, tmp_path / "s0.raw"))
+    assert "needs_recovery" in ext4_header(to_raw(read_snapshot(drv, h0, tmp_path / "s0.qcow2"),
+                                                  tmp_path / "s0.raw"))
+    drv.end_snapshot("ffs-agent", "s0", h0.workdir)
 
-    # The guest runs on: a later snapshot has more ticks, the first snapshot's ticks are a
-    # prefix of them, the calibration freeze is a gap of ~0.5 s, and the writer stalled around
-    # the snapshot no longer than the freeze the driver reported (plus a tick).
-    time.sleep(1.5)
+    # A later snapshot has more ticks: s1's are a prefix of them (none written after s1's point
+    # in time leaked into it), the calibration freeze is a gap of ~0.5 s, and the writer stalled
+    # around the snapshot no longer than the freeze the driver reported (plus a tick).
     h2 = drv.begin_snapshot("ffs-agent", "vdb", "s2", lab.workdir("s2"), quiesce=True,
                             require_quiesce=True, max_frozen=1.0)
-    drv.wait_snapshot(h2, timeout=120)
-    after = ticks(to_raw(h2.path, tmp_path / "s2.raw"))
+    after = ticks(to_raw(read_snapshot(drv, h2, tmp_path / "s2.qcow2"), tmp_path / "s2.raw"))
     assert after[: len(before)] == before
     assert len(after) >= len(before) + 10
     intervals = [b[1] - a[1] for a, b in zip(after, after[1:])]
@@ -335,7 +355,6 @@ def test_require_quiesce_without_agent_fails_and_leaves_the_guest_alone(lab):
     h = drv.begin_snapshot("ffs-noagent", "vdb", "nq2", lab.workdir("nq2"), quiesce=True,
                            require_quiesce=False)
     assert not h.quiesced and h.frozen_seconds == 0
-    drv.wait_snapshot(h, timeout=120)
     drv.end_snapshot("ffs-noagent", "nq2", h.workdir)
 
 
@@ -352,20 +371,39 @@ def test_freeze_longer_than_max_frozen_is_not_quiesced_and_thaws(lab):
 
 
 @pytest.mark.timeout(180)
-def test_end_snapshot_from_a_new_driver_aborts_the_running_backup(lab):
+def test_end_snapshot_from_a_new_driver_ends_a_backup_being_read(lab):
     drv = lab.driver
     h = drv.begin_snapshot("ffs-agent", "vdc", "big", lab.workdir("big"), quiesce=False,
                            require_quiesce=False)
-    progress = drv.snapshot_progress(h)
-    assert not progress.finished, "the 1 GiB backup finished too fast to test the abort"
-    print(f"\naborting the backup at {progress.done >> 20}/{progress.total >> 20} MiB")
+    reader = drv.open_snapshot("ffs-agent", "big", h.workdir)
+    data = [(o, min(4 << 20, e.offset + e.length - o)) for e in reader.extents() if not e.zero
+            for o in range(e.offset, e.offset + e.length, 4 << 20)]
+    assert len(data) > 100                                    # the 1 GiB of data, 4 MiB at a time
+    outcome: list = []
+
+    def upload() -> None:                                     # an upload streaming it meanwhile
+        try:
+            for block in reader.pread_many(data):
+                outcome.append(len(block))
+                time.sleep(0.05)
+        except Exception as exc:
+            outcome.append(exc)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    while not outcome:
+        time.sleep(0.01)
     other = lab.new_driver()
-    other.end_snapshot("ffs-agent", "big", h.workdir)
+    other.end_snapshot("ffs-agent", "big", h.workdir)       # as a conductor cleaning up after a crash
+    uploader.join(60)
     assert not h.workdir.exists()
     assert drv.conn.lookupByName("ffs-agent").jobStats().get("type", 0) == 0
     assert drv.get_info("ffs-agent").state is PowerState.RUNNING
+    assert isinstance(outcome[-1], NbdError), outcome[-3:]   # the reader saw the export go
+    assert 0 < len(outcome) - 1 < len(data)
+    reader.close()
     with pytest.raises(DriverError):
-        drv.snapshot_progress(h)
+        drv.open_snapshot("ffs-agent", "big", h.workdir)
     other.end_snapshot("ffs-agent", "big", h.workdir)       # idempotent
 
 
@@ -379,13 +417,12 @@ def test_cold_snapshot_of_a_shut_off_domain(lab):
     assert drv.get_info(spec.name).state is PowerState.SHUTDOWN
     t0 = time.monotonic()
     h = drv.begin_snapshot(spec.name, "vdb", "cold", lab.workdir("cold"), quiesce=True, require_quiesce=False)
-    seen = [drv.snapshot_progress(h)]
-    seen.append(drv.wait_snapshot(h, timeout=120))
-    print(f"\ncold copy: {time.monotonic() - t0:.3f} s, progress {seen}")
-    assert seen[-1].finished and seen[-1].done == seen[-1].total == h.virtual_size
-    info = qemu_img_info(h.path)
-    assert info["format"] == "qcow2" and "backing-filename" not in info
-    same = subprocess.run(["qemu-img", "compare", "-U", str(h.path), str(spec.extra_disks[0])],
+    assert not h.quiesced
+    with pytest.raises(DriverError):                          # the export holds the disk meanwhile
+        drv.power_on(spec.name)
+    out = read_snapshot(drv, h, lab.workdir("cold-out").with_suffix(".qcow2"))
+    print(f"\ncold snapshot streamed in {time.monotonic() - t0:.3f} s")
+    same = subprocess.run(["qemu-img", "compare", "-U", str(out), str(spec.extra_disks[0])],
                           capture_output=True, text=True)
     assert same.returncode == 0, same.stdout + same.stderr
     drv.end_snapshot(spec.name, "cold", h.workdir)

@@ -100,7 +100,7 @@ def test_boot_snapshot_boot_again(cloud, tmp_path):
     wf = wait_workflow(cloud, workflow_id, {"IMAGE_ACTIVE", "REVERTED"}, timeout=180)
     assert wf["state"] == "IMAGE_ACTIVE", wf
     local = next(h for h in wf["history"] if h["state"] == "LOCAL_SNAPSHOT_COMPLETE")
-    frozen = float(local["detail"].split()[1].rstrip("s"))
+    frozen = float(local["detail"].split()[1].rstrip(";s"))
     assert local["detail"].startswith("frozen") and frozen < 1.0      # quiesced, and briefly
     with cloud.client() as images:
         size = images.get(f"/v2/images/{snap_id}").json()["size"]

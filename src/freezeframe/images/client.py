@@ -16,7 +16,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -293,12 +293,16 @@ class GlanceClient:
 
     # -- data --------------------------------------------------------------------------------
 
-    def upload(self, image_id: str, source: BinaryIO, size: int | None = None,
+    def upload(self, image_id: str, source: BinaryIO | Iterable[bytes | memoryview], size: int | None = None,
                progress: Progress | None = None, extra_headers: Mapping[str, str] | None = None) -> None:
-        """PUT the data, streamed from ``source`` (with Content-Length when ``size`` is known)."""
+        """PUT the data, streamed from ``source`` — a file, or an iterable of blocks — with
+        Content-Length when ``size`` is known."""
         def blocks() -> Iterator[bytes]:
             sent, read_size = 0, CHUNK_SIZE if size is not None else CHUNKED_PART
-            while block := source.read(read_size):
+            parts = iter(lambda: source.read(read_size), b"") if hasattr(source, "read") else iter(source)
+            for block in parts:
+                if not block:
+                    continue
                 sent += len(block)
                 if size is not None and sent > size:
                     raise GlanceError(f"the data grew past its expected {size} bytes while uploading")
@@ -315,7 +319,8 @@ class GlanceClient:
 
     # -- Freezeframe extensions used by the snapshot workflows (role "service") ----------------
 
-    def upload_resumable(self, image_id: str, source: BinaryIO, size: int, *, upload_id: str, offset: int,
+    def upload_resumable(self, image_id: str, source: BinaryIO | Iterable[bytes | memoryview], size: int, *,
+                         upload_id: str, offset: int,
                          progress: Progress | None = None) -> None:
         """Send ``size`` bytes from ``source`` starting at ``offset`` of resumable upload ``upload_id``."""
         self.upload(image_id, source, size, progress,

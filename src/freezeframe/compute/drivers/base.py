@@ -1,10 +1,10 @@
 """The virt driver interface. Every driver (libvirt, fake) passes the same conformance suite.
 
-A driver manages domains on one host and produces point-in-time copies of their disks for the
-snapshot workflow. Every method is synchronous (the conductor calls them from worker threads)
+A driver manages domains on one host and gives the snapshot workflow consistent points in time
+of their disks, read in place (no local copy). Every method is synchronous (the conductor calls them from worker threads)
 and idempotent where the workflow may repeat it after a crash: ``begin_snapshot`` with the same
 ``snapshot_id`` finds and reuses (or cleans and redoes) what an earlier attempt left, and
-``end_snapshot`` / ``unquiesce`` may be called any number of times.
+``end_snapshot`` may be called any number of times.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import abc
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+from freezeframe.compute.nbd import Extent
 
 
 class PowerState(enum.StrEnum):
@@ -60,27 +63,27 @@ class GuestSpec:
 
 @dataclass(frozen=True)
 class SnapshotHandle:
-    """A point-in-time copy of one disk, readable while the guest runs on.
-
-    ``path`` is a standalone image file (no backing chain) in ``format``; ``workdir`` holds
-    everything the driver made for this snapshot and is removed by ``end_snapshot``.
-    """
+    """A consistent point in time of one disk, readable (``open_snapshot``) while the guest
+    runs on, until ``end_snapshot``. ``workdir`` holds what the driver made for it."""
     snapshot_id: str
     domain: str
     disk: str
-    path: Path
-    format: str
     virtual_size: int
     workdir: Path
     quiesced: bool            # the guest's filesystems were frozen at the point in time
     frozen_seconds: float     # how long they were frozen (0 when not quiesced)
 
 
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    finished: bool
+class SnapshotReader(Protocol):
+    """Reads a point in time: which ranges hold data, and their bytes. ``nbd.NbdClient`` is
+    one (QEMU exports); the fake driver reads a file."""
+    size: int
+
+    def extents(self) -> list[Extent]: ...
+
+    def pread_many(self, ranges: Iterable[tuple[int, int]], depth: int = 4) -> Iterator[bytes | bytearray]: ...
+
+    def close(self) -> None: ...
 
 
 class QuiesceFailed(Exception):
@@ -131,25 +134,23 @@ class VirtDriver(abc.ABC):
     @abc.abstractmethod
     def begin_snapshot(self, name: str, disk: str, snapshot_id: str, workdir: Path, *,
                        quiesce: bool, require_quiesce: bool, max_frozen: float = 1.0) -> SnapshotHandle:
-        """Take a consistent point-in-time copy of ``disk``.
+        """Establish a consistent point in time of ``disk`` and return once it is readable.
 
-        Running domain: freeze (when ``quiesce`` and an agent answers), start a backup job or an
-        external overlay, thaw at once — always thaw, even on failure, and never stay frozen
-        longer than ``max_frozen`` seconds. ``require_quiesce`` makes a failed freeze raise
-        QuiesceFailed instead of going on crash-consistent. Stopped domain: a cold copy.
-        The data is written to ``workdir`` as the job progresses (see ``snapshot_progress``);
-        holes are never written.
+        Running domain: freeze (when ``quiesce`` and an agent answers), start a pull-mode
+        backup (or equivalent), thaw at once — always thaw, even on failure, and never stay
+        frozen longer than ``max_frozen`` seconds. ``require_quiesce`` makes a failed freeze
+        raise QuiesceFailed instead of going on crash-consistent. Shut-off domain: its disk as
+        it is. Nothing the size of the disk is copied: the data is read through
+        ``open_snapshot`` (guest writes meanwhile only cost copy-before-write in ``workdir``).
         """
 
     @abc.abstractmethod
-    def snapshot_progress(self, handle: SnapshotHandle) -> Progress: ...
-
-    @abc.abstractmethod
-    def wait_snapshot(self, handle: SnapshotHandle, timeout: float | None = None) -> Progress:
-        """Block until the copy is complete; DriverError if the job failed."""
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> SnapshotReader:
+        """A reader of the point in time ``begin_snapshot`` made, from any process (also after a
+        crash). DriverError when it no longer exists (the domain stopped, the job ended...)."""
 
     @abc.abstractmethod
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
-        """Abort any running job of this snapshot, merge back overlays, make sure the guest is
+        """Release the point in time (end the backup job / export), make sure the guest is
         thawed, remove ``workdir``. Idempotent, and works in a new process after a crash (it
         needs only what the workflow persisted)."""

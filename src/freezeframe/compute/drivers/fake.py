@@ -1,14 +1,15 @@
 """A fake virt driver for fast workflow tests: in-memory domains on real small disk files.
 
-``begin_snapshot`` copies the disk file, holes left out, into the workdir on a thread (the
-"backup job"), so progress, waiting, cancel and cleanup behave as with libvirt. Every freeze and
-thaw is recorded in ``host.events`` so a test can assert that the guest was always thawed, and
-failures can be injected per method: ``FakeDriver(fail_on={"begin_snapshot": QuiesceFailed()})``
-raises on every call until removed from ``driver.fail_on``; the extra keys ``"freeze"``, ``"thaw"``
-and ``"copy"`` fail those steps (a failed copy makes ``wait_snapshot`` raise DriverError).
+``begin_snapshot`` takes its point in time by copying the disk, flattened and with holes left
+out, into the workdir (a fake may copy; the libvirt driver never does), and ``open_snapshot``
+reads that copy — extents from SEEK_DATA/SEEK_HOLE — from any process, so a restarted server
+resumes an upload as with libvirt. Every freeze and thaw is recorded in ``host.events`` so a
+test can assert that the guest was always thawed, and failures can be injected per method:
+``FakeDriver(fail_on={"begin_snapshot": QuiesceFailed()})`` raises on every call until removed
+from ``driver.fail_on``; the extra keys ``"freeze"``, ``"thaw"`` and ``"copy"`` fail those steps.
 
-Domains and jobs live in a ``FakeHost``: ``FakeDriver(host=other.host)`` is a second driver on
-the same host, as a new process would be.
+Domains live in a ``FakeHost``: ``FakeDriver(host=other.host)`` is a second driver on the same
+host, as a new process would be.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from freezeframe.compute.drivers.base import (
-    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState, Progress,
+    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
     QuiesceFailed, SnapshotHandle, VirtDriver,
 )
+from freezeframe.compute.nbd import Extent
 
 CHUNK = 1 << 20
+RECORD = "fake-snapshot.json"
 
 
 @dataclass
@@ -43,21 +47,8 @@ class FakeDomain:
 
 
 @dataclass
-class FakeJob:
-    handle: SnapshotHandle
-    source: Path
-    total: int
-    done: int = 0
-    finished: bool = False
-    error: str = ""
-    cancel: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-
-@dataclass
 class FakeHost:
     domains: dict[str, FakeDomain] = field(default_factory=dict)
-    jobs: dict[Path, FakeJob] = field(default_factory=dict)        # by workdir
     events: list[tuple[str, str]] = field(default_factory=list)    # ("freeze"|"thaw", domain)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -74,41 +65,76 @@ def virtual_size(path: Path) -> int:
     return int.from_bytes(head[24:32], "big") if head[:4] == b"QFI\xfb" else path.stat().st_size
 
 
-def sparse_copy(src: Path, dst: Path, job: FakeJob, delay: float) -> None:
+def sparse_copy(src: Path, dst: Path, delay: float) -> None:
     """Copy the data extents of ``src`` (SEEK_DATA/SEEK_HOLE), leaving holes as holes."""
     size = src.stat().st_size
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
-            except OSError:          # ENXIO: only a hole is left
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            pos = start
-            while pos < end:
-                if job.cancel.is_set():
-                    return
-                data = os.pread(fin.fileno(), min(CHUNK, end - pos), pos)
-                os.pwrite(fout.fileno(), data, pos)
-                pos += len(data)
-                job.done = min(job.total, job.done + len(data))
+        for offset, length in data_extents(fin.fileno(), size):
+            for pos in range(offset, offset + length, CHUNK):
+                os.pwrite(fout.fileno(), os.pread(fin.fileno(), min(CHUNK, offset + length - pos), pos), pos)
                 if delay:
                     time.sleep(delay)
-            offset = end
         fout.truncate(size)
+
+
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (offset, length) ranges of a file that hold data (SEEK_DATA/SEEK_HOLE)."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:          # ENXIO: only a hole is left
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end - start
+        offset = end
+
+
+class FileReader:
+    """A ``SnapshotReader`` of a raw file."""
+
+    def __init__(self, path: Path, *, read_delay: float = 0.0) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+        self.read_delay = read_delay
+
+    def extents(self) -> list[Extent]:
+        out: list[Extent] = []
+        at = 0
+        for offset, length in data_extents(self._fd, self.size):
+            if offset > at:
+                out.append(Extent(at, offset - at, True))
+            out.append(Extent(offset, length, False))
+            at = offset + length
+        if at < self.size:
+            out.append(Extent(at, self.size - at, True))
+        return out
+
+    def pread_many(self, ranges: Iterable[tuple[int, int]], depth: int = 4) -> Iterator[bytes]:
+        for offset, length in ranges:
+            data = os.pread(self._fd, length, offset)
+            if len(data) != length:
+                raise DriverError(f"short read of the snapshot at {offset}")
+            if self.read_delay:
+                time.sleep(self.read_delay)
+            yield data
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class FakeDriver(VirtDriver):
     name = "fake"
 
     def __init__(self, *, host: FakeHost | None = None, fail_on: dict[str, BaseException] | None = None,
-                 copy_delay: float = 0.0, freeze_seconds: float = 0.0) -> None:
-        """``copy_delay`` sleeps after each MiB copied (to watch progress or cancel a job);
+                 copy_delay: float = 0.0, read_delay: float = 0.0, freeze_seconds: float = 0.0) -> None:
+        """``copy_delay`` sleeps after each MiB copied while taking the point in time (to crash
+        or cancel a workflow in LOCAL_SNAPSHOT_STARTED);
         ``freeze_seconds`` is how long a freeze takes (to exceed ``max_frozen``)."""
         self.host = host or FakeHost()
         self.fail_on: dict[str, BaseException] = dict(fail_on or {})
         self.copy_delay = copy_delay
+        self.read_delay = read_delay            # sleep after each read of the point in time
         self.freeze_seconds = freeze_seconds
 
     @property
@@ -142,12 +168,7 @@ class FakeDriver(VirtDriver):
     def destroy(self, name: str) -> None:
         self._maybe_fail("destroy")
         with self.host.lock:
-            dom = self.host.domains.pop(name, None)
-            if dom is None:
-                return
-            for job in [j for j in self.host.jobs.values() if j.handle.domain == name]:
-                job.cancel.set()
-                job.error = job.error or "domain destroyed"
+            self.host.domains.pop(name, None)
 
     def power_on(self, name: str) -> None:
         self._maybe_fail("power_on")
@@ -210,15 +231,13 @@ class FakeDriver(VirtDriver):
         source = dom.disks().get(disk)
         if source is None:
             raise DriverError(f"domain {name} has no disk {disk}")
-        with self.host.lock:
-            job = self.host.jobs.get(workdir)
-            if job is not None:
-                if job.handle.snapshot_id == snapshot_id and not job.error:
-                    return job.handle               # idempotent: the same snapshot again
-        if job is not None:
-            self.end_snapshot(job.handle.domain, job.handle.snapshot_id, workdir)
+        previous = self._record(workdir)
+        if previous is not None:
+            if (previous.snapshot_id, previous.domain, previous.disk) == (snapshot_id, name, disk):
+                return previous                     # idempotent: the same snapshot again
+            self.end_snapshot(previous.domain, previous.snapshot_id, workdir)
 
-        # A shut-off domain gets a cold copy (consistent without any freeze).
+        # A shut-off domain's disk is consistent as it is (no freeze).
         live = dom.state is not PowerState.SHUTDOWN
         can_quiesce = dom.state is PowerState.RUNNING and dom.agent
         if live and require_quiesce and not can_quiesce:
@@ -226,7 +245,6 @@ class FakeDriver(VirtDriver):
 
         workdir.mkdir(parents=True, exist_ok=True)
         handle = SnapshotHandle(snapshot_id=snapshot_id, domain=name, disk=disk,
-                                path=workdir / f"{disk}.img", format=image_format(source),
                                 virtual_size=virtual_size(source), workdir=workdir,
                                 quiesced=False, frozen_seconds=0.0)
         quiesced, frozen = False, 0.0
@@ -241,86 +259,61 @@ class FakeDriver(VirtDriver):
                         if require_quiesce:
                             raise QuiesceFailed(f"freezing {name}: {exc}") from exc
                     if quiesced or not require_quiesce:
-                        self._start_job(handle, source)
+                        self._point_in_time(source, workdir / f"{disk}.raw")
                 finally:
                     self._thaw(dom)                 # always, even on failure
                     frozen = time.monotonic() - t0
                 if not quiesced and require_quiesce:
                     raise QuiesceFailed(f"{name} stayed frozen past {max_frozen} s: not quiesced")
             else:
-                self._start_job(handle, source)
+                self._point_in_time(source, workdir / f"{disk}.raw")
         except BaseException:
             self.end_snapshot(name, snapshot_id, workdir)
             raise
         handle = replace(handle, quiesced=quiesced, frozen_seconds=frozen if quiesced else 0.0)
-        with self.host.lock:
-            self.host.jobs[workdir].handle = handle
+        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(handle).items()}
+        tmp = workdir / (RECORD + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, workdir / RECORD)
         return handle
 
-    def _start_job(self, handle: SnapshotHandle, source: Path) -> None:
-        job = FakeJob(handle=handle, source=source, total=handle.virtual_size)
+    def _point_in_time(self, source: Path, target: Path) -> None:
+        """The fake's "backup": a flattened sparse raw copy (a qcow2 overlay through qemu-img)."""
+        self._maybe_fail("copy")
+        if image_format(source) == "qcow2":
+            subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(source), str(target)],
+                           check=True, capture_output=True)
+            if self.copy_delay:
+                time.sleep(self.copy_delay * (virtual_size(source) >> 20))
+        else:
+            sparse_copy(source, target, self.copy_delay)
 
-        def run() -> None:
-            try:
-                self._maybe_fail("copy")
-                if handle.format == "qcow2":
-                    # A qcow2 disk may be an overlay: flatten it, as a real snapshot must be standalone.
-                    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(source), str(handle.path)],
-                                   check=True, capture_output=True)
-                    for done in range(0, job.total, CHUNK):   # the same pace as a raw copy
-                        if job.cancel.is_set():
-                            return
-                        job.done = done
-                        if self.copy_delay:
-                            time.sleep(self.copy_delay)
-                else:
-                    sparse_copy(source, handle.path, job, self.copy_delay)
-                if not job.cancel.is_set():
-                    job.done, job.finished = job.total, True
-            except Exception as exc:      # reported by snapshot_progress / wait_snapshot
-                job.error = str(exc) or type(exc).__name__
+    @staticmethod
+    def _record(workdir: Path) -> SnapshotHandle | None:
+        try:
+            doc = json.loads((workdir / RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        return SnapshotHandle(**{**doc, "workdir": Path(doc["workdir"])})
 
-        job.thread = threading.Thread(target=run, name=f"fake-snapshot-{handle.snapshot_id}", daemon=True)
-        with self.host.lock:
-            self.host.jobs[handle.workdir] = job
-        job.thread.start()
-
-    def _job(self, handle: SnapshotHandle) -> FakeJob:
-        with self.host.lock:
-            job = self.host.jobs.get(handle.workdir)
-        if job is None or job.handle.snapshot_id != handle.snapshot_id:
-            raise DriverError(f"no snapshot {handle.snapshot_id} in {handle.workdir}")
-        return job
-
-    def snapshot_progress(self, handle: SnapshotHandle) -> Progress:
-        self._maybe_fail("snapshot_progress")
-        job = self._job(handle)
-        if job.error:
-            raise DriverError(f"snapshot {handle.snapshot_id} failed: {job.error}")
-        return Progress(job.done, job.total, job.finished)
-
-    def wait_snapshot(self, handle: SnapshotHandle, timeout: float | None = None) -> Progress:
-        self._maybe_fail("wait_snapshot")
-        job = self._job(handle)
-        assert job.thread is not None
-        job.thread.join(timeout)
-        if job.thread.is_alive():
-            raise TimeoutError(f"snapshot {handle.snapshot_id} not complete after {timeout} s")
-        return self.snapshot_progress(handle)
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> FileReader:
+        self._maybe_fail("open_snapshot")
+        workdir = Path(workdir).absolute()
+        handle = self._record(workdir)
+        if handle is None or handle.snapshot_id != snapshot_id:
+            raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
+        if name not in self.host.domains:
+            raise DriverError(f"snapshot {snapshot_id} is gone: domain {name} was destroyed")
+        return FileReader(workdir / f"{handle.disk}.raw", read_delay=self.read_delay)
 
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         self._maybe_fail("end_snapshot")
         workdir = Path(workdir).absolute()
         with self.host.lock:
-            job = self.host.jobs.pop(workdir, None)
             dom = self.host.domains.get(name)
             if dom is not None and dom.frozen:
                 self.host.events.append(("thaw", name))
                 dom.frozen = False
-        if job is not None:
-            job.cancel.set()
-            if job.thread is not None and job.thread is not threading.current_thread():
-                job.thread.join(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,14 +1,14 @@
-"""The libvirt virt driver: QEMU domains, quiesce through the guest agent, snapshots as push
-backups (running domain) or ``qemu-img convert`` copies (shut-off domain).
+"""The libvirt virt driver: QEMU domains, quiesce through the guest agent, snapshots as
+pull-mode backups (running domain) or ``qemu-nbd`` exports (shut-off domain), read over NBD.
 
-Running domain: freeze (guest agent) -> ``backupBegin`` of the one disk into a qcow2 created
-beforehand in the workdir -> thaw, all within ``max_frozen``; QEMU then copies the disk's
-point-in-time content on the host while the guest runs on. Progress comes from ``jobStats()``.
-Shut-off domain: ``qemu-img convert -O qcow2`` flattens the disk's chain into the workdir, in a
-process of its own so that progress and cancel work from any process.
+Running domain: freeze (guest agent) -> ``backupBegin`` in pull mode (a sparse scratch qcow2,
+made beforehand in the workdir, takes copy-before-write of what the guest overwrites) -> thaw,
+all within ``max_frozen``. QEMU then serves the point in time on a unix socket; the snapshot
+workflow reads its data ranges over NBD and streams them into the upload: the disk is never
+copied locally (Nova bug 1262914). Shut-off domain: ``qemu-nbd --read-only`` serves its chain.
 
 Everything a later call needs is in ``<workdir>/snapshot.json`` or in libvirt itself (the
-backup job and its target path), so ``snapshot_progress`` and ``end_snapshot`` work from a new
+backup job and its scratch path), so ``open_snapshot`` and ``end_snapshot`` work from a new
 process after a crash. Connect with ``qemu:///system`` (a libvirtd) or, daemon-free, with
 ``LibvirtDriver.embedded(root)`` (libvirt's embedded QEMU driver: one root per process).
 """
@@ -23,20 +23,22 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import Iterator
 
 import libvirt
 
 from freezeframe.compute.drivers import libvirt_agent as agent
 from freezeframe.compute.drivers import libvirt_xml as lxml
 from freezeframe.compute.drivers.base import (
-    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState, Progress,
+    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
     QuiesceFailed, SnapshotHandle, VirtDriver,
 )
+from freezeframe.compute.nbd import NbdClient, NbdError
 
 LOG = logging.getLogger(__name__)
 RECORD = "snapshot.json"
@@ -62,7 +64,6 @@ _UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-_COMPLETED_STATS = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
 
 # -- process-wide libvirt set-up -------------------------------------------------------------
 _setup_lock = threading.Lock()
@@ -137,19 +138,17 @@ class _Record:
     snapshot_id: str
     domain: str
     disk: str
-    method: str              # "backup" (running domain) | "copy" (shut-off domain)
-    path: str
-    format: str
+    method: str              # "backup" (running domain) | "export" (shut-off domain)
+    socket: str              # the NBD server's unix socket
+    export: str              # its export name
     virtual_size: int
-    phase: str               # "freezing" | "starting" | "running" | "complete" | "failed"
+    phase: str               # "freezing" | "starting" | "running"
     quiesced: bool = False
     frozen_seconds: float = 0.0
-    pid: int = 0             # the copy process ("copy")
-    error: str = ""
+    pid: int = 0             # the qemu-nbd process ("export")
 
     def handle(self, workdir: Path) -> SnapshotHandle:
         return SnapshotHandle(snapshot_id=self.snapshot_id, domain=self.domain, disk=self.disk,
-                              path=Path(self.path), format=self.format,
                               virtual_size=self.virtual_size, workdir=workdir,
                               quiesced=self.quiesced, frozen_seconds=self.frozen_seconds)
 
@@ -164,6 +163,24 @@ class _Record:
             return cls(**json.loads((workdir / RECORD).read_text()))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def _socket_path(workdir: Path, snapshot_id: str) -> Path:
+    """The NBD socket: in the workdir when its path fits a unix socket's 108 bytes."""
+    path = workdir / "nbd" / "sock"
+    if len(str(path)) < 100:
+        return path
+    return Path(tempfile.gettempdir()) / f"ff-nbd-{snapshot_id}" / "sock"
+
+
+def _socket_dir_for_qemu(sock: Path, qemu_owner: tuple[int, int] | None) -> None:
+    """QEMU binds the socket: its directory is private to us and the user QEMU runs as."""
+    sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if qemu_owner is not None and qemu_owner[0] != os.geteuid():
+        try:
+            os.chown(sock.parent, *qemu_owner)
+        except PermissionError as exc:
+            raise DriverError(f"QEMU runs as uid {qemu_owner[0]} and cannot be given {sock.parent}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -184,13 +201,6 @@ def _run(cmd: list[str], timeout: float = 120) -> str:
     if proc.returncode != 0:
         raise DriverError(f"{' '.join(cmd[:2])} failed: {proc.stderr.strip()}")
     return proc.stdout
-
-
-# The cold copy runs under sh so that its exit status lands in the workdir (``rc``), readable by
-# any process; qemu-img -p prints "(NN.NN/100%)" progress lines into progress.log.
-_COPY_SCRIPT = ('qemu-img convert -p -f "$1" -O qcow2 "$2" "$3.part" > "$4/progress.log" 2>&1; '
-                'rc=$?; [ $rc = 0 ] && mv "$3.part" "$3"; echo $rc > "$4/rc.tmp"; mv "$4/rc.tmp" "$4/rc"')
-_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 class LibvirtDriver(VirtDriver):
@@ -359,14 +369,13 @@ class LibvirtDriver(VirtDriver):
 
         previous = _Record.load(workdir)
         if previous is not None:
-            if (previous.snapshot_id, previous.domain, previous.disk) == (snapshot_id, name, disk):
-                with contextlib.suppress(DriverError):
-                    self._progress(previous, workdir)      # still running or complete: reuse it
-                    return previous.handle(workdir)
+            if ((previous.snapshot_id, previous.domain, previous.disk) == (snapshot_id, name, disk)
+                    and previous.phase == "running" and self._serving(previous, workdir)):
+                return previous.handle(workdir)          # still there: reuse it
             self.end_snapshot(previous.domain, previous.snapshot_id, workdir)
 
         if not dom.isActive():
-            return self._begin_copy(name, info, snapshot_id, workdir)
+            return self._begin_export(name, info, snapshot_id, workdir)
 
         want_quiesce = quiesce or require_quiesce
         agent_ok = (want_quiesce and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
@@ -378,18 +387,23 @@ class LibvirtDriver(VirtDriver):
 
     def _begin_backup(self, dom: libvirt.virDomain, info: DiskInfo, snapshot_id: str, workdir: Path,
                       *, agent_ok: bool, require_quiesce: bool, max_frozen: float) -> SnapshotHandle:
+        """A pull-mode backup: QEMU keeps the point in time (copy-before-write into a sparse
+        scratch file) and serves it over NBD; nothing is copied until it is read."""
         name = dom.name()
         workdir.mkdir(parents=True, exist_ok=True)
-        target = workdir / f"{info.target}.qcow2"
+        sock = _socket_path(workdir, snapshot_id)
         rec = _Record(snapshot_id=snapshot_id, domain=name, disk=info.target, method="backup",
-                      path=str(target), format="qcow2", virtual_size=info.virtual_size,
+                      socket=str(sock), export=info.target, virtual_size=info.virtual_size,
                       phase="freezing" if agent_ok else "starting")
         rec.save(workdir)
         try:
             # Made before the freeze: libvirt creating it takes several QEMU jobs while frozen.
-            _run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), str(info.virtual_size)])
-            all_targets = [t for t, _p, _f in lxml.disks(dom.XMLDesc(0))]
-            backup = lxml.backup_xml(all_targets, info.target, target)
+            scratch = workdir / f"{info.target}.scratch.qcow2"
+            _run(["qemu-img", "create", "-q", "-f", "qcow2", str(scratch), str(info.virtual_size)])
+            xml = dom.XMLDesc(0)
+            _socket_dir_for_qemu(sock, lxml.qemu_owner(xml))
+            all_targets = [t for t, _p, _f in lxml.disks(xml)]
+            backup = lxml.pull_backup_xml(all_targets, info.target, sock, scratch)
             if agent_ok:
                 rec.quiesced, rec.frozen_seconds = self._frozen_backup(
                     dom, backup, max_frozen=max_frozen, require_quiesce=require_quiesce)
@@ -398,12 +412,12 @@ class LibvirtDriver(VirtDriver):
         except BaseException:
             with contextlib.suppress(Exception):
                 self._abort_backup(dom, workdir)
-            shutil.rmtree(workdir, ignore_errors=True)
+            self._remove(workdir, rec)
             raise
         rec.phase = "running"
         rec.save(workdir)
-        LOG.info("snapshot %s of %s:%s started (quiesced=%s, frozen %.3f s)",
-                 snapshot_id, name, info.target, rec.quiesced, rec.frozen_seconds)
+        LOG.info("snapshot %s of %s:%s taken (quiesced=%s, frozen %.3f s), served at %s",
+                 snapshot_id, name, info.target, rec.quiesced, rec.frozen_seconds, sock)
         return rec.handle(workdir)
 
     def _frozen_backup(self, dom: libvirt.virDomain, backup: str, *, max_frozen: float,
@@ -446,98 +460,71 @@ class LibvirtDriver(VirtDriver):
                 hint = " (QEMU may run as an unprivileged user: each parent of the workdir needs o+x)"
             raise DriverError(f"starting the backup of {dom.name()}: {exc.get_error_message()}{hint}") from exc
 
-    def _begin_copy(self, name: str, info: DiskInfo, snapshot_id: str, workdir: Path) -> SnapshotHandle:
+    def _begin_export(self, name: str, info: DiskInfo, snapshot_id: str, workdir: Path) -> SnapshotHandle:
+        """A shut-off domain's disk is its own point in time: served read-only by ``qemu-nbd``
+        (its shared lock keeps the domain from starting meanwhile), in a process of its own
+        that outlives ours, so an upload resumed after a crash reads the same bytes."""
         workdir.mkdir(parents=True, exist_ok=True)
-        target = workdir / f"{info.target}.qcow2"
-        rec = _Record(snapshot_id=snapshot_id, domain=name, disk=info.target, method="copy",
-                      path=str(target), format="qcow2", virtual_size=info.virtual_size, phase="starting")
+        sock = _socket_path(workdir, snapshot_id)
+        rec = _Record(snapshot_id=snapshot_id, domain=name, disk=info.target, method="export",
+                      socket=str(sock), export=info.target, virtual_size=info.virtual_size,
+                      phase="starting")
         rec.save(workdir)
-        # A process group of its own, so end_snapshot can stop it (and only it) from anywhere.
-        proc = subprocess.Popen(["sh", "-c", _COPY_SCRIPT, "ff-snapshot-copy", info.format,
-                                 str(info.path), str(target), str(workdir)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
-        rec.pid, rec.phase = proc.pid, "running"
+        pid_file = workdir / "qemu-nbd.pid"
+        try:
+            _socket_dir_for_qemu(sock, None)
+            # --fork: returns once the socket is listening; the server then runs detached.
+            _run(["qemu-nbd", "--read-only", "--persistent", "--shared=16", "--fork",
+                  f"--format={info.format}", f"--export-name={info.target}", f"--socket={sock}",
+                  f"--pid-file={pid_file}", str(info.path)], timeout=60)
+            rec.pid = int(pid_file.read_text().strip())
+        except BaseException:
+            self._remove(workdir, rec)
+            raise
+        rec.phase = "running"
         rec.save(workdir)
+        LOG.info("snapshot %s of shut-off %s:%s served by qemu-nbd (pid %d) at %s",
+                 snapshot_id, name, info.target, rec.pid, sock)
         return rec.handle(workdir)
 
-    def snapshot_progress(self, handle: SnapshotHandle) -> Progress:
-        rec = _Record.load(handle.workdir)
-        if rec is None or rec.snapshot_id != handle.snapshot_id:
-            raise DriverError(f"no snapshot {handle.snapshot_id} in {handle.workdir}")
-        return self._progress(rec, handle.workdir)
+    def _serving(self, rec: _Record, workdir: Path) -> bool:
+        """Is the point in time still there (the backup job, or the qemu-nbd process)?"""
+        if rec.method == "export":
+            return self._export_alive(rec)
+        try:
+            dom = self._dom(rec.domain)
+        except DomainNotFound:
+            return False
+        return self._our_backup_job(dom, workdir) is not None
 
-    def wait_snapshot(self, handle: SnapshotHandle, timeout: float | None = None) -> Progress:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            progress = self.snapshot_progress(handle)
-            if progress.finished:
-                return progress
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"snapshot {handle.snapshot_id} not complete after {timeout} s")
-            time.sleep(0.1)
-
-    def _progress(self, rec: _Record, workdir: Path) -> Progress:
-        if rec.phase == "complete":
-            return Progress(rec.virtual_size, rec.virtual_size, True)
-        if rec.phase == "failed":
-            raise DriverError(f"snapshot {rec.snapshot_id} failed: {rec.error}")
-        if rec.phase not in ("running",):
-            raise DriverError(f"snapshot {rec.snapshot_id} was interrupted while {rec.phase}")
-        if rec.method == "copy":
-            return self._copy_progress(rec, workdir)
-        return self._backup_progress(rec, workdir)
-
-    @staticmethod
-    def _complete(rec: _Record, workdir: Path) -> None:
-        rec.phase = "complete"
-        with contextlib.suppress(OSError):      # end_snapshot may have removed the workdir
-            rec.save(workdir)
-
-    @staticmethod
-    def _fail(rec: _Record, workdir: Path, error: str) -> NoReturn:
-        rec.phase, rec.error = "failed", error
-        with contextlib.suppress(OSError):
-            rec.save(workdir)
-        raise DriverError(f"snapshot {rec.snapshot_id} failed: {error}")
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> NbdClient:
+        workdir = Path(workdir).absolute()
+        rec = _Record.load(workdir)
+        if rec is None or rec.snapshot_id != snapshot_id:
+            raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
+        if rec.phase != "running" or not self._serving(rec, workdir):
+            raise DriverError(f"snapshot {snapshot_id} of {rec.domain} is gone (its "
+                              f"{'backup job' if rec.method == 'backup' else 'qemu-nbd export'} ended)")
+        try:
+            return NbdClient(rec.socket, rec.export)
+        except NbdError as exc:
+            raise DriverError(f"reading snapshot {snapshot_id}: {exc}") from exc
 
     # -- the backup job -----------------------------------------------------------------------
     def _our_backup_job(self, dom: libvirt.virDomain, workdir: Path) -> dict | None:
-        """The stats of the domain's backup job if it writes into ``workdir``."""
+        """The stats of the domain's backup job if its files are in ``workdir``."""
         try:
+            if not dom.isActive():
+                return None
             stats = dom.jobStats(0)
             if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
                 return None
             if stats.get("operation") != libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP:
                 return None
-            targets = lxml.backup_targets(dom.backupGetXMLDesc(0))
+            files = lxml.backup_files(dom.backupGetXMLDesc(0))
         except libvirt.libvirtError:
             return None     # not running, or the job ended meanwhile
-        return stats if any(t.parent == workdir for t in targets) else None
-
-    def _backup_progress(self, rec: _Record, workdir: Path) -> Progress:
-        try:
-            dom = self._dom(rec.domain)
-        except DomainNotFound:
-            self._fail(rec, workdir, f"domain {rec.domain} vanished")
-        stats = self._our_backup_job(dom, workdir)
-        if stats is not None:
-            total = int(stats.get("disk_total") or stats.get("data_total") or rec.virtual_size)
-            done = int(stats.get("disk_processed") or stats.get("data_processed") or 0)
-            return Progress(min(done, total), total, False)
-        # The job is over: libvirt keeps the last completed job's stats (while it runs).
-        try:
-            done = dom.jobStats(_COMPLETED_STATS)
-        except libvirt.libvirtError:
-            done = {}
-        if done.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP:
-            if done.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED:
-                self._complete(rec, workdir)
-                total = int(done.get("disk_total") or rec.virtual_size)
-                return Progress(total, total, True)
-            self._fail(rec, workdir, done.get("errmsg") or "the backup job failed or was cancelled")
-        self._fail(rec, workdir, "the backup job ended and its outcome is unknown (libvirt restarted?)")
+        return stats if any(f.parent == workdir for f in files) else None
 
     def _abort_backup(self, dom: libvirt.virDomain, workdir: Path) -> bool:
         if self._our_backup_job(dom, workdir) is None:
@@ -551,48 +538,30 @@ class LibvirtDriver(VirtDriver):
             time.sleep(0.05)
         return True
 
-    # -- the copy process -----------------------------------------------------------------------
+    # -- the qemu-nbd export ------------------------------------------------------------------------
     @staticmethod
-    def _copy_alive(rec: _Record, workdir: Path) -> bool:
-        """Is the copy process running (and that pid still our copy, not a reused one)?"""
+    def _export_alive(rec: _Record) -> bool:
+        """Is our qemu-nbd running (and that pid still ours, not a reused one)?"""
+        if not rec.pid:
+            return False
         try:
             cmdline = Path(f"/proc/{rec.pid}/cmdline").read_bytes()
             status = Path(f"/proc/{rec.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             return False
-        return str(workdir).encode() in cmdline and status != "Z"
+        return f"--socket={rec.socket}".encode() in cmdline and status != "Z"
 
-    def _copy_progress(self, rec: _Record, workdir: Path) -> Progress:
-        rc_file = workdir / "rc"
-        alive = self._copy_alive(rec, workdir)
-        if rc_file.exists():
-            rc = rc_file.read_text().strip()
-            if rc != "0":
-                log = _PERCENT.sub(b"", (workdir / "progress.log").read_bytes())
-                self._fail(rec, workdir, f"qemu-img convert exited {rc}: "
-                                         f"{log.decode(errors='replace').strip()[-500:]}")
-            self._complete(rec, workdir)
-            return Progress(rec.virtual_size, rec.virtual_size, True)
-        if not alive:
-            self._fail(rec, workdir, "the copy process died")
-        try:
-            percents = _PERCENT.findall((workdir / "progress.log").read_bytes())
-        except OSError:
-            percents = []
-        pct = float(percents[-1]) if percents else 0.0
-        return Progress(int(rec.virtual_size * pct / 100), rec.virtual_size, False)
-
-    def _stop_copy(self, rec: _Record, workdir: Path) -> None:
-        if not self._copy_alive(rec, workdir):
+    def _stop_export(self, rec: _Record) -> None:
+        if not self._export_alive(rec):
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(rec.pid, signal.SIGTERM)
+            os.kill(rec.pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while self._copy_alive(rec, workdir) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self._copy_alive(rec, workdir):
+        while self._export_alive(rec) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._export_alive(rec):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(rec.pid, signal.SIGKILL)
+                os.kill(rec.pid, signal.SIGKILL)
 
     # -- end --------------------------------------------------------------------------------------
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
@@ -604,11 +573,17 @@ class LibvirtDriver(VirtDriver):
             dom = None
         if dom is not None and dom.isActive():
             if self._abort_backup(dom, workdir):
-                LOG.info("snapshot %s: aborted the backup job of %s", snapshot_id, name)
+                LOG.info("snapshot %s: ended the backup job of %s", snapshot_id, name)
             if rec is not None and rec.phase == "freezing":
                 self._ensure_thawed(dom)     # we died inside the freeze window
-        if rec is not None and rec.method == "copy":
-            self._stop_copy(rec, workdir)
+        if rec is not None and rec.method == "export":
+            self._stop_export(rec)
+        self._remove(workdir, rec)
+
+    @staticmethod
+    def _remove(workdir: Path, rec: _Record | None) -> None:
+        if rec is not None and workdir not in Path(rec.socket).parents:
+            shutil.rmtree(Path(rec.socket).parent, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
     def _ensure_thawed(self, dom: libvirt.virDomain) -> None:

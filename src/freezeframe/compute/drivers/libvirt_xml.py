@@ -115,22 +115,36 @@ def has_agent_channel(xml: str) -> bool:
                for t in ET.fromstring(xml).findall("./devices/channel/target"))
 
 
-def backup_xml(all_targets: list[str], disk: str, target_file: Path) -> str:
-    """A full push backup of ``disk`` into an existing qcow2 (BACKUP_BEGIN_REUSE_EXTERNAL):
-    every other disk is listed with backup='no', or libvirt would back it up too."""
-    root = ET.Element("domainbackup", mode="push")
+def qemu_owner(xml: str) -> tuple[int, int] | None:
+    """The uid:gid a running domain's QEMU runs as (its live DAC seclabel), if libvirt says."""
+    for label in ET.fromstring(xml).findall("./seclabel[@model='dac']/label"):
+        uid, _, gid = (label.text or "").partition(":")
+        try:
+            return int(uid.lstrip("+")), int(gid.lstrip("+"))
+        except ValueError:
+            return None
+    return None
+
+
+def pull_backup_xml(all_targets: list[str], disk: str, socket: Path, scratch: Path) -> str:
+    """A pull-mode backup of ``disk`` served over NBD on ``socket`` (export name: the disk's
+    target), with an existing qcow2 ``scratch`` (BACKUP_BEGIN_REUSE_EXTERNAL); every other
+    disk is listed with backup='no', or libvirt would export it too."""
+    root = ET.Element("domainbackup", mode="pull")
+    _sub(root, "server", transport="unix", socket=str(socket))
     disks_el = _sub(root, "disks")
     for name in all_targets:
         if name == disk:
-            d = _sub(disks_el, "disk", name=name, backup="yes", type="file")
+            d = _sub(disks_el, "disk", name=name, backup="yes", type="file", exportname=name)
             _sub(d, "driver", type="qcow2")
-            _sub(d, "target", file=str(target_file))
+            _sub(d, "scratch", file=str(scratch))
         else:
             _sub(disks_el, "disk", name=name, backup="no")
     return ET.tostring(root, encoding="unicode")
 
 
-def backup_targets(xml: str) -> list[Path]:
-    """The target files of a running backup job (``virDomainBackupGetXMLDesc``)."""
-    return [Path(t.get("file")) for t in ET.fromstring(xml).findall("./disks/disk/target")
+def backup_files(xml: str) -> list[Path]:
+    """The target (push) or scratch (pull) files of a running backup job (``virDomainBackupGetXMLDesc``)."""
+    root = ET.fromstring(xml)
+    return [Path(t.get("file")) for t in root.findall("./disks/disk/target") + root.findall("./disks/disk/scratch")
             if t.get("file")]

@@ -2,11 +2,15 @@
 
     TakeLocalSnapshot -> UploadSnapshot -> Finish      (one linear flow, persisted)
 
-Every task is idempotent (a resumed flow re-runs the task that was running when its conductor
-died) and has a real revert, so a flow that cannot finish leaves: the guest thawed, the local
-snapshot removed, the image killed then deleted, task_state None and vm_state as it was.
-The upload is resumable: its upload id is the workflow id, so after a crash only the bytes the
-image service had not kept are sent again.
+TakeLocalSnapshot establishes the point in time (the driver's backup job / export) and fixes the
+qcow2 layout from its data ranges (``stream.json`` in the workdir); UploadSnapshot reads those
+ranges and streams the qcow2 straight into the image service — the disk is never copied
+locally. Every task is idempotent (a resumed flow re-runs the task that was running when its
+conductor died) and has a real revert, so a flow that cannot finish leaves: the guest thawed,
+the point in time released, the image killed then deleted, task_state None and vm_state as it
+was. The upload is resumable: its upload id is the workflow id and the stream is a pure
+function of the layout, so after a crash only the bytes the image service had not kept are
+read and sent again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from taskflow import task
 from taskflow.patterns import linear_flow
 
 from freezeframe.common.timeutil import isotime, utcnow
+from freezeframe.compute.drivers.base import DriverError
 from freezeframe.compute.model import Instance, InstanceAction, InstanceActionEvent
+from freezeframe.compute.qcow2stream import Layout, stream
 from freezeframe.compute.states import TaskState, set_task_state
 from freezeframe.conductor import runtime
 from freezeframe.conductor.model import Workflow
@@ -30,6 +36,7 @@ from freezeframe.conductor.states import WorkflowState as W, parse, transition, 
 from freezeframe.images.client import GlanceError
 
 LOG = logging.getLogger(__name__)
+LAYOUT = "stream.json"      # in the workdir: the qcow2 layout, fixed when the point in time is taken
 
 
 class Cancelled(Exception):
@@ -112,27 +119,17 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
     return runtime.current().db.run_sync(fail)
 
 
-def _follow_copy(workflow_id: str, handle, interval: float = 0.5) -> None:
-    """Wait for the point-in-time copy, showing its percent as the workflow's progress (the
-    state stays LOCAL_SNAPSHOT_STARTED) and honouring a cancel meanwhile."""
-    rt = runtime.current()
-    shown = -1
-    while True:
-        done = rt.driver.snapshot_progress(handle)
-        if done.finished:
-            rt.driver.wait_snapshot(handle)   # raises if the job failed
-            return
-        percent = int(done.done * 100 / done.total) if done.total else 0
-        if percent // 10 > shown // 10:
-            shown = percent
+def _save_layout(workdir, layout: Layout) -> None:
+    tmp = workdir / (LAYOUT + ".tmp")
+    tmp.write_text(json.dumps(layout.to_json()))
+    os.replace(tmp, workdir / LAYOUT)
 
-            def record(session) -> None:
-                wf = session.get(Workflow, workflow_id)
-                if wf.state == W.LOCAL_SNAPSHOT_STARTED:
-                    wf.progress = percent
-            rt.db.run_sync(record)
-        _check_cancel(workflow_id)
-        time.sleep(interval)
+
+def _load_layout(workdir) -> Layout:
+    try:
+        return Layout.from_json(json.loads((workdir / LAYOUT).read_text()))
+    except (OSError, ValueError, KeyError) as exc:
+        raise DriverError(f"the snapshot's layout is gone from {workdir}: {exc}") from exc
 
 
 class GuardImage(task.Task):
@@ -195,22 +192,30 @@ class TakeLocalSnapshot(task.Task):
         handle = rt.driver.begin_snapshot(
             inst.domain_name, inst.root_target, workflow_id, workdir,
             quiesce=params.get("quiesce", False), require_quiesce=params.get("require_quiesce", False))
-        _follow_copy(workflow_id, handle)
+        reader = rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir)
+        try:
+            extents = reader.extents()
+        finally:
+            reader.close()
+        layout = Layout.from_extents(handle.virtual_size, [(e.offset, e.length) for e in extents if not e.zero])
+        _save_layout(workdir, layout)
+        _check_cancel(workflow_id)
+        consistency = f"frozen {handle.frozen_seconds:.3f}s" if handle.quiesced else "crash-consistent"
 
         def done(session) -> None:
             _move(session, workflow_id, W.LOCAL_SNAPSHOT_COMPLETE, progress=0,
-                  detail=f"frozen {handle.frozen_seconds:.3f}s" if handle.quiesced else "crash-consistent")
+                  detail=f"{consistency}; {layout.data_bytes} bytes of data in a {layout.size}-byte qcow2")
             _advance_task_state(session, inst.id, TaskState.IMAGE_PENDING_UPLOAD,
                                 (TaskState.IMAGE_SNAPSHOT, TaskState.IMAGE_BACKUP))
             _event(session, workflow_id, "local_snapshot", finish=True, result="Success",
                    details=json.dumps({"quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}))
         rt.db.run_sync(done)
         _publish(workflow_id)
-        return {"path": str(handle.path), "format": handle.format, "virtual_size": handle.virtual_size,
+        return {"virtual_size": handle.virtual_size, "size": layout.size, "data_bytes": layout.data_bytes,
                 "quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}
 
     def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
-        """Thaw (if ever frozen), abort the copy, remove the local snapshot."""
+        """Thaw (if ever frozen), release the point in time, remove the workdir."""
         rt = runtime.current()
         _record_failure(workflow_id, kwargs)
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
@@ -237,10 +242,11 @@ class UploadSnapshot(task.Task):
                 _event(session, workflow_id, "upload_image")
             rt.db.run_sync(begin)
             _publish(workflow_id)
-            path = snapshot["path"]
-            size = os.path.getsize(path)
-            if image.status == "queued" and image.disk_format != snapshot["format"]:
-                images.set_properties(image_id, {"disk_format": snapshot["format"]})
+            workdir = rt.workdir / workflow_id
+            layout = _load_layout(workdir)
+            size = layout.size
+            if image.status == "queued" and image.disk_format != "qcow2":
+                images.set_properties(image_id, {"disk_format": "qcow2"})
             offset = 0
             if image.status == "saving":
                 offset = images.upload_offset(image_id, workflow_id)
@@ -265,10 +271,12 @@ class UploadSnapshot(task.Task):
                     _publish(workflow_id)
                     _check_cancel(workflow_id)
 
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                images.upload_resumable(image_id, fh, size - offset, upload_id=workflow_id, offset=offset,
-                                        progress=progress)
+            reader = rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir)
+            try:
+                images.upload_resumable(image_id, stream(layout, reader, offset), size - offset,
+                                        upload_id=workflow_id, offset=offset, progress=progress)
+            finally:
+                reader.close()
             LOG.info("workflow %s: uploaded %d bytes (resumed at %d)", workflow_id, size - offset, offset)
 
         def done(session) -> None:
