@@ -74,6 +74,13 @@ def service_image_client(settings: Settings, authenticator: Authenticator) -> Ca
     return lambda: GlanceClient(url, token)
 
 
+def build_runtime(settings: Settings, db, driver: VirtDriver, images) -> Runtime:
+    """What the workflows of this process run with (conductor.runtime)."""
+    kill_at = frozenset(s.strip() for s in settings.conductor.fault_kill_at.split(",") if s.strip())
+    return Runtime(db=db, driver=driver, image_client=images, workdir=settings.instances_path / "_snapshots",
+                   upload_rate=settings.conductor.upload_rate, kill_at=kill_at)
+
+
 def build_driver(settings: Settings) -> VirtDriver:
     if settings.compute.driver == "fake":
         from freezeframe.compute.drivers.base import DriverError
@@ -110,9 +117,7 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
         LOG.warning("compute disabled: the %s driver is unavailable: %s", settings.compute.driver, exc)
         return
     images = service_image_client(settings, authenticator)
-    install_runtime(Runtime(db=services.db, driver=driver, image_client=images,
-                            workdir=settings.instances_path / "_snapshots",
-                            upload_rate=settings.conductor.upload_rate))
+    install_runtime(build_runtime(settings, services.db, driver, images))
     role = "conductor" if with_conductor else "api"
     services.liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir),
                                  conductor_id(settings, role))

@@ -131,6 +131,9 @@ class ConductorSettings:
     stall_timeout: float = 300.0
     # Upload bandwidth limit per snapshot, bytes/s (0: none), to spare a busy host's network.
     upload_rate: int = 0
+    # Fault injection for crash tests, never for production: SIGKILL the process right after a
+    # workflow enters one of these states (comma-separated, e.g. "PENDING,UPLOAD_30_COMPLETE").
+    fault_kill_at: str = ""
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import logging
 import signal
 import threading
 
-from freezeframe.assembly import build_authenticator, build_services, conductor_id, service_image_client, build_driver
+from freezeframe.assembly import (build_authenticator, build_driver, build_runtime, build_services, conductor_id,
+                                  service_image_client)
 from freezeframe.common import logs
 from freezeframe.conductor.engine import Conductor
 from freezeframe.conductor.liveness import Liveness, backend_url
-from freezeframe.conductor.runtime import Runtime
 from freezeframe.conductor.runtime import install as install_runtime
 from freezeframe.settings import Settings
 
@@ -29,8 +29,7 @@ def run(settings: Settings) -> None:
     services = build_services(settings)
     authenticator = build_authenticator(settings)
     driver = build_driver(settings)
-    install_runtime(Runtime(db=services.db, driver=driver, image_client=service_image_client(settings, authenticator),
-                            workdir=settings.instances_path / "_snapshots", upload_rate=settings.conductor.upload_rate))
+    install_runtime(build_runtime(settings, services.db, driver, service_image_client(settings, authenticator)))
     liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir), conductor_id(settings))
     conductor = Conductor(services.db, liveness, database_url=settings.database_url,
                           max_workers=settings.conductor.workers, scan_interval=settings.conductor.scan_interval)

@@ -7,6 +7,9 @@ up here instead. Nothing else in Freezeframe uses a process-wide object.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,6 +17,8 @@ from typing import Callable
 from freezeframe.compute.drivers.base import VirtDriver
 from freezeframe.db.session import Database
 from freezeframe.images.client import GlanceClient
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,15 @@ class Runtime:
     image_client: Callable[[], GlanceClient]   # a client acting as the service (role "service")
     workdir: Path                              # where local snapshots live while they upload
     upload_rate: int = 0                       # bytes/s per upload, 0 = unlimited
+    kill_at: frozenset[str] = frozenset()      # fault injection: SIGKILL ourselves on entering these states
+
+    def crash_point(self, state: str) -> None:
+        """Crash tests: die like kill -9 right after a workflow's move to ``state`` committed."""
+        if state in self.kill_at:
+            LOG.warning("fault injection: killing this process (SIGKILL) in state %s", state)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 _current: Runtime | None = None

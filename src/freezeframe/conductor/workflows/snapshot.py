@@ -87,17 +87,22 @@ def _move(session, workflow_id: str, to: str, **kw: Any) -> None:
         transition(session, workflow_id, wf.state, to, **kw)
 
 
-def _publish(workflow_id: str) -> None:
+def _publish(workflow_id: str, ahead: tuple[str, int] | None = None) -> None:
     """Show the workflow's state, progress and last state change on its image (seed 000 §2a),
-    in the reserved read-only properties only the workflows may write."""
+    in the reserved read-only properties only the workflows may write. ``ahead``: publish this
+    (state, progress) before it is committed — for the terminal move, after which no resumed
+    flow would publish again."""
     rt = runtime.current()
     wf = rt.db.run_sync(lambda s: s.get(Workflow, workflow_id))
+    if ahead is None:
+        rt.crash_point(wf.state)
+    state, progress, changed = (*ahead, utcnow()) if ahead else (wf.state, wf.progress, wf.last_state_change_at)
     try:
         with rt.image_client() as images:
             images.set_properties(wf.image_id, {
-                "os_freezeframe_workflow_state": wf.state,
-                "os_freezeframe_workflow_progress": str(wf.progress),
-                "os_freezeframe_workflow_last_state_change_at": isotime(wf.last_state_change_at),
+                "os_freezeframe_workflow_state": state,
+                "os_freezeframe_workflow_progress": str(progress),
+                "os_freezeframe_workflow_last_state_change_at": isotime(changed),
                 "os_freezeframe_workflow_owner": wf.owner or "",
             })
     except GlanceError as exc:  # visibility only: never fail the snapshot for it
@@ -130,6 +135,17 @@ def _load_layout(workdir) -> Layout:
         return Layout.from_json(json.loads((workdir / LAYOUT).read_text()))
     except (OSError, ValueError, KeyError) as exc:
         raise DriverError(f"the snapshot's layout is gone from {workdir}: {exc}") from exc
+
+
+def _local_snapshot_details(session, workflow_id: str) -> dict[str, Any]:
+    """What the finished local_snapshot event recorded (quiesced, frozen_seconds)."""
+    action = session.query(InstanceAction).filter_by(workflow_id=workflow_id).first()
+    row = action and (session.query(InstanceActionEvent).filter_by(action_id=action.id, event="local_snapshot")
+                      .order_by(InstanceActionEvent.id.desc()).first())
+    try:
+        return json.loads(row.details) if row is not None and row.details else {}
+    except ValueError:
+        return {}
 
 
 class GuardImage(task.Task):
@@ -176,6 +192,15 @@ class TakeLocalSnapshot(task.Task):
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
         params = json.loads(wf.params)
         workdir = rt.workdir / workflow_id
+        rt.crash_point(wf.state)            # PENDING: claimed, nothing done yet
+        if wf.state == W.LOCAL_SNAPSHOT_COMPLETE:
+            # Resumed after the point in time was taken and its layout saved, but before this
+            # task's result was: the same point in time goes on (DriverError if it is gone).
+            layout = _load_layout(workdir)
+            rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir).close()
+            local = rt.db.run_sync(lambda s: _local_snapshot_details(s, workflow_id))
+            return {"virtual_size": layout.virtual_size, "size": layout.size, "data_bytes": layout.data_bytes,
+                    **local}
         if wf.state == W.LOCAL_SNAPSHOT_STARTED:
             # Resumed: whatever the dead conductor had started is cleaned and redone.
             rt.driver.end_snapshot(inst.domain_name, workflow_id, workdir)
@@ -262,11 +287,14 @@ class UploadSnapshot(task.Task):
                 percent = percent // 10 * 10
                 if 0 < percent < 100 and percent > last[0]:
                     last[0] = percent
+                    handed = offset + sent[0] - increment      # bytes given to the connection so far
+
                     def record(session) -> None:
                         state = session.get(Workflow, workflow_id).state
                         kind, current = parse(state)
                         if kind == W.UPLOAD_BEGIN or (kind == W.UPLOAD_N_COMPLETE and current < percent):
-                            transition(session, workflow_id, state, upload_state(percent), progress=percent)
+                            transition(session, workflow_id, state, upload_state(percent), progress=percent,
+                                       detail=f"{handed} of {size} bytes sent")
                     rt.db.run_sync(record)
                     _publish(workflow_id)
                     _check_cancel(workflow_id)
@@ -284,6 +312,7 @@ class UploadSnapshot(task.Task):
                   detail=f"sent {size - offset} bytes, resumed at {offset}")
             _event(session, workflow_id, "upload_image", finish=True, result="Success")
         rt.db.run_sync(done)
+        _publish(workflow_id)
 
 class Finish(task.Task):
     def execute(self, workflow_id: str) -> None:
@@ -301,8 +330,9 @@ class Finish(task.Task):
                 set_task_state(session, inst.id, TaskState(inst_now.task_state), None, reason="snapshot done")
             _move(session, workflow_id, W.IMAGE_ACTIVE, progress=100)
             _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Success")
+        _publish(workflow_id, ahead=(W.IMAGE_ACTIVE, 100))
         rt.db.run_sync(done)
-        _publish(workflow_id)
+        rt.crash_point(W.IMAGE_ACTIVE)
 
 
 def rotate_backups(instance_id: str, backup_type: str, rotation: int, new_image_id: str) -> list[str]:
