@@ -78,7 +78,8 @@ def build_runtime(settings: Settings, db, driver: VirtDriver, images) -> Runtime
     """What the workflows of this process run with (conductor.runtime)."""
     kill_at = frozenset(s.strip() for s in settings.conductor.fault_kill_at.split(",") if s.strip())
     return Runtime(db=db, driver=driver, image_client=images, workdir=settings.instances_path / "_snapshots",
-                   upload_rate=settings.conductor.upload_rate, kill_at=kill_at)
+                   upload_rate=settings.conductor.upload_rate, upload_chunk=settings.conductor.upload_chunk,
+                   kill_at=kill_at)
 
 
 def build_driver(settings: Settings) -> VirtDriver:

@@ -131,6 +131,9 @@ class ConductorSettings:
     stall_timeout: float = 300.0
     # Upload bandwidth limit per snapshot, bytes/s (0: none), to spare a busy host's network.
     upload_rate: int = 0
+    # A snapshot is uploaded in parts of this many bytes, each kept by the image service before
+    # the next is sent: a crash re-sends at most one part.
+    upload_chunk: int = 8 << 20
     # Fault injection for crash tests, never for production: SIGKILL the process right after a
     # workflow enters one of these states (comma-separated, e.g. "PENDING,UPLOAD_30_COMPLETE").
     fault_kill_at: str = ""
@@ -275,4 +278,6 @@ def validate(settings: Settings) -> Settings:
         raise SettingsError(f"compute.driver: must be 'libvirt' or 'fake', got {settings.compute.driver!r}")
     if settings.images.chunk_size < 65536:
         raise SettingsError("images.chunk_size: must be at least 65536")
+    if settings.conductor.upload_chunk < 65536:
+        raise SettingsError("conductor.upload_chunk: must be at least 65536")
     return settings

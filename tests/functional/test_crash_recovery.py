@@ -19,8 +19,9 @@ ENV = {
     "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5",
     "FREEZEFRAME_COMPUTE__FAKE_READ_DELAY": "0.05",          # a 32 MiB snapshot streams in ~0.5 s
     "FREEZEFRAME_IMAGES__CHUNK_SIZE": str(1 << 20),
+    "FREEZEFRAME_CONDUCTOR__UPLOAD_CHUNK": str(4 << 20),
 }
-CHUNK = 4 << 20                 # the upload's unit: the workflow reads and sends 4 MiB at a time
+CHUNK = 4 << 20                 # the upload's parts: each is kept by the image service before the next
 STATES = ["PENDING", "LOCAL_SNAPSHOT_STARTED", "LOCAL_SNAPSHOT_COMPLETE", "UPLOAD_BEGIN", "UPLOAD_10_COMPLETE",
           "UPLOAD_50_COMPLETE", "UPLOAD_80_COMPLETE", "UPLOAD_COMPLETE", "IMAGE_ACTIVE"]
 

@@ -84,3 +84,63 @@ def test_workflow_kills_its_image(fresh_server):
         assert service.post(f"/v2/images/{image['id']}/actions/kill").status_code == 204
         assert service.get(f"/v2/images/{image['id']}").json()["status"] == "killed"
         assert service.delete(f"/v2/images/{image['id']}").status_code == 204
+
+
+def put_part(service, image_id, upload_id, offset, data, final):
+    return service.put(f"/v2/images/{image_id}/file", content=data,
+                       headers={**OCTET, "X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": str(offset),
+                                "X-Image-Upload-Final": "true" if final else "false"})
+
+
+def test_upload_in_parts(fresh_server):
+    """Each non-final part is kept before it is acknowledged (202 with the bytes kept); the image
+    stays saving until the final part; the hashes cover the whole data."""
+    data = os.urandom((10 << 20) + 12345)
+    cuts = [0, 3 << 20, (3 << 20) + 1, 9 << 20, len(data)]          # odd sizes, a 1-byte part
+    upload_id = str(uuid.uuid4())
+    with fresh_server.client(fresh_server.service_token) as service:
+        image = new_image(service)
+        for a, b in zip(cuts, cuts[1:]):
+            final = b == len(data)
+            resp = put_part(service, image["id"], upload_id, a, data[a:b], final)
+            if final:
+                assert resp.status_code == 204, resp.text
+            else:
+                assert resp.status_code == 202, resp.text
+                assert int(resp.headers["x-image-upload-offset"]) == b
+                assert service.get(f"/v2/images/{image['id']}/uploads/{upload_id}").json()["offset"] == b
+                assert service.get(f"/v2/images/{image['id']}").json()["status"] == "saving"
+        shown = service.get(f"/v2/images/{image['id']}").json()
+        assert shown["status"] == "active" and shown["size"] == len(data)
+        assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+        assert shown["checksum"] == hashlib.md5(data).hexdigest()
+        assert service.get(f"/v2/images/{image['id']}/file").content == data
+
+
+def test_parts_survive_a_restart_and_bad_parts_are_refused(tmp_path):
+    from tests.conftest import start_server
+    data = os.urandom(6 << 20)
+    upload_id = str(uuid.uuid4())
+    server = start_server(tmp_path / "ff")
+    try:
+        with server.client(server.service_token) as service:
+            image = new_image(service)
+            assert put_part(service, image["id"], upload_id, 0, data[: 2 << 20], False).status_code == 202
+            bad = service.put(f"/v2/images/{image['id']}/file", content=data[2 << 20:],
+                              headers={**OCTET, "X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": str(2 << 20),
+                                       "X-Image-Upload-Final": "maybe"})
+            assert bad.status_code == 400 and "X-Image-Upload-Final" in bad.json()["error"]["message"]
+            gap = put_part(service, image["id"], upload_id, 3 << 20, data[3 << 20:], False)
+            assert gap.status_code == 409                              # past what was kept
+        server.stop()
+        server = start_server(tmp_path / "ff")
+        with server.client(server.service_token) as service:           # the hashes are rebuilt from the store
+            assert service.get(f"/v2/images/{image['id']}/uploads/{upload_id}").json()["offset"] == 2 << 20
+            assert put_part(service, image["id"], upload_id, 2 << 20, data[2 << 20: 4 << 20], False).status_code == 202
+            # the same part again (its acknowledgement was lost): taken from where it starts
+            assert put_part(service, image["id"], upload_id, 2 << 20, data[2 << 20: 4 << 20], False).status_code == 202
+            assert put_part(service, image["id"], upload_id, 4 << 20, data[4 << 20:], True).status_code == 204
+            shown = service.get(f"/v2/images/{image['id']}").json()
+            assert shown["status"] == "active" and shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+    finally:
+        server.stop()

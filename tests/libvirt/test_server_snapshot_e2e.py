@@ -19,31 +19,47 @@ from tests.libvirt.test_libvirt_snapshot import _caps_cache, guest_files, libvir
 pytestmark = [pytest.mark.libvirt]
 
 
+def cloud_dir() -> Path:
+    """A data dir for a libvirt-backed server (QEMU may run unprivileged: every parent must be
+    traversable), seeded with libvirt's cached QEMU capabilities (skips a ~8 s probe)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="ffe-", dir="/var/tmp"))
+    data_dir.chmod(0o755)
+    caps = data_dir / "libvirt" / "cache" / "qemu" / "capabilities"
+    caps.mkdir(parents=True)
+    for seed in _caps_cache().glob("*.xml"):
+        shutil.copy2(seed, caps / seed.name)
+    return data_dir
+
+
+def start_cloud(data_dir: Path, env: dict | None = None):
+    return start_server(data_dir, env={"FREEZEFRAME_COMPUTE__DRIVER": "libvirt",
+                                       "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5", **(env or {})})
+
+
+def delete_servers(server) -> None:
+    with compute(server, server.admin_token) as nova:
+        for s in nova.get("/servers").json()["servers"]:
+            nova.delete(f"/servers/{s['id']}")
+
+
 @pytest.fixture
 def cloud():
     reason = libvirt_unavailable()
     if reason:
         pytest.skip(reason)
-    # QEMU may run unprivileged: every parent of the data dir must be traversable.
-    data_dir = Path(tempfile.mkdtemp(prefix="ffe-", dir="/var/tmp"))
-    data_dir.chmod(0o755)
-    caps = data_dir / "libvirt" / "cache" / "qemu" / "capabilities"
-    caps.mkdir(parents=True)
-    for seed in _caps_cache().glob("*.xml"):    # skip libvirt's ~8 s QEMU probe when cached
-        shutil.copy2(seed, caps / seed.name)
-    server = start_server(data_dir, env={"FREEZEFRAME_COMPUTE__DRIVER": "libvirt",
-                                         "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5"})
+    data_dir = cloud_dir()
+    server = start_cloud(data_dir)
     try:
         yield server
     finally:
-        with compute(server, server.admin_token) as nova:
-            for s in nova.get("/servers").json()["servers"]:
-                nova.delete(f"/servers/{s['id']}")
+        delete_servers(server)
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def register_guest(server) -> str:
+def register_guest(server, padding: bytes = b"") -> str:
+    """The tiny guest as images; ``padding`` goes after its 64 MiB data disk's filesystem (more
+    data to snapshot, untouched by the guest)."""
     files = guest_files()
     with server.client() as images:
         ids = {}
@@ -57,7 +73,7 @@ def register_guest(server) -> str:
                          ramdisk_id=ids["INITRD"], os_command_line=files["CMDLINE"] + " ff.data=vda",
                          hw_qemu_guest_agent="yes", os_require_quiesce="yes")
         with open(files["DATA_DISK"], "rb") as fh:
-            assert images.put(f"/v2/images/{disk['id']}/file", content=fh.read(),
+            assert images.put(f"/v2/images/{disk['id']}/file", content=fh.read() + padding,
                               headers={"Content-Type": "application/octet-stream"}).status_code == 204
     return disk["id"]
 

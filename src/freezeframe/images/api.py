@@ -189,8 +189,10 @@ class ImageAPI:
 
     async def upload(self, request: Request) -> Response:
         check_data_media_type(request)
-        await self.data.upload(ctx_of(request), request.path_params["image_id"], request.stream(),
-                               content_length(request), resume_of(request))
+        kept = await self.data.upload(ctx_of(request), request.path_params["image_id"], request.stream(),
+                                      content_length(request), resume_of(request))
+        if kept is not None:    # one part of a resumable upload: kept, more to come
+            return Response(status_code=202, headers={"X-Image-Upload-Offset": str(kept)})
         return Response(status_code=204)
 
     async def upload_offset(self, request: Request) -> Response:
@@ -266,7 +268,8 @@ _UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 
 
 def resume_of(request: Request) -> Resume | None:
-    """``X-Image-Upload-Id`` (a UUID) + ``X-Image-Upload-Offset``: a resumable upload."""
+    """``X-Image-Upload-Id`` (a UUID) + ``X-Image-Upload-Offset`` (+ ``X-Image-Upload-Final:
+    false`` for a part that does not end the data): a resumable upload."""
     upload_id = request.headers.get("x-image-upload-id")
     if upload_id is None:
         return None
@@ -275,7 +278,10 @@ def resume_of(request: Request) -> Resume | None:
     offset = request.headers.get("x-image-upload-offset", "0")
     if not offset.isdigit():
         raise errors.Invalid(f"Invalid X-Image-Upload-Offset {offset!r}")
-    return Resume(upload_id=upload_id, offset=int(offset))
+    final = request.headers.get("x-image-upload-final", "true").lower()
+    if final not in ("true", "false"):
+        raise errors.Invalid(f"Invalid X-Image-Upload-Final {final!r}: true or false")
+    return Resume(upload_id=upload_id, offset=int(offset), final=final == "true")
 
 
 def parse_range(spec: str, size: int) -> tuple[int, int]:

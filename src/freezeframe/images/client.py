@@ -320,11 +320,14 @@ class GlanceClient:
     # -- Freezeframe extensions used by the snapshot workflows (role "service") ----------------
 
     def upload_resumable(self, image_id: str, source: BinaryIO | Iterable[bytes | memoryview], size: int, *,
-                         upload_id: str, offset: int,
+                         upload_id: str, offset: int, final: bool = True,
                          progress: Progress | None = None) -> None:
-        """Send ``size`` bytes from ``source`` starting at ``offset`` of resumable upload ``upload_id``."""
-        self.upload(image_id, source, size, progress,
-                    {"X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": str(offset)})
+        """Send ``size`` bytes from ``source`` starting at ``offset`` of resumable upload
+        ``upload_id``; ``final=False``: a part, kept by the image service, more to follow."""
+        headers = {"X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": str(offset)}
+        if not final:
+            headers["X-Image-Upload-Final"] = "false"
+        self.upload(image_id, source, size, progress, headers)
 
     def upload_offset(self, image_id: str, upload_id: str) -> int:
         """Bytes the image service kept of a resumable upload (where to resume)."""

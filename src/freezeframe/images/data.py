@@ -34,6 +34,7 @@ from freezeframe.settings import ImageSettings
 
 LOG = logging.getLogger(__name__)
 IMPORT_METHODS = ("glance-direct",)
+PARKED_IDLE_LIMIT = 600.0      # seconds a part-way upload keeps its hashes in memory for the next part
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,11 @@ class Download:
 
 @dataclass(frozen=True)
 class Resume:
-    """A resumable upload (snapshot workflows): its id, and the offset this request starts at."""
+    """A resumable upload (snapshot workflows): its id, the offset this request starts at, and
+    whether this request ends the data (``final``) or is one part of it."""
     upload_id: str
     offset: int
+    final: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,20 @@ class ImageData:
         self.store = store
         self.settings = settings
         self._background: set[asyncio.Task] = set()
+        # Uploads sent in parts: between parts, the pipeline (hash state, open partial file)
+        # waits here for the next part, so nothing is re-read; after a restart it is rebuilt
+        # from the kept bytes instead.
+        self._parked: dict[tuple[str, str], tuple[Pipeline, float]] = {}
 
     # -- upload ------------------------------------------------------------------------------
 
     async def upload(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
-                     content_length: int | None, resume: Resume | None = None) -> None:
+                     content_length: int | None, resume: Resume | None = None) -> int | None:
+        """Receive the data; the image becomes active. A non-final part of a resumable upload
+        returns the bytes kept so far instead (the image stays ``saving``)."""
         upload_id, pipeline = await self._begin(ctx, image_id, content_length, _FILE, resume)
+        if resume is not None and not resume.final:
+            return await self._receive_part(image_id, upload_id, pipeline, body, content_length)
         result = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE,
                                      resumable=resume is not None)
         values = dict(
@@ -128,6 +139,12 @@ class ImageData:
             return image
 
         image = await self.db.run(begin)
+        if resume is not None:
+            parked = self._parked.pop((image_id, upload_id), None)
+            if parked is not None:
+                if parked[0].received == resume.offset:
+                    return upload_id, parked[0]        # the next part: hashes and file as they were
+                await parked[0].suspend()              # elsewhere: start again from what was kept
         loop = asyncio.get_running_loop()
         offset = resume.offset if resume else None
         try:
@@ -161,10 +178,26 @@ class ImageData:
         await self.db.run(find)
         return await asyncio.get_running_loop().run_in_executor(None, self.store.kept, image_id, upload_id)
 
+    async def _receive_part(self, image_id: str, upload_id: str, pipeline: Pipeline,
+                            body: AsyncIterator[bytes], content_length: int | None) -> int:
+        if content_length is None:
+            raise errors.Invalid("A part of a resumable upload needs a Content-Length")
+        kept = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE,
+                                   resumable=True, final=False)
+        await self._record_progress(image_id, upload_id, kept)
+        now = time.monotonic()
+        for key, (idle, since) in list(self._parked.items()):
+            if now - since > PARKED_IDLE_LIMIT and self._parked.pop(key, None) is not None:
+                await idle.suspend()
+        self._parked[(image_id, upload_id)] = (pipeline, now)
+        return kept
+
     async def _receive(self, image_id: str, upload_id: str, pipeline: Pipeline, body: AsyncIterator[bytes],
-                       content_length: int | None, target: _Target, resumable: bool = False) -> UploadResult:
+                       content_length: int | None, target: _Target, resumable: bool = False,
+                       final: bool = True) -> UploadResult | int:
         progress: asyncio.Task | None = None
         last = time.monotonic()
+        start = pipeline.received
         try:
             async for chunk in body:
                 await pipeline.feed(chunk)
@@ -172,11 +205,13 @@ class ImageData:
                 if now - last >= self.settings.progress_interval and (progress is None or progress.done()):
                     last = now
                     progress = asyncio.create_task(self._record_progress(image_id, upload_id, pipeline.received))
-            expected = content_length + pipeline.primed if content_length is not None else None
+            expected = content_length + start if content_length is not None else None
             if expected is not None and pipeline.received != expected:
                 raise errors.Invalid(
-                    f"Received {pipeline.received} bytes but Content-Length said {content_length}"
+                    f"Received {pipeline.received - start} bytes but Content-Length said {content_length}"
                 )
+            if not final:
+                return await pipeline.checkpoint()
             return await pipeline.finish()
         except BaseException as exc:
             LOG.warning("upload %s of image %s failed after %d bytes: %s", upload_id, image_id,

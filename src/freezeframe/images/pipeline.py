@@ -120,6 +120,13 @@ class Pipeline:
         self._offset = length
         self.primed = length
 
+    async def checkpoint(self) -> int:
+        """Hand everything received to the hashes and the store and wait until written (a part
+        of a chunked resumable upload ends): the bytes kept, all of them."""
+        await self._flush()
+        await self._drain()
+        return self._offset
+
     async def suspend(self) -> int:
         """Stop, keeping what was written for a resumed upload; return the bytes kept."""
         try:

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from taskflow import task
 from taskflow.patterns import linear_flow
@@ -146,6 +146,25 @@ def _local_snapshot_details(session, workflow_id: str) -> dict[str, Any]:
         return json.loads(row.details) if row is not None and row.details else {}
     except ValueError:
         return {}
+
+
+class Parts:
+    """Cuts a stream of blocks into consecutive parts of exact sizes (no copies)."""
+
+    def __init__(self, blocks: Iterator[bytes | memoryview]) -> None:
+        self._blocks = blocks
+        self._rest = memoryview(b"")
+
+    def take(self, n: int) -> Iterator[memoryview]:
+        while n > 0:
+            if not self._rest:
+                try:
+                    self._rest = memoryview(next(self._blocks)).cast("B")
+                except StopIteration:
+                    return
+            piece, self._rest = self._rest[:n], self._rest[n:]
+            n -= len(piece)
+            yield piece
 
 
 class GuardImage(task.Task):
@@ -301,8 +320,13 @@ class UploadSnapshot(task.Task):
 
             reader = rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir)
             try:
-                images.upload_resumable(image_id, stream(layout, reader, offset), size - offset,
-                                        upload_id=workflow_id, offset=offset, progress=progress)
+                data = Parts(stream(layout, reader, offset))
+                at = offset
+                while at < size:        # in parts, each kept before the next: a crash re-sends one
+                    n = min(rt.upload_chunk, size - at)
+                    images.upload_resumable(image_id, data.take(n), n, upload_id=workflow_id, offset=at,
+                                            final=at + n == size, progress=progress)
+                    at += n
             finally:
                 reader.close()
             LOG.info("workflow %s: uploaded %d bytes (resumed at %d)", workflow_id, size - offset, offset)
