@@ -133,7 +133,7 @@ class ConductorSettings:
     upload_rate: int = 0
     # A snapshot is uploaded in parts of this many bytes, each kept by the image service before
     # the next is sent: a crash re-sends at most one part.
-    upload_chunk: int = 8 << 20
+    upload_chunk: int = 16 << 20
     # Fault injection for crash tests, never for production: SIGKILL the process right after a
     # workflow enters one of these states (comma-separated, e.g. "PENDING,UPLOAD_30_COMPLETE").
     fault_kill_at: str = ""

@@ -29,7 +29,8 @@ def test_kill_9_mid_snapshot_resumes_on_libvirt(tmp_path, state):
         pytest.skip(reason)
     data_dir = cloud_dir()
     padding = os.urandom(32 << 20)          # 8 reads of 4 MiB: the upload has a middle to die in
-    server = start_cloud(data_dir, {"FREEZEFRAME_CONDUCTOR__FAULT_KILL_AT": state})
+    parts = {"FREEZEFRAME_CONDUCTOR__UPLOAD_CHUNK": str(8 << 20)}
+    server = start_cloud(data_dir, {"FREEZEFRAME_CONDUCTOR__FAULT_KILL_AT": state, **parts})
     restarted = None
     try:
         image_ref = register_guest(server, padding)
@@ -43,7 +44,7 @@ def test_kill_9_mid_snapshot_resumes_on_libvirt(tmp_path, state):
         assert server.process.wait(120) == -signal.SIGKILL
         assert f"in state {state}" in server.log()
 
-        restarted = start_cloud(data_dir)
+        restarted = start_cloud(data_dir, parts)
         wf = wait_workflow(restarted, workflow_id, {"IMAGE_ACTIVE", "REVERTED", "CANCELLED"}, timeout=180)
         assert wf["state"] == "IMAGE_ACTIVE", (wf, restarted.log()[-3000:])
         assert "resuming flow" in restarted.log()

@@ -28,7 +28,7 @@ class Runtime:
     image_client: Callable[[], GlanceClient]   # a client acting as the service (role "service")
     workdir: Path                              # where local snapshots live while they upload
     upload_rate: int = 0                       # bytes/s per upload, 0 = unlimited
-    upload_chunk: int = 8 << 20                # bytes per part of a resumable upload
+    upload_chunk: int = 16 << 20               # bytes per part of a resumable upload
     kill_at: frozenset[str] = frozenset()      # fault injection: SIGKILL ourselves on entering these states
 
     def crash_point(self, state: str) -> None:

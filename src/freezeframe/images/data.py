@@ -121,8 +121,12 @@ class ImageData:
             image = queries.get_visible(session, ctx, image_id)
             check_owner(ctx, image)
             if resume is not None and image.status == target.busy and image.upload_id == upload_id:
-                # The same resumable upload again (its previous request died): take it over.
-                image.upload_progress_at = utcnow()
+                # The same resumable upload again (its next part, or its previous request died):
+                # go on. Progress is recorded at most every progress_interval, not per part.
+                now = utcnow()
+                last = image.upload_progress_at
+                if last is None or (now - last).total_seconds() >= self.settings.progress_interval:
+                    image.upload_progress_at = now
                 return image
             if image.status != ImageStatus.QUEUED:
                 if image.status == target.busy:
@@ -184,7 +188,6 @@ class ImageData:
             raise errors.Invalid("A part of a resumable upload needs a Content-Length")
         kept = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE,
                                    resumable=True, final=False)
-        await self._record_progress(image_id, upload_id, kept)
         now = time.monotonic()
         for key, (idle, since) in list(self._parked.items()):
             if now - since > PARKED_IDLE_LIMIT and self._parked.pop(key, None) is not None:

@@ -57,6 +57,7 @@ class Pipeline:
         self._pending_len = 0
         self._offset = 0  # bytes handed to the threads so far
         self._in_flight: collections.deque[asyncio.Future] = collections.deque()
+        self._writes: collections.deque[asyncio.Future] = collections.deque()   # subset: the store's
         self._head = b""
         self._head_checked = False
         self._tail = b""
@@ -89,7 +90,11 @@ class Pipeline:
         self._tail = (self._tail + block[-formats.TAIL_BYTES:])[-formats.TAIL_BYTES:]
         loop = asyncio.get_running_loop()
         futures = [loop.run_in_executor(pool, h.update, block) for pool, h in zip(self._pools, self._hashers)]
-        futures.append(loop.run_in_executor(self._write_pool, self._writer.write, block, self._offset))
+        written = loop.run_in_executor(self._write_pool, self._writer.write, block, self._offset)
+        futures.append(written)
+        self._writes.append(written)
+        while self._writes and self._writes[0].done():
+            self._writes.popleft()
         self._offset += len(block)
         self._in_flight.append(asyncio.gather(*futures))
         while len(self._in_flight) > MAX_IN_FLIGHT:
@@ -121,10 +126,13 @@ class Pipeline:
         self.primed = length
 
     async def checkpoint(self) -> int:
-        """Hand everything received to the hashes and the store and wait until written (a part
-        of a chunked resumable upload ends): the bytes kept, all of them."""
+        """A part of a resumable upload ends: hand everything received to the hashes and the
+        store, and wait until the store has it — not for the hashes, which go on while the
+        next part arrives (a lost pipeline re-hashes the kept bytes from the store anyway).
+        Returns the bytes kept: all of them."""
         await self._flush()
-        await self._drain()
+        while self._writes:
+            await self._writes.popleft()
         return self._offset
 
     async def suspend(self) -> int:
