@@ -9,9 +9,10 @@ Starts its own `freezeframe serve` (libvirt driver, embedded mode, TCG, noauth) 
 directory under /var/tmp, registers the tiny test guest's kernel and initramfs and a raw disk
 image, boots a server, waits until its guest agent answers, then per rep: times the
 createImage call, polls the workflow until IMAGE_ACTIVE (end-to-end time), reads the guest's
-frozen time from the workflow history, and counts the bytes the server process tree (QEMU
-included) wrote to local disk during the snapshot; and times `qemu-img convert -O qcow2` of the
-server's disk chain. Prints medians and ratios; writes bench/results/snapshot-<hashes>.json.
+frozen time from the workflow history, and counts the bytes the server process tree and its
+QEMU processes wrote to local disk during the snapshot; and times `qemu-img convert -O qcow2` of the
+server's disk chain; then --api-samples more createImage calls, each cancelled at once, for the
+call's p95. Prints medians and ratios; writes bench/results/snapshot-<hashes>.json.
 A benchmark, not a test: it exits 0 when it ran. Talks to 127.0.0.1 only; every wait is bounded.
 """
 
@@ -96,6 +97,24 @@ def tree_write_bytes(pid: int) -> int:
     return total
 
 
+def qemu_write_bytes(work: Path) -> int:
+    """write_bytes of the QEMU processes of this run (libvirt daemonizes them: not in our tree)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            if b"qemu-system" not in cmdline or str(work).encode() not in cmdline:
+                continue
+            for line in open(f"/proc/{entry}/io"):
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
 def drop_caches(enabled: bool) -> None:
     """Both timed operations start from a cold page cache, or the one that runs second wins."""
     subprocess.run(["sync"], check=True)
@@ -135,6 +154,9 @@ def main() -> int:
     ap.add_argument("--disk", default="20G:2G", help="APPARENT:DATA of the server's disk")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--api-samples", type=int, default=20,
+                    help="extra createImage calls, each cancelled at once, for the call's p95 (the top half "
+                         "does not depend on the disk size)")
     ap.add_argument("--hashes", choices=sorted(HASH_PROFILES), default="md5+sha512",
                     help="the image service's hashes: Glance's default (md5 checksum + sha512 multihash) "
                          "or sha256 alone (images.hash_algo=sha256, images.legacy_md5=false)")
@@ -201,7 +223,8 @@ def main() -> int:
             out.unlink()
 
             drop_caches(cold)
-            written0 = tree_write_bytes(server.pid)
+            written0 = tree_write_bytes(server.pid) + qemu_write_bytes(work)
+            nova.get(f"/servers/{server_id}")     # a live server's metadata is in memory: not cold
             deadline = time.monotonic() + 300
             while True:   # os_require_quiesce: 409 until the guest agent answers
                 t = time.monotonic()
@@ -219,7 +242,7 @@ def main() -> int:
                     break
                 time.sleep(0.05)
             e2e_s = time.monotonic() - t0
-            written = tree_write_bytes(server.pid) - written0
+            written = tree_write_bytes(server.pid) + qemu_write_bytes(work) - written0
             assert wf["state"] == "IMAGE_ACTIVE", wf
             local = next(h for h in wf["history"] if h["state"] == "LOCAL_SNAPSHOT_COMPLETE")
             frozen = float(local["detail"].split()[1].rstrip(";s")) if local["detail"].startswith("frozen") else None
@@ -231,6 +254,25 @@ def main() -> int:
             results["reps"].append(rec)
             log(f"rep {rep}: {rec}")
             images.delete(f"/v2/images/{snap}")
+        # The call's latency distribution: more calls than snapshots, each cancelled at once.
+        calls = [r["api_ms"] for r in results["reps"]]
+        for _ in range(a.api_samples):
+            nova.get(f"/servers/{server_id}")
+            t = time.monotonic()
+            resp = nova.post(f"/servers/{server_id}/action", json={"createImage": {"name": "latency"}})
+            calls.append(round((time.monotonic() - t) * 1000, 1))
+            assert resp.status_code == 202, resp.text
+            workflow_id = resp.headers["x-freezeframe-workflow-id"]
+            httpx.delete(f"{base}/v1/workflows/{workflow_id}")
+            while httpx.get(f"{base}/v1/workflows/{workflow_id}").json()["workflow"]["state"] not in (
+                    "IMAGE_ACTIVE", "REVERTED", "CANCELLED"):
+                time.sleep(0.05)
+            while nova.get(f"/servers/{server_id}").json()["server"]["OS-EXT-STS:task_state"] is not None:
+                time.sleep(0.05)
+        calls.sort()
+        results["api_calls_ms"] = calls
+        results["api_p50_ms"] = statistics.median(calls)
+        results["api_p95_ms"] = calls[min(len(calls) - 1, round(0.95 * (len(calls) - 1)))]
         reps = results["reps"]
         med = {k: statistics.median(r[k] for r in reps if r[k] is not None)
                for k in ("api_ms", "e2e_s", "convert_s", "ratio", "frozen_s", "image_bytes", "local_written_bytes",
@@ -238,7 +280,8 @@ def main() -> int:
         results["median"] = med
         results["api_ms_max"] = max(r["api_ms"] for r in reps)
         print(f"\nsnapshot of a {a.disk} disk (apparent:data), hashes {a.hashes}, {a.reps} reps, medians:")
-        print(f"  createImage call        {med['api_ms']:8.1f} ms   (max {results['api_ms_max']} ms; target p95 <= 100 ms)")
+        print(f"  createImage call        {results['api_p50_ms']:8.1f} ms   (p95 {results['api_p95_ms']} ms, max "
+              f"{max(results['api_calls_ms'])} ms over {len(results['api_calls_ms'])} calls; target p95 <= 100 ms)")
         print(f"  end to end              {med['e2e_s']:8.2f} s")
         print(f"  qemu-img convert        {med['convert_s']:8.2f} s")
         print(f"  ratio e2e / convert     {med['ratio']:8.2f} x   (target <= 1.5x)")
