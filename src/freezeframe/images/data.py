@@ -35,6 +35,7 @@ from freezeframe.settings import ImageSettings
 LOG = logging.getLogger(__name__)
 IMPORT_METHODS = ("glance-direct",)
 PARKED_IDLE_LIMIT = 600.0      # seconds a part-way upload keeps its hashes in memory for the next part
+PARKED_MAX = 32                # part-way uploads kept in memory at once (the oldest is suspended)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class ImageData:
             return image
 
         image = await self.db.run(begin)
+        await self._evict_parked()
         if resume is not None:
             parked = self._parked.pop((image_id, upload_id), None)
             if parked is not None:
@@ -188,12 +190,20 @@ class ImageData:
             raise errors.Invalid("A part of a resumable upload needs a Content-Length")
         kept = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE,
                                    resumable=True, final=False)
-        now = time.monotonic()
-        for key, (idle, since) in list(self._parked.items()):
-            if now - since > PARKED_IDLE_LIMIT and self._parked.pop(key, None) is not None:
-                await idle.suspend()
-        self._parked[(image_id, upload_id)] = (pipeline, now)
+        self._parked[(image_id, upload_id)] = (pipeline, time.monotonic())
+        await self._evict_parked()
         return kept
+
+    async def _evict_parked(self) -> None:
+        """Suspend part-way uploads idle too long, or the oldest beyond PARKED_MAX (cancelled
+        snapshots never send their next part): their threads and files are released; a late
+        next part still works, re-hashing the kept bytes from the store."""
+        now = time.monotonic()
+        by_age = sorted(self._parked.items(), key=lambda item: item[1][1])
+        for i, (key, (idle, since)) in enumerate(by_age):
+            if now - since > PARKED_IDLE_LIMIT or len(by_age) - i > PARKED_MAX:
+                if self._parked.pop(key, None) is not None:
+                    await idle.suspend()
 
     async def _receive(self, image_id: str, upload_id: str, pipeline: Pipeline, body: AsyncIterator[bytes],
                        content_length: int | None, target: _Target, resumable: bool = False,
