@@ -144,3 +144,17 @@ def test_parts_survive_a_restart_and_bad_parts_are_refused(tmp_path):
             assert shown["status"] == "active" and shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
     finally:
         server.stop()
+
+
+def test_an_empty_final_part_commits_what_was_kept(fresh_server):
+    """Everything was kept by non-final parts (the final request was lost): an empty final part
+    makes the image active."""
+    data = os.urandom(3 << 20)
+    upload_id = str(uuid.uuid4())
+    with fresh_server.client(fresh_server.service_token) as service:
+        image = new_image(service)
+        assert put_part(service, image["id"], upload_id, 0, data, False).status_code == 202
+        assert service.get(f"/v2/images/{image['id']}").json()["status"] == "saving"
+        assert put_part(service, image["id"], upload_id, len(data), b"", True).status_code == 204
+        shown = service.get(f"/v2/images/{image['id']}").json()
+        assert shown["status"] == "active" and shown["os_hash_value"] == hashlib.sha512(data).hexdigest()

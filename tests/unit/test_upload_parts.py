@@ -55,3 +55,27 @@ def test_parked_uploads_are_bounded_and_still_resume(tmp_path, monkeypatch):
         assert services.data._parked == {}
 
     asyncio.run(scenario())
+
+
+def test_an_idle_part_way_upload_is_released_without_another_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "PARKED_IDLE_LIMIT", 0.3)
+    services = build_services(Settings(data_dir=tmp_path, store=StoreSettings(fsync=False)))
+
+    async def scenario() -> None:
+        image = await services.images.create(SERVICE, {"disk_format": "raw", "container_format": "bare"})
+        upload_id = str(uuid.uuid4())
+        data = os.urandom(64 << 10) + bytes(4 << 20)       # the part ends in zeros (never written)
+        assert await services.data.upload(SERVICE, image["id"], body(data), len(data),
+                                          Resume(upload_id, 0, final=False)) == len(data)
+        assert len(services.data._parked) == 1
+        await asyncio.sleep(1.0)
+        assert services.data._parked == {}                   # released by the timer alone
+        # and the next part still goes on from the acknowledged offset, holes included
+        assert await services.data.upload_offset(SERVICE, image["id"], upload_id) == len(data)
+        assert await services.data.upload(SERVICE, image["id"], body(b"end"), 3,
+                                          Resume(upload_id, len(data), final=True)) is None
+        shown = await services.images.show(SERVICE, image["id"])
+        assert shown["status"] == "active" and shown["os_hash_value"] == hashlib.sha512(data + b"end").hexdigest()
+        await services.data.close()
+
+    asyncio.run(scenario())

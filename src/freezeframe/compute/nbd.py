@@ -57,6 +57,10 @@ class NbdError(Exception):
     """The server refused, failed or broke the protocol; or the connection is gone."""
 
 
+class NbdRefused(NbdError):
+    """The server answered an option with an error (an unknown export, an unsupported option)."""
+
+
 @dataclass(frozen=True)
 class Extent:
     offset: int
@@ -78,6 +82,7 @@ class NbdClient:
             raise NbdError(f"cannot connect to the NBD server at {socket_path}: {exc}") from exc
         self._cookie = 0
         self._context_id: int | None = None
+        self._broken: str | None = None     # set while replies may be left unread
         try:
             self.size, self.flags = self._handshake()
         except BaseException:
@@ -118,7 +123,7 @@ class NbdClient:
         data = self._recv_exact(length) if length else b""
         if reply & REP_FLAG_ERROR:
             message = data.decode(errors="replace") or f"error {reply & ~REP_FLAG_ERROR}"
-            raise NbdError(f"the NBD server refused option {opt}: {message}")
+            raise NbdRefused(f"the NBD server refused option {opt}: {message}")
         return reply, data
 
     def _handshake(self) -> tuple[int, int]:
@@ -134,7 +139,10 @@ class NbdClient:
         query = struct.pack(">I", len(name)) + name + struct.pack(">II", 1, len(BASE_ALLOCATION)) + BASE_ALLOCATION
         self._option(OPT_SET_META_CONTEXT, query)
         while True:
-            reply, data = self._option_reply(OPT_SET_META_CONTEXT)
+            try:
+                reply, data = self._option_reply(OPT_SET_META_CONTEXT)
+            except NbdRefused:       # no block status: extents() reports everything as data
+                break
             if reply == REP_ACK:
                 break
             if reply == REP_META_CONTEXT and data[4:] == BASE_ALLOCATION:
@@ -183,11 +191,15 @@ class NbdClient:
             raise NbdError(f"reply to unknown request {cookie}")
         offset, view = inflight[cookie]
         if rtype == REPLY_TYPE_OFFSET_DATA:
+            if length < 8:
+                raise NbdError(f"malformed read reply ({length}-byte data chunk)")
             at = struct.unpack(">Q", self._recv_exact(8))[0] - offset
             if at < 0 or at + length - 8 > len(view):
                 raise NbdError("read reply outside the requested range")
             self._recv_into(view[at:at + length - 8])
         elif rtype == REPLY_TYPE_OFFSET_HOLE:
+            if length != 12:
+                raise NbdError(f"malformed hole reply ({length}-byte chunk)")
             at, size = struct.unpack(">QI", self._recv_exact(12))
             at -= offset
             if at < 0 or at + size > len(view):
@@ -216,25 +228,35 @@ class NbdClient:
                 return True
             return False
 
-        while len(order) < depth and submit():
-            pass
-        while order:
-            cookie, buf = order[0]
-            while cookie not in done:
-                finished = self._receive_read_chunk(inflight)
-                if finished is not None:
-                    done.add(finished)
-            order.popleft()
-            done.discard(cookie)
-            del inflight[cookie]
-            submit()
-            yield buf
+        self._check_usable()
+        try:
+            while len(order) < depth and submit():
+                pass
+            while order:
+                cookie, buf = order[0]
+                while cookie not in done:
+                    finished = self._receive_read_chunk(inflight)
+                    if finished is not None:
+                        done.add(finished)
+                order.popleft()
+                done.discard(cookie)
+                del inflight[cookie]
+                submit()
+                yield buf
+        finally:
+            if inflight:     # abandoned or failed part-way: their replies are still coming
+                self._broken = "an earlier read stopped with replies still in flight"
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise NbdError(f"this NBD connection cannot be used any more: {self._broken}")
 
     def pread(self, offset: int, length: int) -> bytearray:
         return next(self.pread_many([(offset, length)], depth=1))
 
     def extents(self) -> list[Extent]:
         """The whole export as extents, with adjacent ones of the same kind merged."""
+        self._check_usable()
         if self._context_id is None:
             return [Extent(0, self.size, False)]     # no block status: everything is data
         out: list[Extent] = []

@@ -195,10 +195,7 @@ def stream(layout: Layout, reader: RangeReader, offset: int = 0, depth: int = 4)
             yield memoryview(pending)[skip:]
         cluster, skip = meta_end, 0
     for buf in reader.pread_many(layout.data_ranges(cluster - meta_end), depth=depth):
-        short = (-len(buf)) % CLUSTER          # the disk's last cluster may be partial
-        view = memoryview(buf)[skip:]
+        short = (-len(buf)) % CLUSTER          # the disk's last cluster may be partial: pad it
+        view = memoryview(bytes(buf) + bytes(short) if short else buf)[skip:]
         skip = 0
-        if short:
-            yield bytes(view) + bytes(short)
-        else:
-            yield view
+        yield view

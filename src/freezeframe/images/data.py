@@ -75,6 +75,7 @@ class ImageData:
         # waits here for the next part, so nothing is re-read; after a restart it is rebuilt
         # from the kept bytes instead.
         self._parked: dict[tuple[str, str], tuple[Pipeline, float]] = {}
+        self._evictor: asyncio.Task | None = None
 
     # -- upload ------------------------------------------------------------------------------
 
@@ -190,9 +191,21 @@ class ImageData:
             raise errors.Invalid("A part of a resumable upload needs a Content-Length")
         kept = await self._receive(image_id, upload_id, pipeline, body, content_length, _FILE,
                                    resumable=True, final=False)
+        previous = self._parked.pop((image_id, upload_id), None)
+        if previous is not None and previous[0] is not pipeline:     # an overlapping request's
+            await previous[0].suspend()
         self._parked[(image_id, upload_id)] = (pipeline, time.monotonic())
         await self._evict_parked()
+        if self._evictor is None or self._evictor.done():
+            self._evictor = asyncio.get_running_loop().create_task(self._evict_while_parked())
         return kept
+
+    async def _evict_while_parked(self) -> None:
+        """Evicts in time even when no other request comes (a cancelled snapshot sends no more)."""
+        while self._parked:
+            oldest = min(since for _p, since in self._parked.values())
+            await asyncio.sleep(max(0.0, oldest + PARKED_IDLE_LIMIT - time.monotonic()) + 0.1)
+            await self._evict_parked()
 
     async def _evict_parked(self) -> None:
         """Suspend part-way uploads idle too long, or the oldest beyond PARKED_MAX (cancelled
@@ -387,6 +400,13 @@ class ImageData:
         return await self.db.run(find)
 
     async def close(self) -> None:
-        """Let running imports finish (they are short: a rename and one transaction)."""
+        """Let running imports finish (they are short: a rename and one transaction); keep the
+        part-way uploads' data for their resume (made durable, files closed)."""
+        for key in list(self._parked):
+            parked = self._parked.pop(key, None)
+            if parked is not None:
+                await parked[0].suspend()
+        if self._evictor is not None:
+            self._evictor.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)

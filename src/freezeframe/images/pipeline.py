@@ -133,6 +133,7 @@ class Pipeline:
         await self._flush()
         while self._writes:
             await self._writes.popleft()
+        await asyncio.get_running_loop().run_in_executor(self._write_pool, self._writer.keep, self._offset)
         return self._offset
 
     async def suspend(self) -> int:

@@ -82,6 +82,12 @@ def test_errors_are_clear(served, tmp_path):
             list(nbd.pread_many([(nbd.size - 10, 20)]))
         with pytest.raises(NbdError, match="too long"):
             nbd.pread(0, 64 * MiB)
+        # a read abandoned part-way leaves replies in the socket: the connection says so
+        blocks = nbd.pread_many([(0, MiB)] * 8)
+        next(blocks)
+        blocks.close()
+        with pytest.raises(NbdError, match="cannot be used any more"):
+            nbd.pread(0, 512)
     # a fresh connection still works (the server is --persistent)
     with NbdClient(str(sock), "vda") as nbd:
         assert len(nbd.pread(0, 512)) == 512

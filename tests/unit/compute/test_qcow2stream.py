@@ -135,3 +135,14 @@ def test_huge_sparse_disk_metadata(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     assert json.loads(check.stdout)["allocated-clusters"] == 40000
     assert json.loads(qemu_img("info", "--output=json", str(out)).stdout)["virtual-size"] == size
+
+
+def test_resume_inside_the_padding_of_a_partial_last_cluster(tmp_path):
+    size = 4 * MiB + 512                          # the last cluster holds 512 bytes of disk
+    writes = raw_disk(tmp_path / "p.raw", size, [(4 * MiB, 512)])
+    layout = Layout.from_extents(size, writes)
+    whole = write_stream(layout, FileRanges(tmp_path / "p.raw"), tmp_path / "p.qcow2").read_bytes()
+    assert len(whole) == layout.size
+    for offset in (layout.size - CLUSTER + 100, layout.size - CLUSTER + 600, layout.size - 1):
+        part = b"".join(bytes(b) for b in stream(layout, FileRanges(tmp_path / "p.raw"), offset))
+        assert part == whole[offset:], offset

@@ -166,16 +166,18 @@ class _Record:
 
 
 def _socket_path(workdir: Path, snapshot_id: str) -> Path:
-    """The NBD socket: in the workdir when its path fits a unix socket's 108 bytes."""
+    """The NBD socket, in a new private directory: in the workdir when the path fits a unix
+    socket's 108 bytes, else a fresh one under the temp dir (recorded in snapshot.json)."""
     path = workdir / "nbd" / "sock"
     if len(str(path)) < 100:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        path.parent.mkdir(mode=0o700, parents=True)
         return path
-    return Path(tempfile.gettempdir()) / f"ff-nbd-{snapshot_id}" / "sock"
+    return Path(tempfile.mkdtemp(prefix=f"ff-nbd-{snapshot_id[:8]}-")) / "sock"
 
 
 def _socket_dir_for_qemu(sock: Path, qemu_owner: tuple[int, int] | None) -> None:
     """QEMU binds the socket: its directory is private to us and the user QEMU runs as."""
-    sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if qemu_owner is not None and qemu_owner[0] != os.geteuid():
         try:
             os.chown(sock.parent, *qemu_owner)
@@ -472,14 +474,18 @@ class LibvirtDriver(VirtDriver):
         rec.save(workdir)
         pid_file = workdir / "qemu-nbd.pid"
         try:
-            _socket_dir_for_qemu(sock, None)
             # --fork: returns once the socket is listening; the server then runs detached.
             _run(["qemu-nbd", "--read-only", "--persistent", "--shared=16", "--fork",
                   f"--format={info.format}", f"--export-name={info.target}", f"--socket={sock}",
                   f"--pid-file={pid_file}", str(info.path)], timeout=60)
             rec.pid = int(pid_file.read_text().strip())
-        except BaseException:
+        except BaseException as exc:
+            with contextlib.suppress(OSError, ValueError):     # it may have started all the same
+                rec.pid = int(pid_file.read_text().strip())
+            self._stop_export(rec)
             self._remove(workdir, rec)
+            if isinstance(exc, DriverError) and "lock" in str(exc):
+                raise DriverError(f"the disk of {name} is in use (locked by another process): {exc}") from exc
             raise
         rec.phase = "running"
         rec.save(workdir)

@@ -241,7 +241,7 @@ class TakeLocalSnapshot(task.Task):
             extents = reader.extents()
         finally:
             reader.close()
-        layout = Layout.from_extents(handle.virtual_size, [(e.offset, e.length) for e in extents if not e.zero])
+        layout = Layout.from_extents(reader.size, [(e.offset, e.length) for e in extents if not e.zero])
         _save_layout(workdir, layout)
         _check_cancel(workflow_id)
         consistency = f"frozen {handle.frozen_seconds:.3f}s" if handle.quiesced else "crash-consistent"
@@ -322,13 +322,19 @@ class UploadSnapshot(task.Task):
             try:
                 data = Parts(stream(layout, reader, offset))
                 at = offset
-                while at < size:        # in parts, each kept before the next: a crash re-sends one
+                while True:             # in parts, each kept before the next: a crash re-sends one
                     n = min(rt.upload_chunk, size - at)
+                    final = at + n == size      # (0 bytes when everything was kept: it commits)
                     images.upload_resumable(image_id, data.take(n), n, upload_id=workflow_id, offset=at,
-                                            final=at + n == size, progress=progress)
+                                            final=final, progress=progress)
                     at += n
+                    if final:
+                        break
             finally:
                 reader.close()
+            status = images.show(image_id).status
+            if status != "active":
+                raise GlanceError(f"image {image_id} is {status} after its upload, not active")
             LOG.info("workflow %s: uploaded %d bytes (resumed at %d)", workflow_id, size - offset, offset)
 
         def done(session) -> None:

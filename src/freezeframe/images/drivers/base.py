@@ -38,6 +38,11 @@ class Writer(abc.ABC):
     def read_back(self, offset: int, length: int) -> bytes:
         """Read data already written (a resumed upload re-hashes what it kept)."""
 
+    @abc.abstractmethod
+    def keep(self, size: int) -> None:
+        """Everything up to ``size`` is written (a part of a resumable upload ends): make the
+        kept length ``size`` even if its tail was a hole that was never written."""
+
 
 class Reader(abc.ABC):
     size: int

@@ -104,6 +104,14 @@ class FileWriter(Writer):
             raise _storage_error(exc, "saving image data") from exc
         return StoredObject(key=str(self._final), size=size, allocated=st.st_blocks * 512)
 
+    def keep(self, size: int) -> None:
+        assert self._fd is not None, "keep after commit/abort"
+        try:
+            if os.fstat(self._fd).st_size < size:
+                os.ftruncate(self._fd, size)     # zero runs are skipped, not written
+        except OSError as exc:
+            raise _storage_error(exc, "writing image data") from exc
+
     def suspend(self) -> int:
         self._wait_sync()
         if self._fd is None:
