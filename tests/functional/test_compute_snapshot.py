@@ -299,3 +299,26 @@ def test_upload_progress_is_visible(tmp_path):
         assert snapshot_data(server, image_id, tmp_path) == data
     finally:
         server.stop()
+
+
+def test_leftovers_of_a_finished_workflow_are_released(tmp_path):
+    """A finished workflow whose point in time was never released (its revert failed, say) is
+    cleaned by the conductor's scan: the driver's end_snapshot runs on its workdir."""
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.3"})
+    try:
+        server_id, _, _ = boot(server, tmp_path)
+        _, workflow_id = snapshot(server, server_id, "done")
+        assert wait_workflow(server, workflow_id, {"IMAGE_ACTIVE", "REVERTED"})["state"] == "IMAGE_ACTIVE"
+        snapshots = server.data_dir / "instances" / "_snapshots"
+        leftover, running = snapshots / workflow_id, snapshots / "not-a-finished-workflow"
+        for d in (leftover, running):
+            d.mkdir(parents=True)
+            (d / "vda.raw").write_bytes(b"x" * 4096)
+        deadline = time.monotonic() + 10
+        while leftover.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not leftover.exists()
+        assert running.exists()                 # not a finished workflow of ours: left alone
+        assert f"workflow {workflow_id} had finished but still held a snapshot" in server.log()
+    finally:
+        server.stop()

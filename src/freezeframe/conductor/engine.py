@@ -189,12 +189,46 @@ class Conductor:
                     self._start(workflow_id)
         return taken
 
+    def sweep_leftovers(self) -> list[str]:
+        """Release what a finished workflow still holds on this host — a snapshot workdir with its
+        backup job or qemu-nbd export — when its flow ended without doing so (e.g. a revert that
+        itself failed). Returns the workflow ids cleaned."""
+        from freezeframe.compute.model import Instance
+        from freezeframe.conductor import runtime
+
+        try:
+            rt = runtime.current()
+            names = [p.name for p in rt.workdir.iterdir() if p.is_dir()]
+        except (RuntimeError, FileNotFoundError):     # no workflows run here (yet)
+            return []
+        done_states = [s.value for s in TERMINAL]
+
+        def finished(session) -> list[tuple[str, str]]:
+            rows = session.execute(select(Workflow.id, Instance.domain_name)
+                                   .join(Instance, Instance.id == Workflow.resource_id)
+                                   .where(Workflow.id.in_(names), Workflow.state.in_(done_states)))
+            return [(r[0], r[1]) for r in rows]
+        cleaned = []
+        for workflow_id, domain in self.db.run_sync(finished) if names else []:
+            with self._guard:
+                if workflow_id in self._running:
+                    continue
+            try:
+                rt.driver.end_snapshot(domain, workflow_id, rt.workdir / workflow_id)
+            except Exception as exc:   # retried at the next scan
+                LOG.warning("workflow %s: could not release its leftovers: %s", workflow_id, exc)
+                continue
+            LOG.warning("workflow %s had finished but still held a snapshot on this host: released", workflow_id)
+            cleaned.append(workflow_id)
+        return cleaned
+
     def _scan_loop(self) -> None:
         while not self._stopping.is_set():
-            try:
-                self.adopt_orphans()
-            except Exception:
-                LOG.exception("conductor scan failed")
+            for scan in (self.adopt_orphans, self.sweep_leftovers):
+                try:
+                    scan()
+                except Exception:
+                    LOG.exception("conductor scan failed")
             self._stopping.wait(self._scan_interval)
 
 
