@@ -589,9 +589,9 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
             lambda t: t.result["dense"][label]["upload_vs_ceiling"])
         row(f"upload {label} server CPU", "s/GB", "lower",
             lambda t: t.result["dense"][label]["upload_cpu_s_per_GB_median"])
-        row(f"  of which kernel (sys)", "s/GB", "lower",
+        row("  of which kernel (sys)", "s/GB", "lower",
             lambda t: t.result["dense"][label]["upload_sys_s_per_GB_median"])
-        row(f"  server page faults", "/MB", "lower",
+        row("  server page faults", "/MB", "lower",
             lambda t: t.result["dense"][label]["upload_faults_per_MB_median"], ratio=False)
         row(f"download {label}", "MB/s", "higher", lambda t: t.result["dense"][label]["download_MBps_median"])
     big = args.size_labels[-1] if args.size_labels else None

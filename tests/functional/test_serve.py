@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 
-import httpx
 
 from tests.conftest import new_image, start_server
 from tests.functional.test_images_data import OCTET, partial_files, wait_status

@@ -3,7 +3,6 @@ through the compute API (libvirt, TCG), snapshotted live with quiesce through th
 downloaded and checked, and booted again from its snapshot with the data written before it."""
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile

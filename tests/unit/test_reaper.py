@@ -1,8 +1,6 @@
 import datetime as dt
 
-import pytest
 
-from freezeframe.common import errors
 from freezeframe.images.model import Image, ImageProperty
 from freezeframe.images.reaper import OWNER_PROPERTY, Reaper
 from freezeframe.images.states import ImageStatus, transition
@@ -94,7 +92,7 @@ def test_abandoned_partials_removed(db, store, tmp_path):
         os.utime(entry, (old, old))
     fresh = store.writer("fresh", "u-fresh")
     fresh.write(b"z", 0)
-    live_but_idle = store.writer("slow", "u-slow")  # an upload still owning its image, idle for long
+    store.writer("slow", "u-slow")  # an upload still owning its image, idle for long
     for entry in (store.root / ".partial").iterdir():
         if entry.name.endswith("u-slow"):
             os.utime(entry, (old, old))

@@ -180,9 +180,9 @@ class ComputeService:
                                                       values=values))
         except Exception as exc:
             LOG.exception("server %s failed to spawn", server_id)
+            fault = str(exc)[:1000]
             self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawn failed",
-                                                      values={"vm_state": VmState.ERROR.value,
-                                                              "fault": str(exc)[:1000]}))
+                                                      values={"vm_state": VmState.ERROR.value, "fault": fault}))
 
     async def adopt(self, ctx: RequestContext, body: Any) -> Instance:
         """Take an existing domain on this host under management as a server (admin only)."""

@@ -372,7 +372,8 @@ class ImageData:
                 self._finish_task(s, task_id, "success", "", {"image_id": image_id}),
             ))
         except Exception as exc:  # the task records why; the image goes back to queued
-            LOG.warning("import task %s of image %s failed: %s", task_id, image_id, exc)
+            reason = str(exc)
+            LOG.warning("import task %s of image %s failed: %s", task_id, image_id, reason)
             await loop.run_in_executor(None, self.store.delete, f"staging/{image_id}")
 
             def fail(session: Session) -> None:
@@ -381,7 +382,7 @@ class ImageData:
                                reason=f"import task {task_id} failed", values=dict(staged=None))
                 except (errors.NotFound, errors.InvalidState):
                     pass
-                self._finish_task(session, task_id, "failure", str(exc), None)
+                self._finish_task(session, task_id, "failure", reason, None)
             await self.db.run(fail)
 
     @staticmethod

@@ -7,7 +7,6 @@ disk to snapshot on them, and a way to make a fresh guest and a second driver on
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
