@@ -20,7 +20,10 @@ from freezeframe.conductor.states import TERMINAL, WorkflowState, parse
 from freezeframe.db.engine import make_engine, make_sessionmaker
 from freezeframe.db.migrate import upgrade
 from freezeframe.db.session import Database
-from freezeframe.http.auth import Authenticator, load_tokens, service_token, write_default_tokens
+from freezeframe.common.context import Actor
+from freezeframe.common.policy import Policy
+from freezeframe.http.auth import Authenticator, acting_headers, load_tokens, service_token, write_default_tokens
+from freezeframe.http.inprocess import InProcess
 from freezeframe.images.client import GlanceClient
 from freezeframe.images.data import ImageData
 from freezeframe.images.drivers.file import FileStore
@@ -40,6 +43,8 @@ class Services:
     data: ImageData
     members: MemberService
     reaper: Reaper
+    policy: Policy
+    inprocess: InProcess
     conductor: Conductor | None = None
     compute: ComputeService | None = None
     liveness: Liveness | None = None
@@ -50,28 +55,43 @@ def build_services(settings: Settings) -> Services:
     upgrade(engine)
     db = Database(engine, make_sessionmaker(engine))
     store = FileStore(settings.store_path, fsync=settings.store.fsync)
+    policy = Policy(settings.policy_path)
     return Services(
         db=db,
         store=store,
-        images=ImageService(db, store, settings.images),
-        data=ImageData(db, store, settings.images),
-        members=MemberService(db, settings.images),
+        images=ImageService(db, store, settings.images, policy),
+        data=ImageData(db, store, settings.images, policy),
+        members=MemberService(db, settings.images, policy),
         reaper=Reaper(db, store, settings.reaper),
+        policy=policy,
+        inprocess=InProcess(),
     )
 
 
-def service_image_client(settings: Settings, authenticator: Authenticator) -> Callable[[], GlanceClient]:
-    """How the other services (and the workflows) reach the image API: as role "service"."""
+def service_image_client(settings: Settings, authenticator: Authenticator,
+                         inprocess: InProcess | None = None) -> Callable[[Actor], GlanceClient]:
+    """How the other services (and the workflows) reach the image API: acting for a user, with
+    that user's rights, their own service credential beside it (X-Service-Token). In ``serve``
+    the calls go through the same application in process; elsewhere over HTTP."""
     host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
     url = settings.conductor.image_url or f"http://{host}:{settings.server.port}/image"
     if authenticator.mode == "noauth":
-        headers = {"X-Roles": "service,admin", "X-Project-Id": "service", "X-User-Id": "freezeframe"}
-        return lambda: GlanceClient(url, extra_headers=headers)
-    token = settings.conductor.service_token or service_token(authenticator.tokens)
-    if not token:
-        raise SettingsError("conductor.service_token: no token with role 'service' in the tokens file; "
-                            "add one (the workflows upload snapshots with it) or set conductor.service_token")
-    return lambda: GlanceClient(url, token)
+        credential = {"X-Service-Roles": "service"}
+    else:
+        token = settings.conductor.service_token or service_token(authenticator.tokens)
+        if not token:
+            raise SettingsError("conductor.service_token: no token with role 'service' in the tokens file; add "
+                                "one (the services act for users with it) or set conductor.service_token")
+        credential = {"X-Service-Token": token}
+    local = inprocess is not None and not settings.conductor.image_url
+
+    def client(actor: Actor) -> GlanceClient:
+        headers = {**credential, **acting_headers(actor)}
+        if local and inprocess.bound:
+            return GlanceClient("http://freezeframe.internal/image", extra_headers=headers,
+                                transport=inprocess.transport())
+        return GlanceClient(url, extra_headers=headers)
+    return client
 
 
 def build_runtime(settings: Settings, db, driver: VirtDriver, images) -> Runtime:
@@ -79,7 +99,8 @@ def build_runtime(settings: Settings, db, driver: VirtDriver, images) -> Runtime
     kill_at = frozenset(s.strip() for s in settings.conductor.fault_kill_at.split(",") if s.strip())
     return Runtime(db=db, driver=driver, image_client=images, workdir=settings.instances_path / "_snapshots",
                    upload_rate=settings.conductor.upload_rate, upload_chunk=settings.conductor.upload_chunk,
-                   kill_at=kill_at)
+                   kill_at=kill_at, pause_seconds=settings.conductor.fault_pause_seconds,
+                   pause_at=frozenset(s.strip() for s in settings.conductor.fault_pause_at.split(",") if s.strip()))
 
 
 def build_driver(settings: Settings) -> VirtDriver:
@@ -117,7 +138,7 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
     except Exception as exc:  # e.g. libvirt-python missing: the image service still runs
         LOG.warning("compute disabled: the %s driver is unavailable: %s", settings.compute.driver, exc)
         return
-    images = service_image_client(settings, authenticator)
+    images = service_image_client(settings, authenticator, services.inprocess)
     install_runtime(build_runtime(settings, services.db, driver, images))
     role = "conductor" if with_conductor else "api"
     services.liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir),
@@ -130,6 +151,7 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
         submit = services.conductor.submit
     services.reaper.owner_alive = workflow_owner_alive(services.db, services.liveness)
     services.compute = ComputeService(services.db, driver, images, settings.instances_path, submit=submit,
+                                      policy=services.policy,
                                       max_concurrent_snapshots=settings.compute.max_concurrent_snapshots)
 
 

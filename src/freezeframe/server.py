@@ -1,19 +1,81 @@
-"""Run the all-in-one server with uvicorn: graceful shutdown on SIGTERM/SIGINT."""
+"""Run the all-in-one server with uvicorn: graceful shutdown on SIGTERM/SIGINT.
+
+The conductor's life is fitted around the HTTP server's (``Server``):
+
+- start: the lifespan (database, reaper, in-process transport), then the port is bound, and
+  only then the conductor starts — the flows it resumes at once call this very API;
+- SIGTERM/SIGINT: the conductor pauses first — it takes no new work, its running steps stop
+  at their next interruption point (never reverted: an interrupted flow is not a failed one)
+  and its claims are released — while the API still answers (the flows' last calls, clients);
+  then the HTTP server stops (uvicorn's graceful shutdown) and the lifespan closes the rest.
+  Each phase gets ``server.graceful_timeout``. A step that cannot be interrupted in time, or a
+  second signal during the pause, ends the process as kill -9 would; either way the next start
+  (or another conductor) resumes every flow from the step it was in.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import logging
 import signal
+import socket
+from types import FrameType
 
 import uvicorn
 
 from freezeframe.common import logs
+from freezeframe.common.timeutil import utcnow
+from freezeframe.conductor.engine import Conductor, exit_like_kill_9
 from freezeframe.http.app import build_app
 from freezeframe.settings import Settings
 
 LOG = logging.getLogger(__name__)
+EXIT_STARTUP_FAILED = 3
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server with the conductor started after the bind and paused before the stop."""
+
+    def __init__(self, config: uvicorn.Config, conductor: Conductor | None, graceful_timeout: float) -> None:
+        super().__init__(config)
+        self.conductor = conductor
+        self.graceful_timeout = graceful_timeout
+        self.conductor_running = False
+        self.pausing = False
+        self.exit_code = 0
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)      # lifespan startup, then the port is bound
+        if self.conductor is None or self.should_exit or not self.started:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.conductor.start)
+        except Exception:
+            LOG.exception("the conductor could not start: stopping")
+            self.exit_code = EXIT_STARTUP_FAILED
+            self.should_exit = True
+            return
+        self.conductor_running = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.pausing:
+            exit_like_kill_9(f"{signal.Signals(sig).name} again while the conductor was pausing its workflows")
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.conductor is not None and self.conductor_running:
+            self.pausing = True
+            LOG.info("stopping: the conductor pauses its workflows first (at most %gs; the API answers meanwhile, "
+                     "a second signal ends the process at once)", self.graceful_timeout)
+            paused = await asyncio.get_running_loop().run_in_executor(None, self.conductor.stop,
+                                                                      self.graceful_timeout)
+            if not paused:
+                exit_like_kill_9(f"a workflow step could not be interrupted within {self.graceful_timeout:g}s")
+            self.pausing = False
+            self.conductor_running = False
+        await super().shutdown(sockets=sockets)
 
 
 def tune_malloc() -> None:
@@ -34,6 +96,14 @@ def serve(settings: Settings) -> None:
     tune_malloc()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
+    services = app.state.services
+    conductor = services.conductor
+    if conductor is not None:
+        app.state.conductor_run_by_server = True     # the lifespan leaves it to Server
+        # Reconcile (compute/reconcile.py): a server operation begun before now ran in an
+        # earlier run of this process; one that made no progress for task_timeout is stuck.
+        conductor.api_started_at = utcnow()
+        conductor.task_timeout = settings.compute.task_timeout
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic GC's generations so collections stay short under load.
     gc.collect()
@@ -57,5 +127,8 @@ def serve(settings: Settings) -> None:
     # these (no-op) handlers in place that re-raise is harmless and a clean stop exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.Server(config).run()
+    server = Server(config, conductor, settings.server.graceful_timeout)
+    server.run()
+    if server.exit_code:
+        raise SystemExit(server.exit_code)
     LOG.info("freezeframe stopped")

@@ -36,10 +36,15 @@ def default_data_dir() -> Path:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 9292
-    # Seconds to let in-flight requests finish on SIGTERM/SIGINT.
+    # Seconds to let in-flight requests finish on SIGTERM/SIGINT — and, first, for the
+    # conductor to pause its running workflows (a step that cannot be interrupted in time ends
+    # the process as kill -9 would: never reverted, resumed at the next start).
     graceful_timeout: float = 30.0
     # Largest request header block accepted (bytes); bigger ones get 431.
     max_header_bytes: int = 16384
+    # Requests in flight at once (the health check aside); more are answered 503 + Retry-After
+    # at once. An eighth is kept for services finishing work already accepted.
+    max_in_flight: int = 512
     log_level: str = "info"
 
 
@@ -94,6 +99,9 @@ class AuthSettings:
     mode: str = "tokens"
     # Empty means <data_dir>/tokens.json, created with fresh tokens on first start.
     tokens_file: str = ""
+    # An operator's oslo.policy file (YAML or JSON) overriding the default rules; empty means
+    # <data_dir>/policy.yaml when it exists. `freezeframe policy` prints the defaults.
+    policy_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,10 @@ class ComputeSettings:
     fake_fail_on: str = ""
     fake_copy_delay: float = 0.0
     fake_read_delay: float = 0.0
+    # The conductor's reconcile repairs a server left in spawning / powering-* / deleting with
+    # no live operation once that task_state is this old (seconds); at once for one left by an
+    # earlier run of this very `serve` (compute/reconcile.py).
+    task_timeout: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,10 @@ class ConductorSettings:
     # Fault injection for crash tests, never for production: SIGKILL the process right after a
     # workflow enters one of these states (comma-separated, e.g. "PENDING,UPLOAD_30_COMPLETE").
     fault_kill_at: str = ""
+    # Stop tests, never for production: a workflow entering one of these states waits there
+    # (interruptibly) for fault_pause_seconds, so a test can stop the process in that state.
+    fault_pause_at: str = ""
+    fault_pause_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +178,10 @@ class Settings:
     @property
     def instances_path(self) -> Path:
         return Path(self.compute.instances_path) if self.compute.instances_path else self.data_dir / "instances"
+
+    @property
+    def policy_path(self) -> Path:
+        return Path(self.auth.policy_file) if self.auth.policy_file else self.data_dir / "policy.yaml"
 
     @property
     def tokens_path(self) -> Path:

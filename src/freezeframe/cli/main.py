@@ -58,6 +58,12 @@ def _conductor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _policy(_args: argparse.Namespace) -> int:
+    from freezeframe.common.policy import sample
+    print(sample())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freezeframe", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--tokens-file", help="tokens file holding a token with role 'service'")
     cond.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     cond.set_defaults(func=_conductor)
+
+    pol = sub.add_parser("policy", help="print the default policy (every rule, as an oslo.policy YAML file "
+                                        "to copy into auth.policy_file and change)")
+    pol.set_defaults(func=_policy)
 
     from freezeframe.cli import image
     from freezeframe.cli import server, workflow

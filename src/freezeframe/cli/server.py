@@ -2,20 +2,24 @@
 
 ``server image create`` and ``server backup create`` print the new image's ID and the workflow
 filling it; with ``--wait`` they follow the workflow as ``freezeframe workflow watch`` does.
+Every ``--wait`` rides through a restart of the service (``cli/ride.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Iterable
+import time
+from typing import Any, Callable, Collection, Iterable
 
 from freezeframe.cli import workflow as workflows
 from freezeframe.cli.compute_cloud import ComputeEndpoint, command
 from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
 from freezeframe.cli.image import _console as console, _key_value, _non_negative, fail, print_json, spinner
+from freezeframe.cli.ride import Ride
 from freezeframe.cli.workflow import cell
-from freezeframe.compute.client import Accepted, ComputeClient, ComputeError, Server, Unreachable, Workflow
+from freezeframe.compute.client import (Accepted, ComputeClient, ComputeError, Server, Unreachable, WaitTimeout,
+                                       Workflow)
 from freezeframe.images.client import GlanceClient, looks_like_id
 
 # Nova's power_state numbers, in openstackclient's words.
@@ -88,6 +92,23 @@ def _image_id(endpoint: ComputeEndpoint, name_or_id: str) -> str:
         return images.find(name_or_id).id
 
 
+def wait_server(client: ComputeClient, server_id: str, *, until: Collection[str] = ("ACTIVE", "ERROR"),
+                timeout: float = 600.0, interval: float = 0.5, max_interval: float = 5.0) -> Server:
+    """Poll until the status is one of ``until`` with no task running; WaitTimeout otherwise.
+    The service has just answered (it accepted the request): the polls ride through a restart."""
+    ride = Ride(f"server {server_id}", connected=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        server = ride.call(lambda: client.show_server(server_id), deadline=deadline)
+        if server.status in until and server.task_state is None:
+            return server
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for server {server_id} (status "
+                              f"{server.status}, task_state {server.task_state})")
+        time.sleep(min(interval, max(deadline - time.monotonic(), 0.05)))
+        interval = min(interval * 1.5, max_interval)
+
+
 @command
 def create(args: argparse.Namespace, client: ComputeClient, endpoint: ComputeEndpoint) -> int:
     flavor = client.find_flavor(args.flavor)
@@ -96,7 +117,7 @@ def create(args: argparse.Namespace, client: ComputeClient, endpoint: ComputeEnd
         print_server(client.show_server(server_id), args.format)
         return EXIT_OK
     with spinner(f"waiting for server {server_id} to become active"):
-        server = client.wait_server(server_id, until=("ACTIVE", "ERROR"), timeout=args.timeout)
+        server = wait_server(client, server_id, until=("ACTIVE", "ERROR"), timeout=args.timeout)
     print_server(server, args.format)
     if server.status != "ACTIVE":
         return fail(f"server {server_id} ended in status {server.status}: {server.fault or 'no fault given'}",
@@ -156,7 +177,7 @@ def _snapshot(args: argparse.Namespace, client: ComputeClient, accept: Callable[
         print_accepted(accepted, args.format)
     wf = None
     try:
-        wf = workflows.follow(client, accepted.workflow_id, args.timeout)
+        wf = workflows.follow(client, accepted.workflow_id, args.timeout, connected=True)
     finally:
         if args.format == "json":  # one document, whatever happened
             print_accepted(accepted, args.format, wf)

@@ -3,7 +3,9 @@
 ``watch`` (and ``server image create --wait``) polls the workflow four times a second: a live
 progress bar on stderr when it is a terminal, one line per state change otherwise. It exits 0
 when the workflow reaches IMAGE_ACTIVE and 1 when it ends REVERTED or CANCELLED, or stays FAILED
-(its revert stalled), printing the failure reason.
+(its revert stalled), printing the failure reason. Once the service has answered, a restart of
+it does not end the watch: the polls ride through it (``cli/ride.py``), saying so, for up to
+5 minutes.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterable
+import time
+from typing import Any, Iterable, Iterator
 
 from freezeframe.cli import compute_cloud
 from freezeframe.cli.compute_cloud import ComputeEndpoint, command
 from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
 from freezeframe.cli.image import _cell, _console as console, fail, print_json
-from freezeframe.compute.client import ComputeClient, ComputeError, Workflow, WaitTimeout
+from freezeframe.cli.ride import Ride
+from freezeframe.compute.client import FAILED, ComputeClient, ComputeError, Workflow, WaitTimeout
 from freezeframe.images.client import looks_like_id
 
 POLL_INTERVAL = 0.25
+FAILED_GRACE = 30.0     # a FAILED workflow whose revert has not finished after this long: stop following
 DEFAULT_TIMEOUT = 3600.0
 LIST_COLUMNS = [("ID", "id"), ("Kind", "kind"), ("State", "state"), ("Progress", "progress"),
                 ("Server", "resource_id"), ("Image", "image_id"), ("Last State Change", "last_state_change_at")]
@@ -28,6 +33,34 @@ HISTORY_COLUMNS = [("At", "at"), ("State", "state"), ("Progress", "progress"), (
 
 
 # -- following a workflow (also used by ``server image/backup create --wait``) ---------------
+
+
+def poll_workflow(client: ComputeClient, workflow_id: str, *, timeout: float | None, interval: float = POLL_INTERVAL,
+                  connected: bool = False, failed_grace: float = FAILED_GRACE) -> Iterator[Workflow]:
+    """Yield the workflow at every poll until it ends (the last one yielded has ended, or is
+    FAILED with a revert that is stalled or has not finished within ``failed_grace``);
+    WaitTimeout after ``timeout`` seconds. Polls ride through a restart of the service
+    (``connected``: it has answered already, so even the first poll does)."""
+    ride = Ride(f"workflow {workflow_id}", connected=connected)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    failed_since: float | None = None
+    while True:
+        wf = ride.call(lambda: client.show_workflow(workflow_id), deadline=deadline)
+        yield wf
+        now = time.monotonic()
+        if wf.ended:
+            return
+        if wf.state == FAILED:
+            if failed_since is None:
+                failed_since = now
+            if wf.stalled or now - failed_since >= failed_grace:
+                return
+        else:
+            failed_since = None
+        if deadline is not None and now >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for workflow {workflow_id} "
+                              f"(state {wf.state}, {wf.progress}%)")
+        time.sleep(interval if deadline is None else min(interval, max(deadline - now, 0.01)))
 
 
 def _describe(wf: Workflow) -> str:
@@ -39,7 +72,7 @@ def _line(at: str | None, state: str, progress: int | None, detail: str = "") ->
     return f"{at or '':<20}  {state:<24} {percent}" + (f"  {detail}" if detail else "")
 
 
-def _bar(client: ComputeClient, workflow_id: str, timeout: float | None) -> Workflow:
+def _bar(client: ComputeClient, workflow_id: str, timeout: float | None, connected: bool) -> Workflow:
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -47,16 +80,16 @@ def _bar(client: ComputeClient, workflow_id: str, timeout: float | None) -> Work
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console(sys.stderr), refresh_per_second=8) as bar:
         task = bar.add_task(f"workflow {workflow_id}", total=100)
-        for wf in client.watch_workflow(workflow_id, timeout=timeout, interval=POLL_INTERVAL):
+        for wf in poll_workflow(client, workflow_id, timeout=timeout, connected=connected):
             bar.update(task, completed=wf.progress, description=escape(_describe(wf)))
     assert wf is not None
     return wf
 
 
-def _lines(client: ComputeClient, workflow_id: str, timeout: float | None) -> Workflow:
+def _lines(client: ComputeClient, workflow_id: str, timeout: float | None, connected: bool) -> Workflow:
     """One line per state change, from the workflow's history (so quick steps between polls show)."""
     printed, last, wf = 0, None, None
-    for wf in client.watch_workflow(workflow_id, timeout=timeout, interval=POLL_INTERVAL):
+    for wf in poll_workflow(client, workflow_id, timeout=timeout, connected=connected):
         for event in wf.history[printed:]:
             print(_line(event.at, event.state, event.progress, event.detail), file=sys.stderr, flush=True)
             last = event.state
@@ -68,12 +101,15 @@ def _lines(client: ComputeClient, workflow_id: str, timeout: float | None) -> Wo
     return wf
 
 
-def follow(client: ComputeClient, workflow_id: str, timeout: float | None = DEFAULT_TIMEOUT) -> Workflow:
-    """Show a workflow's progress on stderr until it ends; the last state seen."""
+def follow(client: ComputeClient, workflow_id: str, timeout: float | None = DEFAULT_TIMEOUT, *,
+           connected: bool = False) -> Workflow:
+    """Show a workflow's progress on stderr until it ends; the last state seen. ``connected``:
+    the service answered already (it just accepted the workflow), so every poll rides through
+    a restart of it."""
     try:
         if sys.stderr.isatty():
-            return _bar(client, workflow_id, timeout)
-        return _lines(client, workflow_id, timeout)
+            return _bar(client, workflow_id, timeout, connected)
+        return _lines(client, workflow_id, timeout, connected)
     except WaitTimeout as exc:
         exc.message += f"; it goes on on the server ('freezeframe workflow watch {workflow_id}')"
         raise

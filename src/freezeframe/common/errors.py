@@ -66,3 +66,14 @@ class RangeNotSatisfiable(FreezeframeError):
 
 class BackendUnavailable(FreezeframeError):
     """A backend (database, store) failed; the request may be retried."""
+
+
+class Busy(BackendUnavailable):
+    """The service is saturated; retry shortly.
+
+    Raised at once (never after waiting) when a bounded pool or queue is full; answered 503 with
+    ``Retry-After: <retry_after>``. See ``freezeframe.common.pools``."""
+
+    def __init__(self, message: str = "", retry_after: int = 1, **details: object) -> None:
+        super().__init__(message, **details)
+        self.retry_after = max(1, int(retry_after))

@@ -19,7 +19,7 @@ from freezeframe.compute.states import VmState
 from freezeframe.images.api import ctx_of, json_body
 
 MIN_VERSION, MAX_VERSION = (2, 1), (2, 96)
-_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")   # ASCII digits, bounded: never int() of thousands
 STATUS = {VmState.ACTIVE: "ACTIVE", VmState.STOPPED: "SHUTOFF", VmState.BUILDING: "BUILD",
           VmState.ERROR: "ERROR", VmState.PAUSED: "PAUSED", VmState.SUSPENDED: "SUSPENDED",
           VmState.DELETED: "DELETED"}
@@ -41,9 +41,9 @@ def microversion(request: Request) -> tuple[int, int]:
         return MIN_VERSION
     if raw.strip().lower() == "latest":
         return MAX_VERSION
-    match = _VERSION.match(raw.strip())
+    match = _VERSION.fullmatch(raw.strip())
     if not match:
-        raise errors.Invalid(f"Invalid microversion {raw!r}: use MAJOR.MINOR or 'latest'")
+        raise errors.Invalid(f"Invalid microversion {raw[:40]!r}: use MAJOR.MINOR or 'latest'")
     version = (int(match.group(1)), int(match.group(2)))
     if not MIN_VERSION <= version <= MAX_VERSION:
         raise errors.NotAcceptable(f"Version {raw} is not supported by the API. Minimum is {fmt(MIN_VERSION)} and "
@@ -128,9 +128,10 @@ class ComputeAPI:
 
     async def list_servers(self, request: Request) -> Response:
         version = microversion(request)
-        servers = await self.compute.list(ctx_of(request))
+        detail = request.url.path.endswith("/detail")
+        servers = await self.compute.list(ctx_of(request), detail)
         base = self._base(request)
-        if request.url.path.endswith("/detail"):
+        if detail:
             items = [server_view(i, base, version) for i in servers]
         else:
             items = [{"id": i.id, "name": i.name, "links": [{"rel": "self", "href": f"{base}/servers/{i.id}"}]}
@@ -181,6 +182,11 @@ class ComputeAPI:
             root = request.scope.get("root_path", "").removesuffix("/compute")
             image_root = f"{request.url.scheme}://{request.url.netloc}{root}/image/v2/images/{image_id}"
             return versioned(Response(status_code=202, headers={**headers, "Location": image_root}), version)
+        if name == "os-resetState":     # admin: {"os-resetState": {"state": "active" | "error"}}
+            if not isinstance(args, dict) or set(args) != {"state"}:
+                raise errors.Invalid("Invalid input for os-resetState: {\"state\": \"active\" | \"error\"} is required")
+            await self.compute.reset_state(ctx, server_id, args["state"])
+            return versioned(Response(status_code=202), version)
         raise errors.Invalid(f"There is no such action: {name}")
 
     async def list_actions(self, request: Request) -> Response:

@@ -7,9 +7,8 @@ with the server's message, HTTP status and request id (parsed as the image clien
 from __future__ import annotations
 
 import ssl
-import time
 from dataclasses import dataclass, field
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any, Mapping
 
 import httpx
 
@@ -238,20 +237,6 @@ class ComputeClient:
     def stop_server(self, server_id: str) -> None:
         self._call("POST", self._servers(f"/{server_id}/action"), json={"os-stop": None})
 
-    def wait_server(self, server_id: str, *, until: Collection[str] = ("ACTIVE", "ERROR"),
-                    timeout: float = 600.0, interval: float = 0.5, max_interval: float = 5.0) -> Server:
-        """Poll until the status is one of ``until`` with no task running; WaitTimeout otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
-            server = self.show_server(server_id)
-            if server.status in until and server.task_state is None:
-                return server
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"timed out after {timeout:g}s waiting for server {server_id} (status "
-                                  f"{server.status}, task_state {server.task_state})")
-            time.sleep(min(interval, max(deadline - time.monotonic(), 0.05)))
-            interval = min(interval * 1.5, max_interval)
-
     # -- snapshots ---------------------------------------------------------------------------
 
     def create_image(self, server_id: str, name: str, metadata: Mapping[str, str] | None = None) -> Accepted:
@@ -326,27 +311,3 @@ class ComputeClient:
         """Ask the workflow to stop and revert; a 409 ComputeError when it already ended."""
         self._call("DELETE", self._workflows(f"/{workflow_id}"))
 
-    def watch_workflow(self, workflow_id: str, *, timeout: float | None = None, interval: float = 0.25,
-                       failed_grace: float = 30.0) -> Iterator[Workflow]:
-        """Yield the workflow at every poll until it ends (the last one yielded has ended, or is
-        FAILED with a revert that is stalled or has not finished within ``failed_grace``);
-        WaitTimeout after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        failed_since: float | None = None
-        while True:
-            wf = self.show_workflow(workflow_id)
-            yield wf
-            now = time.monotonic()
-            if wf.ended:
-                return
-            if wf.state == FAILED:
-                if failed_since is None:
-                    failed_since = now
-                if wf.stalled or now - failed_since >= failed_grace:
-                    return
-            else:
-                failed_since = None
-            if deadline is not None and now >= deadline:
-                raise WaitTimeout(f"timed out after {timeout:g}s waiting for workflow {workflow_id} "
-                                  f"(state {wf.state}, {wf.progress}%)")
-            time.sleep(interval if deadline is None else min(interval, max(deadline - now, 0.01)))

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import subprocess
+import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
-from freezeframe.common.context import RequestContext
+from freezeframe.common.context import Actor, RequestContext
+from freezeframe.common.paths import safe_join
+from freezeframe.common.policy import Policy
+from freezeframe.common.pools import BoundedPool
+from freezeframe.common.strict import INT32_MAX, is_uuid, parse_uint, shown
 from freezeframe.common.timeutil import utcnow
 from freezeframe.compute.drivers.base import DomainNotFound, GuestSpec, PowerState, VirtDriver
 from freezeframe.compute.model import Instance, InstanceAction
@@ -25,7 +32,7 @@ from freezeframe.compute.states import TaskState, VmState, set_task_state
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.states import WorkflowState
 from freezeframe.db.session import Database
-from freezeframe.images.client import GlanceClient, GlanceError
+from freezeframe.images.client import CORE_ATTRIBUTES, GlanceClient, GlanceError
 
 LOG = logging.getLogger(__name__)
 
@@ -49,10 +56,48 @@ FLAVORS = {f.id: f for f in (
 NOT_INHERITED = {"block_device_mapping", "mappings", "cache_in_nova", "bittorrent", "img_signature",
                  "img_signature_hash_method", "img_signature_key_type", "img_signature_certificate_uuid"}
 _NAME = re.compile(r"^[^\x00-\x1f]{1,255}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Properties the compute service sets on a snapshot itself: never taken from the user's metadata
+# (a forged instance_uuid or image_type would, e.g., make backup rotation delete real backups).
+SET_BY_COMPUTE = {"instance_uuid", "image_type", "backup_type", "base_image_ref", "user_id", "owner_id",
+                  "image_location", "image_state", "owner_project_name", "owner_user_name"}
+RESERVED_PREFIXES = ("os_glance", "os_freezeframe_")
 SNAPSHOTTABLE = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
 _VM_STATE = {PowerState.RUNNING: VmState.ACTIVE, PowerState.PAUSED: VmState.PAUSED,
              PowerState.SUSPENDED: VmState.SUSPENDED, PowerState.SHUTDOWN: VmState.STOPPED,
              PowerState.CRASHED: VmState.ERROR, PowerState.NOSTATE: VmState.STOPPED}
+
+
+def parse_image_ref(value: Any) -> str:
+    """``imageRef``: an image id, or a URL ending in one; 400 for anything else (an empty
+    string, ``#`` or ``?x`` name no image)."""
+    image_ref = value.rsplit("/", 1)[-1] if isinstance(value, str) else None
+    if not is_uuid(image_ref):
+        raise errors.Invalid(f"Invalid imageRef {shown(value)}: an image id (UUID) or a URL ending in one "
+                             "is required")
+    return image_ref
+
+
+def check_snapshot_metadata(metadata: Any) -> dict[str, str]:
+    """A snapshot's metadata becomes image properties: the same rules as a user's own image
+    create — no core attributes (owner, visibility, ...), no reserved names — plus none of the
+    properties the compute service sets itself."""
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise errors.Invalid("Invalid input for field/attribute metadata: string keys and values are required")
+    for key, value in metadata.items():
+        if not 1 <= len(key) <= 255 or len(value) > 255:
+            raise errors.Invalid("Invalid input for field/attribute metadata: keys of 1-255 and values of at "
+                                 "most 255 characters are required")
+        if key.startswith(RESERVED_PREFIXES):
+            raise errors.Forbidden(f"Attribute '{key}' is reserved.")
+        if key in CORE_ATTRIBUTES:
+            raise errors.Invalid(f"Invalid input for field/attribute metadata: '{key}' is an image attribute, "
+                                 "not a property; it cannot be set through a snapshot's metadata")
+        if key in SET_BY_COMPUTE:
+            raise errors.Invalid(f"Invalid input for field/attribute metadata: '{key}' is set by the compute "
+                                 "service")
+    return dict(metadata)
 
 
 def check_name(value: Any, what: str = "name") -> str:
@@ -63,28 +108,45 @@ def check_name(value: Any, what: str = "name") -> str:
 
 
 class ComputeService:
-    def __init__(self, db: Database, driver: VirtDriver, image_client: Callable[[], GlanceClient],
-                 instances_path: Path, submit: Callable[[str], None], max_concurrent_snapshots: int = 5) -> None:
+    def __init__(self, db: Database, driver: VirtDriver, images_for: Callable[[Actor], GlanceClient],
+                 instances_path: Path, submit: Callable[[str], None], *, policy: Policy,
+                 max_concurrent_snapshots: int = 5) -> None:
         self.db = db
         self.driver = driver
-        self.image_client = image_client
+        self.images_for = images_for           # the image API, acting for a user (their rights)
         self.instances_path = instances_path
         self.submit = submit
+        self.policy = policy
         self.max_concurrent_snapshots = max_concurrent_snapshots
-        self._spawning: set[asyncio.Future] = set()
+        # Blocking work of requests (calls to the image service, the hypervisor) on a pool of
+        # our own: nothing that answers those calls ever waits for it, and a full pool is a 503.
+        self.pool = BoundedPool("compute", workers=8, queue=16)
+        # Spawns (image download, boot) run after the 202, on their own bounded pool.
+        self.spawner = BoundedPool("compute-spawn", workers=2, queue=32, serves_requests=False)
+        self._base_locks: dict[str, threading.Lock] = {}
+        self._base_guard = threading.Lock()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.instances_path / "_base"
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _get(self, session: Session, ctx: RequestContext, server_id: str) -> Instance:
-        inst = session.get(Instance, server_id)
+    def _get(self, session: Session, ctx: RequestContext, server_id: str, action: str | None = None) -> Instance:
+        """The server if the caller may see it (else 404), and may do ``action`` on it (else 403)."""
+        inst = session.get(Instance, server_id) if _UUID.match(server_id) else None
         if inst is None or inst.vm_state == VmState.DELETED or (not ctx.is_admin and inst.project_id != ctx.project_id):
             raise errors.NotFound(f"Instance {server_id} could not be found.")
+        if action is not None:
+            self.policy.authorize(ctx, action, {"project_id": inst.project_id})
         return inst
 
     async def show(self, ctx: RequestContext, server_id: str) -> Instance:
-        return await self.db.run(lambda s: self._get(s, ctx, server_id))
+        return await self.db.run(lambda s: self._get(s, ctx, server_id, "os_compute_api:servers:show"))
 
-    async def list(self, ctx: RequestContext) -> list[Instance]:
+    async def list(self, ctx: RequestContext, detail: bool = False) -> list[Instance]:
+        self.policy.authorize(ctx, "os_compute_api:servers:detail" if detail else "os_compute_api:servers:index")
+
         def find(session: Session) -> list[Instance]:
             stmt = select(Instance).where(Instance.vm_state != VmState.DELETED).order_by(Instance.created_at.desc())
             if not ctx.is_admin:
@@ -94,7 +156,7 @@ class ComputeService:
 
     async def actions(self, ctx: RequestContext, server_id: str) -> list[InstanceAction]:
         def find(session: Session) -> list[InstanceAction]:
-            self._get(session, ctx, server_id)
+            self._get(session, ctx, server_id, "os_compute_api:os-instance-actions:list")
             return list(session.scalars(select(InstanceAction).where(InstanceAction.instance_uuid == server_id)
                                         .order_by(InstanceAction.start_time.desc())))
         return await self.db.run(find)
@@ -109,66 +171,99 @@ class ComputeService:
         flavor = FLAVORS.get(str(server.get("flavorRef", "")).rsplit("/", 1)[-1])
         if flavor is None:
             raise errors.Invalid(f"Flavor {server.get('flavorRef')!r} could not be found.")
-        image_ref = str(server.get("imageRef", "")).rsplit("/", 1)[-1]
+        image_ref = parse_image_ref(server.get("imageRef"))
         metadata = server.get("metadata", {})
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise errors.Invalid("Invalid input for field/attribute metadata: string values are required")
-        loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(None, self._image_for_boot, ctx, image_ref)
+        self.policy.authorize(ctx, "os_compute_api:servers:create")
+        actor = ctx.actor
+        # Every image the server boots from must be visible to the caller's project: looked up
+        # with the caller's rights, and only their canonical ids are used from then on.
+        image = await self.pool.run(self._image_for_boot, actor, image_ref, "imageRef")
+        boot_files = {}
+        for key in ("kernel_id", "ramdisk_id"):
+            if image.properties.get(key):
+                ref = image.properties[key]
+                if not is_uuid(ref):
+                    raise errors.Invalid(f"Image {image.id} has an invalid {key} {shown(ref)}: an image id is "
+                                         "required")
+                boot_files[key] = await self.pool.run(self._image_for_boot, actor, ref, f"the image's {key}")
         server_id = str(uuid.uuid4())
         inst = Instance(id=server_id, name=name, project_id=ctx.project_id, user_id=ctx.user_id,
                         vm_state=VmState.BUILDING, task_state=TaskState.SPAWNING, flavor_id=flavor.id,
-                        vcpus=flavor.vcpus, memory_mb=flavor.ram, root_gb=flavor.disk, image_ref=image_ref,
+                        vcpus=flavor.vcpus, memory_mb=flavor.ram, root_gb=flavor.disk, image_ref=image.id,
                         domain_name=f"instance-{server_id}", metadata_json=json.dumps(metadata),
                         guest_agent=image.properties.get("hw_qemu_guest_agent", "no").lower() in ("yes", "true"),
                         system_metadata=json.dumps({f"image_{k}": v for k, v in image.properties.items()
                                                     if k not in NOT_INHERITED
                                                     and not k.startswith(("os_glance", "os_freezeframe_"))}))
+        if self.spawner.saturated():
+            raise errors.Busy("Too many servers are being built; retry shortly", retry_after=5)
         await self.db.run(lambda s: s.add(inst))
-        # As Nova: answer at once (BUILD); downloading the image and booting happen meanwhile.
-        task = asyncio.ensure_future(loop.run_in_executor(None, self._spawn, server_id, image))
-        self._spawning.add(task)
-        task.add_done_callback(self._spawning.discard)
+        # As Nova: answer at once (BUILD); downloading the images and booting happen meanwhile.
+        try:
+            self.spawner.submit(self._spawn, server_id, actor, image, boot_files)
+        except errors.Busy as exc:   # filled meanwhile: the server goes to ERROR, not stuck in BUILD
+            self._spawn_failed(server_id, exc)
         return inst
 
-    def _image_for_boot(self, ctx: RequestContext, image_ref: str):
-        with self.image_client() as images:
+    def _image_for_boot(self, actor: Actor, image_ref: str, what: str):
+        """The image, as the server's user sees it; the same 400 whether it does not exist or
+        is not theirs to see (no oracle for other projects' images)."""
+        with self.images_for(actor) as images:
             try:
                 image = images.show(image_ref)
             except GlanceError as exc:
-                if exc.status == 404:
-                    raise errors.Invalid(f"Image {image_ref} could not be found.") from None
+                if exc.status in (400, 403, 404):
+                    raise errors.Invalid(f"Image {image_ref} ({what}) could not be found.") from None
                 raise errors.BackendUnavailable(f"The image service failed: {exc}") from None
+        if not is_uuid(image.id) or image.id != image_ref:
+            raise errors.Invalid(f"Image {image_ref} ({what}) could not be found.")
         if image.status != "active":
-            raise errors.Invalid(f"Image {image_ref} is not active.")
-        if not ctx.is_admin and image.owner != ctx.project_id and image.visibility not in ("public", "community"):
-            raise errors.Invalid(f"Image {image_ref} could not be found.")
+            raise errors.Invalid(f"Image {image_ref} ({what}) is not active.")
         return image
 
-    def _cached(self, image_id: str) -> Path:
-        """Download an image once into the local base cache."""
-        base = self.instances_path / "_base" / image_id
-        if not base.exists():
-            base.parent.mkdir(parents=True, exist_ok=True)
-            partial = base.with_suffix(".part")
-            with self.image_client() as images, open(partial, "wb") as fh:
-                sink = SparseSink(fh)
-                images.download(images.show(image_id), sink)
-                sink.close()
-            partial.rename(base)
+    def _base_lock(self, image_id: str) -> threading.Lock:
+        with self._base_guard:
+            return self._base_locks.setdefault(image_id, threading.Lock())
+
+    def _cached(self, actor: Actor, image) -> Path:
+        """Download an image once into the local base cache (as the server's user: they may see
+        it). Only the image's canonical id names the file; concurrent spawns of the same image
+        download it once; a partial download never takes the final name."""
+        base = safe_join(self.base_dir, image.id)
+        with self._base_lock(image.id):
+            if base.exists():
+                return base
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            fd, partial = tempfile.mkstemp(dir=self.base_dir, prefix=f".{image.id}.", suffix=".part")
+            try:
+                with self.images_for(actor) as images, os.fdopen(fd, "wb") as fh:
+                    sink = SparseSink(fh)
+                    images.download(image, sink)
+                    sink.close()
+                os.replace(partial, base)
+            except BaseException:
+                Path(partial).unlink(missing_ok=True)
+                raise
         return base
 
-    def _spawn(self, server_id: str, image) -> None:
+    def _spawn_failed(self, server_id: str, exc: BaseException) -> None:
+        fault = str(exc)[:1000]
+        self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawn failed",
+                                                  values={"vm_state": VmState.ERROR.value, "fault": fault}))
+
+    def _spawn(self, server_id: str, actor: Actor, image, boot_files: dict[str, Any]) -> None:
         try:
-            base = self._cached(image.id)
-            disk_dir = self.instances_path / server_id
+            base = self._cached(actor, image)
+            disk_dir = safe_join(self.instances_path, server_id)
             disk_dir.mkdir(parents=True, exist_ok=True)
             disk = disk_dir / "disk"
             fmt = "qcow2" if image.disk_format == "qcow2" else "raw"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base), str(disk)],
                            check=True, capture_output=True)
-            kernel = self._cached(image.properties["kernel_id"]) if image.properties.get("kernel_id") else None
-            initrd = self._cached(image.properties["ramdisk_id"]) if image.properties.get("ramdisk_id") else None
+            kernel = self._cached(actor, boot_files["kernel_id"]) if "kernel_id" in boot_files else None
+            initrd = self._cached(actor, boot_files["ramdisk_id"]) if "ramdisk_id" in boot_files else None
             inst = self.db.run_sync(lambda s: s.get(Instance, server_id))
             spec = GuestSpec(name=inst.domain_name, uuid=server_id, vcpus=inst.vcpus, memory_mb=inst.memory_mb,
                              root_disk=disk, kernel=kernel, initrd=initrd,
@@ -180,18 +275,17 @@ class ComputeService:
                                                       values=values))
         except Exception as exc:
             LOG.exception("server %s failed to spawn", server_id)
-            fault = str(exc)[:1000]
-            self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawn failed",
-                                                      values={"vm_state": VmState.ERROR.value, "fault": fault}))
+            self._spawn_failed(server_id, exc)
 
     async def adopt(self, ctx: RequestContext, body: Any) -> Instance:
         """Take an existing domain on this host under management as a server (admin only)."""
-        if not ctx.is_admin:
-            raise errors.Forbidden("Only administrators can adopt existing domains")
-        domain = check_name((body or {}).get("adopt", {}).get("domain") if isinstance(body, dict) else None, "domain")
-        loop = asyncio.get_running_loop()
+        self.policy.authorize(ctx, "freezeframe:compute:adopt")
+        adopt = body.get("adopt") if isinstance(body, dict) else None
+        if not isinstance(adopt, dict):
+            raise errors.Invalid("Invalid input: the body must be {\"adopt\": {\"domain\": ...}}")
+        domain = check_name(adopt.get("domain"), "domain")
         try:
-            info = await loop.run_in_executor(None, self.driver.get_info, domain)
+            info = await self.pool.run(self.driver.get_info, domain)
         except DomainNotFound:
             raise errors.NotFound(f"No domain named {domain!r} on this host") from None
         if not info.disks:
@@ -201,7 +295,7 @@ class ComputeService:
                         flavor_id="adopted", vcpus=info.vcpus, memory_mb=info.memory_mb,
                         root_gb=max(1, info.disks[0].virtual_size >> 30), domain_name=domain,
                         root_disk=str(info.disks[0].path), root_target=info.disks[0].target, adopted=True,
-                        guest_agent=(body["adopt"].get("guest_agent") is True))
+                        guest_agent=(adopt.get("guest_agent") is True))
 
         def add(session: Session) -> Instance:
             if session.scalars(select(Instance).where(Instance.domain_name == domain)).first():
@@ -212,7 +306,7 @@ class ComputeService:
 
     async def delete(self, ctx: RequestContext, server_id: str) -> None:
         def begin(session: Session) -> Instance:
-            inst = self._get(session, ctx, server_id)
+            inst = self._get(session, ctx, server_id, "os_compute_api:servers:delete")
             if inst.task_state not in (None, TaskState.DELETING):
                 raise errors.Conflict(f"Cannot 'delete' instance {server_id} while it is in task_state "
                                       f"{inst.task_state}")
@@ -220,10 +314,9 @@ class ComputeService:
                 set_task_state(session, server_id, None, TaskState.DELETING, reason="delete")
             return inst
         inst = await self.db.run(begin)
-        loop = asyncio.get_running_loop()
         if not inst.adopted:
-            await loop.run_in_executor(None, self.driver.destroy, inst.domain_name)
-            await loop.run_in_executor(None, _rmtree, self.instances_path / server_id)
+            await self.pool.run(self.driver.destroy, inst.domain_name, wait=30)
+            await self.pool.run(_rmtree, safe_join(self.instances_path, inst.id), wait=30)
         await self.db.run(lambda s: set_task_state(s, server_id, TaskState.DELETING, None, reason="deleted",
                                                    values={"vm_state": VmState.DELETED.value}))
 
@@ -232,16 +325,16 @@ class ComputeService:
         wanted_from = VmState.STOPPED if on else VmState.ACTIVE
 
         def begin(session: Session) -> Instance:
-            inst = self._get(session, ctx, server_id)
+            inst = self._get(session, ctx, server_id, "os_compute_api:servers:start" if on else
+                             "os_compute_api:servers:stop")
             if inst.vm_state != wanted_from:
                 raise errors.Conflict(f"Cannot '{'start' if on else 'stop'}' instance {server_id} while it is in "
                                       f"vm_state {inst.vm_state}")
             set_task_state(session, server_id, None, task_state, reason="power")
             return inst
         inst = await self.db.run(begin)
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self.driver.power_on if on else self.driver.power_off, inst.domain_name)
+            await self.pool.run(self.driver.power_on if on else self.driver.power_off, inst.domain_name, wait=30)
             values = {"vm_state": (VmState.ACTIVE if on else VmState.STOPPED).value,
                       "power_state": (PowerState.RUNNING if on else PowerState.SHUTDOWN).value}
         except Exception as exc:
@@ -256,55 +349,34 @@ class ComputeService:
         """Validate, create the image (queued), record the workflow, hand it to the conductor.
         Returns (image_id, workflow_id). Exactly one of concurrent snapshots of a server wins."""
         name = check_name(body.get("name"))
-        metadata = body.get("metadata", {})
-        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                     for k, v in metadata.items()):
-            raise errors.Invalid("Invalid input for field/attribute metadata: string keys and values are required")
-        params: dict[str, Any] = {}
+        metadata = check_snapshot_metadata(body.get("metadata", {}))
+        params: dict[str, Any] = {"actor": ctx.actor.to_json()}   # whom the workflow acts for
         if kind == "backup":
             backup_type = body.get("backup_type")
-            if not isinstance(backup_type, str) or not backup_type:
+            if not isinstance(backup_type, str) or not backup_type or len(backup_type) > 255:
                 raise errors.Invalid("Invalid input for field/attribute backup_type: a string is required")
-            rotation = body.get("rotation")
-            if isinstance(rotation, str) and rotation.isdigit():
-                rotation = int(rotation)
-            if not isinstance(rotation, int) or isinstance(rotation, bool) or rotation < 0:
-                raise errors.Invalid("Invalid input for field/attribute rotation: an integer >= 0 is required")
+            rotation = parse_uint("rotation", body.get("rotation"), maximum=INT32_MAX)  # ASCII digits, bounded
             params.update(backup_type=backup_type, rotation=rotation)
-        inst = await self.show(ctx, server_id)
+        action = "os_compute_api:os-create-backup" if kind == "backup" else "os_compute_api:servers:create_image"
+        verb = "createBackup" if kind == "backup" else "createImage"
+        inst = await self.db.run(lambda s: self._get(s, ctx, server_id, action))
         if inst.vm_state not in SNAPSHOTTABLE or inst.task_state is not None:
-            raise errors.Conflict(f"Cannot '{'createBackup' if kind == 'backup' else 'createImage'}' instance "
-                                  f"{server_id} while it is in vm_state {inst.vm_state}"
+            raise errors.Conflict(f"Cannot '{verb}' instance {server_id} while it is in vm_state {inst.vm_state}"
                                   + (f" and task_state {inst.task_state}" if inst.task_state else ""))
         system = json.loads(inst.system_metadata)
         image_props = {k[len("image_"):]: v for k, v in system.items() if k.startswith("image_")}
         params["quiesce"] = image_props.get("hw_qemu_guest_agent", "no").lower() in ("yes", "true") or inst.guest_agent
         params["require_quiesce"] = image_props.get("os_require_quiesce", "no").lower() in ("yes", "true")
         if params["require_quiesce"] and inst.vm_state == VmState.ACTIVE:
-            agent = await asyncio.get_running_loop().run_in_executor(None, self.driver.agent_available,
-                                                                     inst.domain_name)
+            agent = await self.pool.run(self.driver.agent_available, inst.domain_name)
             if not agent:
                 raise errors.Conflict(f"Instance {server_id} requires quiesce (os_require_quiesce) but its guest "
                                       "agent does not answer; no snapshot was taken")
-        workflow_id = str(uuid.uuid4())
-        attrs: dict[str, Any] = {
-            **image_props,
-            "name": name, "container_format": "bare", "disk_format": "qcow2", "visibility": "private",
-            "owner": ctx.project_id, "instance_uuid": server_id, "user_id": ctx.user_id or "",
-            "image_type": "backup" if kind == "backup" else "snapshot", "base_image_ref": inst.image_ref or "",
-            "os_freezeframe_workflow_id": workflow_id,
-            "os_freezeframe_workflow_state": WorkflowState.PENDING.value,
-            "os_freezeframe_workflow_progress": "0",
-            "os_freezeframe_workflow_last_state_change_at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            **metadata,
-        }
-        if kind == "backup":
-            attrs["backup_type"] = params["backup_type"]
-        loop = asyncio.get_running_loop()
-        image_id = await loop.run_in_executor(None, self._create_image_record, attrs)
-        task_from, task_to = None, (TaskState.IMAGE_BACKUP if kind == "backup" else TaskState.IMAGE_SNAPSHOT_PENDING)
+        task_to = TaskState.IMAGE_BACKUP if kind == "backup" else TaskState.IMAGE_SNAPSHOT_PENDING
 
-        def record(session: Session) -> None:
+        def claim(session: Session) -> None:
+            """One compare-and-set decides which of concurrent snapshots of a server wins,
+            before any image exists (the losers leave nothing behind)."""
             running = session.scalar(select(Workflow.id).where(
                 Workflow.state.not_in([s.value for s in (WorkflowState.IMAGE_ACTIVE, WorkflowState.REVERTED,
                                                          WorkflowState.CANCELLED, WorkflowState.FAILED)]))
@@ -312,38 +384,87 @@ class ComputeService:
             if running is not None:
                 raise errors.Conflict(f"Too many snapshots in progress (max {self.max_concurrent_snapshots}); "
                                       "retry later")
-            set_task_state(session, server_id, task_from, task_to, reason=f"{kind} requested")
-            session.add(Workflow(id=workflow_id, kind=kind, state=WorkflowState.PENDING.value, resource_id=server_id,
-                                 image_id=image_id, project_id=ctx.project_id, user_id=ctx.user_id,
-                                 request_id=ctx.request_id, params=json.dumps(params)))
-            session.add(InstanceAction(instance_uuid=server_id, action="createBackup" if kind == "backup" else
-                                       "createImage", request_id=ctx.request_id, project_id=ctx.project_id,
-                                       user_id=ctx.user_id, workflow_id=workflow_id))
+            set_task_state(session, server_id, None, task_to, reason=f"{kind} requested")
+        await self.db.run(claim)
+        workflow_id = str(uuid.uuid4())
+        attrs: dict[str, Any] = {
+            **image_props,
+            **metadata,
+            "name": name, "container_format": "bare", "disk_format": "qcow2", "visibility": "private",
+            "instance_uuid": server_id, "user_id": ctx.user_id or "",
+            "image_type": "backup" if kind == "backup" else "snapshot", "base_image_ref": inst.image_ref or "",
+            "os_freezeframe_workflow_id": workflow_id,
+            "os_freezeframe_workflow_state": WorkflowState.PENDING.value,
+            "os_freezeframe_workflow_progress": "0",
+            "os_freezeframe_workflow_last_state_change_at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if kind == "backup":
+            attrs["backup_type"] = params["backup_type"]
+        image_id = None
         try:
+            # Created as the user (owner: their project; visibility only as they may).
+            image_id = await self.pool.run(self._create_image_record, ctx.actor, attrs)
+
+            def record(session: Session) -> None:
+                session.add(Workflow(id=workflow_id, kind=kind, state=WorkflowState.PENDING.value,
+                                     resource_id=server_id, image_id=image_id, project_id=ctx.project_id,
+                                     user_id=ctx.user_id, request_id=ctx.request_id, params=json.dumps(params)))
+                session.add(InstanceAction(instance_uuid=server_id, action=verb, request_id=ctx.request_id,
+                                           project_id=ctx.project_id, user_id=ctx.user_id, workflow_id=workflow_id))
             await self.db.run(record)
-        except errors.FreezeframeError:
-            await loop.run_in_executor(None, self._delete_image, image_id)  # lost the race: no orphan image
+        except BaseException:
+            # Nothing half-done: the image (if made) goes, the server is free again.
+            if image_id is not None:
+                await self.pool.run(self._delete_image, ctx.actor, image_id, wait=30)
+            await self.db.run(lambda s: set_task_state(s, server_id, task_to, None, reason=f"{kind} not accepted"))
             raise
-        self.submit(workflow_id)
+        # The conductor's claim is a database write: never on the event loop (it would stall every
+        # request and /healthcheck behind the database lock). Handed off without waiting; should
+        # it not happen, the conductor's next scan takes the unowned workflow.
+        handoff = asyncio.get_running_loop().run_in_executor(None, self.submit, workflow_id)
+        handoff.add_done_callback(lambda f: f.cancelled() or f.exception() is None or LOG.warning(
+            "workflow %s: hand-off to the conductor failed (%s); its next scan takes it", workflow_id, f.exception()))
         LOG.info("server %s: %s %s accepted as workflow %s", server_id, kind, image_id, workflow_id)
         return image_id, workflow_id
 
-    def _create_image_record(self, attrs: dict[str, Any]) -> str:
-        with self.image_client() as images:
+    def _create_image_record(self, actor: Actor, attrs: dict[str, Any]) -> str:
+        with self.images_for(actor) as images:
             try:
                 return images.create(attrs).id
             except GlanceError as exc:
+                if exc.status in (401, 403):
+                    raise errors.Forbidden(f"The image service refused the snapshot image: {exc.message}") from None
+                if exc.status == 413:
+                    raise errors.QuotaExceeded(f"The image service refused the snapshot image: {exc.message}") from None
                 if exc.status and exc.status < 500:
-                    raise errors.Invalid(f"The image service refused the snapshot image: {exc}") from None
+                    raise errors.Invalid(f"The image service refused the snapshot image: {exc.message}") from None
                 raise errors.BackendUnavailable(f"The image service failed: {exc}") from None
 
-    def _delete_image(self, image_id: str) -> None:
-        with self.image_client() as images:
+    def _delete_image(self, actor: Actor, image_id: str) -> None:
+        with self.images_for(actor) as images:
             try:
                 images.delete(image_id)
             except GlanceError as exc:
                 LOG.warning("could not delete image %s: %s", image_id, exc)
 
+
+    # -- admin: os-resetState ----------------------------------------------------------------
+
+    async def reset_state(self, ctx: RequestContext, server_id: str, state: Any) -> None:
+        """Nova's os-resetState (admin): vm_state to ``active`` or ``error``, task_state cleared —
+        the way out for a server whose state is wrong, whatever task it seems to be in."""
+        if state not in ("active", "error"):
+            raise errors.Invalid("Invalid input for field/attribute state: must be 'active' or 'error'")
+
+        def reset(session: Session) -> None:
+            from sqlalchemy import update
+            inst = self._get(session, ctx, server_id, "os_compute_api:os-admin-actions:reset_state")
+            session.execute(update(Instance).where(Instance.id == inst.id)
+                            .values(vm_state=state, task_state=None, updated_at=utcnow())
+                            .execution_options(synchronize_session=False))
+            LOG.warning("server %s: os-resetState by %s: vm_state %s -> %s, task_state %s -> None", server_id,
+                        ctx.user_id, inst.vm_state, state, inst.task_state)
+        await self.db.run(reset)
 
 _ZEROS = bytes(64 << 10)
 

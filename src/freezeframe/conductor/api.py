@@ -11,6 +11,8 @@ from starlette.routing import Route, Router
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
+from freezeframe.common.policy import Policy
+from freezeframe.common.strict import is_uuid, parse_uint
 from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.conductor.model import Workflow, WorkflowEvent
 from freezeframe.conductor.states import TERMINAL, WorkflowState, parse
@@ -36,10 +38,12 @@ def workflow_view(wf: Workflow, owner_alive: bool, stall_timeout: float) -> dict
 
 
 class WorkflowAPI:
-    def __init__(self, db: Database, owner_alive: Callable[[str | None], bool], stall_timeout: float = 300.0) -> None:
+    def __init__(self, db: Database, owner_alive: Callable[[str | None], bool], stall_timeout: float = 300.0, *,
+                 policy: Policy) -> None:
         self.db = db
         self.owner_alive = owner_alive
         self.stall_timeout = stall_timeout
+        self.policy = policy
 
     def router(self) -> Router:
         return Router(routes=[
@@ -48,20 +52,19 @@ class WorkflowAPI:
             Route("/workflows/{workflow_id}", self.cancel, methods=["DELETE"]),
         ])
 
-    @staticmethod
-    def _get(session, ctx: RequestContext, workflow_id: str) -> Workflow:
-        wf = session.get(Workflow, workflow_id)
+    def _get(self, session, ctx: RequestContext, workflow_id: str, action: str) -> Workflow:
+        wf = session.get(Workflow, workflow_id) if is_uuid(workflow_id) else None
         if wf is None or (not ctx.is_admin and wf.project_id != ctx.project_id):
             raise errors.NotFound(f"No workflow {workflow_id}")
+        self.policy.authorize(ctx, action, {"project_id": wf.project_id})
         return wf
 
     async def list(self, request: Request) -> Response:
         ctx = ctx_of(request)
+        self.policy.authorize(ctx, "freezeframe:workflow:list")
         params = request.query_params
 
-        limit = params.get("limit", "100")
-        if not limit.isdigit():
-            raise errors.Invalid(f"Invalid limit {limit!r}: a non-negative integer is required")
+        limit = parse_uint("limit", params.get("limit", "100"))
         state = params.get("state")
         if state is not None:
             try:
@@ -70,7 +73,7 @@ class WorkflowAPI:
                 raise errors.Invalid(f"Unknown workflow state {state!r}") from None
 
         def find(session) -> list[Workflow]:
-            stmt = select(Workflow).order_by(Workflow.created_at.desc()).limit(min(int(limit), 1000))
+            stmt = select(Workflow).order_by(Workflow.created_at.desc()).limit(min(limit, 1000))
             if not ctx.is_admin:
                 stmt = stmt.where(Workflow.project_id == ctx.project_id)
             for key in ("resource_id", "image_id", "state", "kind"):
@@ -85,7 +88,7 @@ class WorkflowAPI:
         ctx, workflow_id = ctx_of(request), request.path_params["workflow_id"]
 
         def find(session) -> tuple[Workflow, list[WorkflowEvent]]:
-            wf = self._get(session, ctx, workflow_id)
+            wf = self._get(session, ctx, workflow_id, "freezeframe:workflow:show")
             events = list(session.scalars(select(WorkflowEvent).where(WorkflowEvent.workflow_id == workflow_id)
                                           .order_by(WorkflowEvent.id)))
             return wf, events
@@ -101,7 +104,7 @@ class WorkflowAPI:
         ctx, workflow_id = ctx_of(request), request.path_params["workflow_id"]
 
         def cancel(session) -> None:
-            wf = self._get(session, ctx, workflow_id)
+            wf = self._get(session, ctx, workflow_id, "freezeframe:workflow:cancel")
             if WorkflowState(parse(wf.state)[0]) in TERMINAL:
                 raise errors.Conflict(f"Workflow {workflow_id} already ended ({wf.state})")
             wf.cancel_requested, wf.updated_at = True, utcnow()

@@ -2,8 +2,11 @@
 
 It shares the database (and the coordination backend, for liveness) with the API processes,
 claims every workflow that has no live owner — new ones and those of dead conductors — and
-runs them. Stop it with SIGTERM/SIGINT: running flows finish their current step and are
-resumed by a live conductor (or this one, restarted).
+runs them. Stop it with SIGTERM/SIGINT: a pause, not a failure — it takes no new work, the
+running steps stop at their next interruption point (never reverted) and its claims are
+released, within ``server.graceful_timeout``; any live conductor (or this one, restarted)
+resumes them as it resumes a crashed conductor's. A step that cannot be interrupted in time,
+or a second signal, ends the process as kill -9 would — resumed all the same.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import threading
 from freezeframe.assembly import (build_authenticator, build_driver, build_runtime, build_services, conductor_id,
                                   service_image_client)
 from freezeframe.common import logs
-from freezeframe.conductor.engine import Conductor
+from freezeframe.conductor.engine import Conductor, exit_like_kill_9
 from freezeframe.conductor.liveness import Liveness, backend_url
 from freezeframe.conductor.runtime import install as install_runtime
 from freezeframe.settings import Settings
@@ -32,14 +35,26 @@ def run(settings: Settings) -> None:
     install_runtime(build_runtime(settings, services.db, driver, service_image_client(settings, authenticator)))
     liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir), conductor_id(settings))
     conductor = Conductor(services.db, liveness, database_url=settings.database_url,
-                          max_workers=settings.conductor.workers, scan_interval=settings.conductor.scan_interval)
+                          max_workers=settings.conductor.workers, scan_interval=settings.conductor.scan_interval,
+                          task_timeout=settings.compute.task_timeout)
     stop = threading.Event()
+
+    def on_signal(sig: int, _frame) -> None:
+        if stop.is_set():
+            exit_like_kill_9(f"{signal.Signals(sig).name} again while the conductor was pausing its workflows")
+        LOG.info("%s: conductor %s stopping", signal.Signals(sig).name, conductor.id)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     conductor.start()
     LOG.info("conductor %s running (image API %s)", conductor.id,
              settings.conductor.image_url or f"http://127.0.0.1:{settings.server.port}/image")
-    stop.wait()
-    LOG.info("conductor %s stopping", conductor.id)
-    conductor.stop()
+    while not stop.wait(1.0):       # (a timed wait: the signal handler runs promptly)
+        pass
+    timeout = settings.server.graceful_timeout
+    LOG.info("conductor %s pausing its workflows (at most %gs; a second signal ends the process at once)",
+             conductor.id, timeout)
+    if not conductor.stop(timeout):
+        exit_like_kill_9(f"a workflow step could not be interrupted within {timeout:g}s")
     services.db.close()

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from freezeframe.common.context import Actor
 from freezeframe.compute.drivers.base import VirtDriver
 from freezeframe.db.session import Database
 from freezeframe.images.client import GlanceClient
@@ -21,23 +23,49 @@ from freezeframe.images.client import GlanceClient
 LOG = logging.getLogger(__name__)
 
 
+class Interrupted(BaseException):
+    """The conductor is stopping (SIGTERM/SIGINT): the running step stops where it is, and is
+    *not* reverted. A BaseException on purpose: taskflow wraps only ``Exception`` in a Failure
+    (which would revert the flow), so this one leaves ``engine.run()`` with the step still
+    RUNNING in persistence — exactly what a kill -9 leaves — and the flow resumes from there."""
+
+
 @dataclass(frozen=True)
 class Runtime:
     db: Database
     driver: VirtDriver
-    image_client: Callable[[], GlanceClient]   # a client acting as the service (role "service")
+    image_client: Callable[[Actor], GlanceClient]   # a client acting for a user (with the service credential)
     workdir: Path                              # where local snapshots live while they upload
     upload_rate: int = 0                       # bytes/s per upload, 0 = unlimited
     upload_chunk: int = 16 << 20               # bytes per part of a resumable upload
     kill_at: frozenset[str] = frozenset()      # fault injection: SIGKILL ourselves on entering these states
+    pause_at: frozenset[str] = frozenset()     # stop tests: wait (interruptibly) on entering these states
+    pause_seconds: float = 60.0                # ... for at most this long
+    # Set when the conductor stops: every interruption point then raises Interrupted.
+    stopping: threading.Event = field(default_factory=threading.Event, compare=False)
 
     def crash_point(self, state: str) -> None:
-        """Crash tests: die like kill -9 right after a workflow's move to ``state`` committed."""
+        """Crash tests: die like kill -9 right after a workflow's move to ``state`` committed.
+        Stop tests: pause there (an interruption point) until the conductor stops."""
         if state in self.kill_at:
             LOG.warning("fault injection: killing this process (SIGKILL) in state %s", state)
             for handler in logging.getLogger().handlers:
                 handler.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+        if state in self.pause_at:
+            LOG.warning("fault injection: pausing in state %s (at most %gs, or until stopped)", state,
+                        self.pause_seconds)
+            self.sleep(self.pause_seconds)
+
+    def check_stop(self) -> None:
+        """An interruption point: raise Interrupted when the conductor is stopping."""
+        if self.stopping.is_set():
+            raise Interrupted("the conductor is stopping")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, interruptibly: Interrupted as soon as the conductor stops."""
+        if self.stopping.wait(max(seconds, 0.0)):
+            raise Interrupted("the conductor is stopping")
 
 
 _current: Runtime | None = None

@@ -3,8 +3,10 @@
 Happy path: PENDING -> LOCAL_SNAPSHOT_STARTED -> LOCAL_SNAPSHOT_COMPLETE -> UPLOAD_BEGIN ->
 UPLOAD_<n>_COMPLETE (n = percent, rising) -> UPLOAD_COMPLETE -> IMAGE_ACTIVE.
 Error path: any running state -> FAILED (reason + last good state kept) -> REVERTED once the
-revert has cleaned up; a cancel ends in CANCELLED. FAILED stays only when the revert itself
-could not finish (then the reaper and the operator see it).
+revert has cleaned up; a cancel ends in CANCELLED. FAILED stays while the revert itself could
+not finish: FAILED -> FAILED records why (``failure_reason`` says "revert incomplete") and the
+conductor retries every revert step until they all succeed — never reported as done before.
+A stop (SIGTERM/SIGINT) is no transition at all: the flow pauses in its state and resumes.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ TRANSITIONS: frozenset[tuple[WorkflowState, WorkflowState]] = frozenset({
     (W.UPLOAD_BEGIN, W.UPLOAD_BEGIN),
     *((s, W.FAILED) for s in _RUNNING),                      # something went wrong
     *((s, W.CANCELLED) for s in _RUNNING),                   # cancelled and reverted
+    (W.FAILED, W.FAILED),                                    # a revert step failed: recorded, retried later
     (W.FAILED, W.REVERTED),                                  # revert finished cleaning up
     (W.FAILED, W.CANCELLED),                                 # a cancel raced with a failure
 })

@@ -7,10 +7,7 @@ import contextlib
 import logging
 from typing import AsyncIterator
 
-from sqlalchemy import text
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from freezeframe.assembly import build_authenticator, build_compute, build_services
@@ -18,8 +15,10 @@ from freezeframe.compute.api import ComputeAPI
 from freezeframe.conductor.api import WorkflowAPI
 from freezeframe.db.engine import redact
 from freezeframe.http.errors import HANDLERS
+from freezeframe.http.health import PATH as HEALTH_PATH
+from freezeframe.http.health import Health
+from freezeframe.http.limits import Limiter, LimitMiddleware
 from freezeframe.http.middleware import EdgeMiddleware
-from freezeframe.images import states
 from freezeframe.images.api import ImageAPI
 from freezeframe.settings import Settings
 
@@ -33,44 +32,46 @@ def build_app(settings: Settings) -> Starlette:
         build_compute(settings, services, authenticator, with_conductor=settings.conductor.enabled)
     LOG.info("database %s, store %s", redact(settings.database_url), settings.store_path)
 
-    async def healthcheck(request: Request) -> Response:
-        try:
-            await services.db.run(lambda s: s.execute(text("SELECT 1")))
-        except Exception as exc:
-            return PlainTextResponse(f"database unavailable: {exc}", status_code=503)
-        if "detailed" in request.query_params:
-            return JSONResponse({"status": "OK", "image_transitions": dict(states.COUNTS),
-                                 "reaper": dict(services.reaper.counts)})
-        return PlainTextResponse("OK")
+    limiter = Limiter(settings.server.max_in_flight)
+    health = Health(services, limiter)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        services.reaper.start()
         loop = asyncio.get_running_loop()
+        health.install(loop)     # first: it counts the default executor everything below uses
+        services.reaper.start()
+        services.inprocess.bind(app, loop)     # service-to-service calls, through this very app
+        # `freezeframe serve` (server.py) runs the conductor itself: started once the port is
+        # bound, paused before the HTTP server stops. Any other host of this app: here.
+        own_conductor = not getattr(_app.state, "conductor_run_by_server", False)
         if services.conductor is not None:
-            await loop.run_in_executor(None, services.conductor.start)
+            if own_conductor:
+                await loop.run_in_executor(None, services.conductor.start)
         elif services.liveness is not None:
             await loop.run_in_executor(None, services.liveness.start)
         try:
             yield
         finally:
             if services.conductor is not None:
-                await loop.run_in_executor(None, services.conductor.stop)
+                if own_conductor:
+                    await loop.run_in_executor(None, services.conductor.stop)
             elif services.liveness is not None:
                 await loop.run_in_executor(None, services.liveness.stop)
+            services.inprocess.unbind()
             await services.reaper.stop()
             await services.data.close()
+            health.close()
             services.db.close()
 
     routes = [
-        Route("/healthcheck", healthcheck, methods=["GET", "HEAD"]),
+        Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"]),
         Mount("/image", app=ImageAPI(services.images, services.data, services.members).router()),
     ]
     if services.compute is not None and services.liveness is not None:
         routes += [
             Mount("/compute", app=ComputeAPI(services.compute, services.db).router()),
             Mount("/v1", app=WorkflowAPI(services.db, services.liveness.is_alive,
-                                         settings.conductor.stall_timeout).router()),
+                                         settings.conductor.stall_timeout, policy=services.policy).router()),
         ]
     app = Starlette(
         routes=routes,
@@ -78,6 +79,7 @@ def build_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.add_middleware(LimitMiddleware, limiter=limiter)       # inside the edge: refusals are logged
     app.add_middleware(EdgeMiddleware, authenticator=authenticator,
                        max_header_bytes=settings.server.max_header_bytes)
     return app

@@ -1,17 +1,25 @@
-"""Authentication: a tokens file checked on X-Auth-Token, or an explicit noauth mode."""
+"""Authentication: a tokens file checked on X-Auth-Token, or an explicit noauth mode.
+
+A service acting for a user (OpenStack's service-token pattern) sends its own token in
+``X-Service-Token`` and the user's identity beside it: the user's token in ``X-Auth-Token``, or
+— for work done long after the user's request, which never keeps a token — the recorded
+``X-User-Id``, ``X-Project-Id`` and ``X-Roles``. Those identity headers are honoured only with a
+valid service token; the request then has the user's rights, plus ``service_roles``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from freezeframe.common import errors
-from freezeframe.common.context import RequestContext
+from freezeframe.common.context import Actor, RequestContext, expand_roles
 
 LOG = logging.getLogger(__name__)
 
@@ -49,9 +57,10 @@ def write_default_tokens(path: Path) -> dict[str, Any]:
     data = {
         secrets.token_urlsafe(24): {"user_id": "admin", "project_id": "admin", "roles": ["admin", "member", "reader"]},
         secrets.token_urlsafe(24): {"user_id": "demo", "project_id": "demo", "roles": ["member", "reader"]},
-        # the snapshot workflows act with this one (role "service")
+        # the services' own credential (role "service"): sent beside a user's identity when one
+        # service acts for that user; it adds no rights over the user's resources
         secrets.token_urlsafe(24): {"user_id": "freezeframe", "project_id": "service",
-                                    "roles": ["service", "admin"]},
+                                    "roles": ["service"]},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -65,6 +74,24 @@ def service_token(tokens: dict[str, Identity]) -> str | None:
     return next((t for t, ident in tokens.items() if "service" in ident.roles), None)
 
 
+_IDENT = re.compile(r"^[A-Za-z0-9_.@:+-]{1,255}$")
+
+
+def acting_headers(actor: Actor) -> dict[str, str]:
+    """The identity headers a service sends (beside X-Service-Token) to act for ``actor``."""
+    return {"X-User-Id": actor.user_id, "X-Project-Id": actor.project_id or "",
+            "X-Roles": ",".join(sorted(actor.roles))}
+
+
+def _identity_from_headers(headers: dict[str, str]) -> tuple[str, str, frozenset[str]]:
+    user, project = headers.get("x-user-id", ""), headers.get("x-project-id", "")
+    roles = frozenset(r.strip() for r in headers.get("x-roles", "").split(",") if r.strip())
+    if not _IDENT.match(user) or not _IDENT.match(project) or not all(_IDENT.match(r) for r in roles):
+        raise errors.Invalid("A service acting for a user must send X-User-Id, X-Project-Id and X-Roles "
+                             "(letters, digits and _.@:+- only)")
+    return user, project, roles
+
+
 class Authenticator:
     def __init__(self, mode: str, tokens: dict[str, Identity] | None = None) -> None:
         self.mode = mode
@@ -72,16 +99,34 @@ class Authenticator:
 
     def authenticate(self, token: str | None, request_id: str, headers: dict[str, str]) -> RequestContext:
         if self.mode == "noauth":
-            # Development only: everyone is an admin; X-Project-Id picks a project to act as.
+            # Development only: X-Project-Id/X-User-Id/X-Roles say who calls (default: an admin),
+            # X-Service-Roles what service credential comes with it.
             project = headers.get("x-project-id") or "admin"
             roles = headers.get("x-roles")
             role_set = frozenset(r.strip() for r in roles.split(",")) if roles else frozenset({"admin", "member"})
+            service = frozenset(r.strip() for r in headers.get("x-service-roles", "").split(",") if r.strip())
             return RequestContext(user_id=headers.get("x-user-id") or "noauth", project_id=project,
-                                  roles=role_set, request_id=request_id)
+                                  roles=expand_roles(role_set), request_id=request_id, service_roles=service)
+        service_token = headers.get("x-service-token")
+        if service_token:
+            service = self.tokens.get(service_token)
+            if service is None or "service" not in service.roles:
+                raise errors.NotAuthenticated("The token in X-Service-Token is not a valid service token")
+            if token:
+                user = self._identity(token)
+                user_id, project_id, roles = user.user_id, user.project_id, user.roles
+            else:
+                user_id, project_id, roles = _identity_from_headers(headers)
+            return RequestContext(user_id=user_id, project_id=project_id, roles=expand_roles(roles),
+                                  request_id=request_id, service_roles=service.roles)
         if not token:
             raise errors.NotAuthenticated("Authentication required: send a token in the X-Auth-Token header")
+        ident = self._identity(token)
+        return RequestContext(user_id=ident.user_id, project_id=ident.project_id, roles=expand_roles(ident.roles),
+                              request_id=request_id)
+
+    def _identity(self, token: str) -> Identity:
         ident = self.tokens.get(token)
         if ident is None:
             raise errors.NotAuthenticated("The token in X-Auth-Token is not valid")
-        return RequestContext(user_id=ident.user_id, project_id=ident.project_id, roles=ident.roles,
-                              request_id=request_id)
+        return ident

@@ -26,6 +26,7 @@ STATUS: dict[type[errors.FreezeframeError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.RangeNotSatisfiable: 416,
     errors.BackendUnavailable: 503,
+    errors.Busy: 503,
 }
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
           405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 410: "Gone", 411: "Length Required",
@@ -41,18 +42,31 @@ def status_of(exc: errors.FreezeframeError) -> int:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # A message quoting what a client sent must still encode (a lone surrogate would not).
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"code": status, "title": TITLES.get(status, "Error"), "message": message,
                       "request_id": request_id_var.get()}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def error_headers(exc: errors.FreezeframeError, status: int) -> dict[str, str] | None:
+    """The headers an error answer carries: a 401 names the scheme; every 503 says when to retry
+    (``errors.Busy`` its own ``retry_after``, a failed backend 1 s)."""
+    if status == 401:
+        return {"WWW-Authenticate": 'Token realm="freezeframe"'}
+    if status == 503:
+        return {"Retry-After": str(getattr(exc, "retry_after", 1))}
+    return None
+
+
 async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.FreezeframeError)
     status = status_of(exc)
-    headers = {"WWW-Authenticate": 'Token realm="freezeframe"'} if status == 401 else None
-    if status >= 500:
+    if isinstance(exc, errors.Busy):
+        LOG.warning("busy: %s", exc.message)   # load shedding, not a fault
+    elif status >= 500:
         LOG.error("%s: %s", type(exc).__name__, exc.message)
-    return error_response(status, exc.message, headers)
+    return error_response(status, exc.message, error_headers(exc, status))
 
 
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -8,22 +8,28 @@ from __future__ import annotations
 import logging
 import re
 import time
+from urllib.parse import parse_qs
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freezeframe.common import errors
 from freezeframe.common.context import new_request_id, request_id_var
 from freezeframe.http.auth import Authenticator
+from freezeframe.http.body import edge_problem, log_client_gone
 from freezeframe.http.errors import error_response, status_of
 
 LOG = logging.getLogger("freezeframe.access")
 _REQ_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def is_public(path: str) -> bool:
-    """Version documents and the health check need no token (as in OpenStack)."""
+def is_public(path: str, query_string: bytes = b"") -> bool:
+    """Version documents and the health check need no token (as in OpenStack); the detailed
+    health check does (it is for admins)."""
     stripped = path.rstrip("/")
-    return stripped in ("", "/healthcheck", "/image", "/image/versions") or stripped == "/versions"
+    if stripped == "/healthcheck":
+        return "detailed" not in parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    return stripped in ("", "/image", "/image/versions") or stripped == "/versions"
 
 
 class EdgeMiddleware:
@@ -57,8 +63,12 @@ class EdgeMiddleware:
                                                f"{self.max_header_bytes}")
                 await response(scope, receive, send_with_id)
                 return
+            problem = edge_problem(scope)    # malformed URL or header text: never routed
+            if problem is not None:
+                await error_response(*problem)(scope, receive, send_with_id)
+                return
             path = scope["path"]
-            if not is_public(path):
+            if not is_public(path, scope.get("query_string", b"")):
                 try:
                     ctx = self.auth.authenticate(headers.get("x-auth-token"), request_id, headers)
                 except errors.FreezeframeError as exc:
@@ -69,6 +79,9 @@ class EdgeMiddleware:
                 scope.setdefault("state", {})["ctx"] = ctx
             try:
                 await self.app(scope, receive, send_with_id)
+            except ClientDisconnect:         # the client went away: nothing to answer, not a fault
+                log_client_gone(scope)
+                status_holder[0] = status_holder[0] or 499
             except Exception as exc:  # a bug: answer 500 with the request id, log the traceback
                 LOG.exception("unexpected error: %s", exc)
                 if not status_holder[0]:

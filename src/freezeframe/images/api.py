@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 from typing import Any, AsyncIterator
 from urllib.parse import urlencode
@@ -14,49 +12,24 @@ from starlette.routing import Route, Router
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
+from freezeframe.common.pools import BoundedPool
+from freezeframe.common.strict import INT64_MAX, MAX_DIGITS
+from freezeframe.http.body import MAX_JSON_BODY, content_length, header_uint, json_body  # noqa: F401 (re-exported)
 from freezeframe.http.errors import error_response
 from freezeframe.images import patch, schema
 from freezeframe.images.data import IMPORT_METHODS, ImageData, Resume
 from freezeframe.images.members import MemberService
 from freezeframe.images.service import ImageService
 
-MAX_JSON_BODY = 1 << 20
 READ_SIZE = 2 << 20
+STREAM_WAIT = 10.0   # seconds a download's next block may wait for a store thread
 VERSIONS = ["2.17", "2.16", "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5",
             "2.4", "2.3", "2.2", "2.1", "2.0"]
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits only: \d would take any script's
 
 
 def ctx_of(request: Request) -> RequestContext:
     return request.scope["state"]["ctx"]
-
-
-async def json_body(request: Request, allow_empty: bool = False) -> Any:
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype not in ("application/json", "") and not ctype.endswith("+json") and ctype not in patch.MEDIA_TYPES:
-        raise errors.UnsupportedMediaType(f"Unsupported Content-Type {ctype!r}: send application/json")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_JSON_BODY:
-            raise errors.TooLarge(f"Request body exceeds {MAX_JSON_BODY} bytes")
-    if not raw:
-        if allow_empty:
-            return {}
-        raise errors.Invalid("The request body is empty; a JSON document is expected")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.Invalid(f"Malformed JSON in request body: {exc}") from None
-
-
-def content_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise errors.Invalid(f"Invalid Content-Length {value!r}")
-    return int(value)
 
 
 def check_data_media_type(request: Request) -> None:
@@ -236,7 +209,7 @@ class ImageAPI:
         elif found.checksum:
             headers["Content-MD5"] = found.checksum
         headers["Content-Length"] = str(end - start + 1)
-        return StreamingResponse(stream(reader, start, end + 1), status_code=status, headers=headers,
+        return StreamingResponse(stream(reader, start, end + 1, self.data.store.io), status_code=status, headers=headers,
                                  media_type="application/octet-stream")
 
     # -- members -----------------------------------------------------------------------------
@@ -275,39 +248,45 @@ def resume_of(request: Request) -> Resume | None:
         return None
     if not _UPLOAD_ID.match(upload_id):
         raise errors.Invalid("X-Image-Upload-Id must be a lower-case UUID")
-    offset = request.headers.get("x-image-upload-offset", "0")
-    if not offset.isdigit():
-        raise errors.Invalid(f"Invalid X-Image-Upload-Offset {offset!r}")
+    offset = header_uint(request, "X-Image-Upload-Offset", "0")
     final = request.headers.get("x-image-upload-final", "true").lower()
     if final not in ("true", "false"):
         raise errors.Invalid(f"Invalid X-Image-Upload-Final {final!r}: true or false")
-    return Resume(upload_id=upload_id, offset=int(offset), final=final == "true")
+    return Resume(upload_id=upload_id, offset=offset, final=final == "true")
 
 
 def parse_range(spec: str, size: int) -> tuple[int, int]:
     """One ``bytes=a-b`` / ``a-`` / ``-n`` range to inclusive offsets; 416 if unsatisfiable."""
-    match = _RANGE.match(spec.strip())
+    match = _RANGE.fullmatch(spec.strip())
     if not match or match.groups() == ("", ""):
-        raise errors.RangeNotSatisfiable(f"Unsupported Range header {spec!r}: use one 'bytes=start-end' range")
+        raise errors.RangeNotSatisfiable(f"Unsupported Range header {spec[:64]!r}: use one 'bytes=start-end' range")
     first, last = match.groups()
     if first == "":
-        length = int(last)
+        length = _offset(last)
         if length == 0:
-            raise errors.RangeNotSatisfiable(f"Range {spec!r} selects no bytes")
+            raise errors.RangeNotSatisfiable(f"Range {spec[:64]!r} selects no bytes")
         return max(size - length, 0), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
+    start = _offset(first)
+    end = min(_offset(last), size - 1) if last else size - 1
     if start >= size or start > end:
-        raise errors.RangeNotSatisfiable(f"Range {spec!r} is outside the image's {size} bytes")
+        raise errors.RangeNotSatisfiable(f"Range {spec[:64]!r} is outside the image's {size} bytes")
     return start, end
 
 
-async def stream(reader, start: int, stop: int) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
+def _offset(digits: str) -> int:
+    """A Range offset: past any image's size if longer than a 64-bit number (never int() of
+    thousands of digits)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_DIGITS else INT64_MAX
+
+
+async def stream(reader, start: int, stop: int, pool: BoundedPool) -> AsyncIterator[bytes]:
+    """Read on the store's pool; once the headers are sent a block may wait (boundedly) for a
+    thread rather than cut the download short."""
     offset = start
     try:
         while offset < stop:
-            block = await loop.run_in_executor(None, reader.read, offset, min(READ_SIZE, stop - offset))
+            block = await pool.run(reader.read, offset, min(READ_SIZE, stop - offset), wait=STREAM_WAIT)
             if not block:
                 break
             offset += len(block)

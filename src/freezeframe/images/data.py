@@ -18,9 +18,11 @@ from typing import Any, AsyncIterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
+from freezeframe.common.policy import Policy
 from freezeframe.common.timeutil import utcnow
 from freezeframe.db.session import Database
 from freezeframe.images import queries
@@ -36,6 +38,9 @@ LOG = logging.getLogger(__name__)
 IMPORT_METHODS = ("glance-direct",)
 PARKED_IDLE_LIMIT = 600.0      # seconds a part-way upload keeps its hashes in memory for the next part
 PARKED_MAX = 32                # part-way uploads kept in memory at once (the oldest is suspended)
+# Clean-up after work already done (removing data) may wait this long for a store thread
+# instead of failing at once with Busy and leaving the data behind.
+CLEANUP_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,11 @@ _STAGE = _Target(ImageStatus.UPLOADING, "staging/")
 
 
 class ImageData:
-    def __init__(self, db: Database, store: Store, settings: ImageSettings) -> None:
+    def __init__(self, db: Database, store: Store, settings: ImageSettings, policy: Policy) -> None:
         self.db = db
         self.store = store
         self.settings = settings
+        self.policy = policy
         self._background: set[asyncio.Task] = set()
         # Uploads sent in parts: between parts, the pipeline (hash state, open partial file)
         # waits here for the next part, so nothing is re-read; after a restart it is rebuilt
@@ -99,7 +105,7 @@ class ImageData:
                                                    upload_id=upload_id, values=values))
         except (errors.NotFound, errors.InvalidState):
             # Deleted (or reaped) while we were uploading: the data must not outlive the record.
-            await asyncio.get_running_loop().run_in_executor(None, self._delete_if_orphan, image_id)
+            await self.store.io.run(self._delete_if_orphan, image_id, wait=CLEANUP_WAIT)
             raise errors.Gone(f"Image {image_id} was deleted while its data was being uploaded") from None
 
     def _delete_if_orphan(self, image_id: str) -> None:
@@ -118,10 +124,12 @@ class ImageData:
         if resume is not None and not ctx.is_service:
             raise errors.Forbidden("Resumable uploads are for the snapshot workflows only (role 'service')")
         upload_id = resume.upload_id if resume else str(uuid.uuid4())
+        action = ("freezeframe:image:upload_part" if resume is not None else
+                  "stage_image" if target is _STAGE else "upload_image")
 
         def begin(session: Session) -> Image:
             image = queries.get_visible(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image, action)
             if resume is not None and image.status == target.busy and image.upload_id == upload_id:
                 # The same resumable upload again (its next part, or its previous request died):
                 # go on. Progress is recorded at most every progress_interval, not per part.
@@ -152,11 +160,9 @@ class ImageData:
                 if parked[0].received == resume.offset:
                     return upload_id, parked[0]        # the next part: hashes and file as they were
                 await parked[0].suspend()              # elsewhere: start again from what was kept
-        loop = asyncio.get_running_loop()
         offset = resume.offset if resume else None
         try:
-            writer = await loop.run_in_executor(None, self.store.writer, target.key_prefix + image_id,
-                                                upload_id, offset)
+            writer = await self.store.io.run(self.store.writer, target.key_prefix + image_id, upload_id, offset)
         except ValueError as exc:  # asked to resume past what was kept
             raise errors.Conflict(f"Cannot resume upload {upload_id}: {exc}") from None
         except errors.FreezeframeError:
@@ -179,11 +185,12 @@ class ImageData:
 
         def find(session: Session) -> Image:
             image = queries.get_visible(session, ctx, image_id)
+            check_owner(self.policy, ctx, image, "freezeframe:image:upload_part")
             if image.upload_id != upload_id:
                 raise errors.NotFound(f"Image {image_id} has no upload {upload_id} in progress")
             return image
         await self.db.run(find)
-        return await asyncio.get_running_loop().run_in_executor(None, self.store.kept, image_id, upload_id)
+        return await self.store.io.run(self.store.kept, image_id, upload_id)
 
     async def _receive_part(self, image_id: str, upload_id: str, pipeline: Pipeline,
                             body: AsyncIterator[bytes], content_length: int | None) -> int:
@@ -240,8 +247,10 @@ class ImageData:
                 return await pipeline.checkpoint()
             return await pipeline.finish()
         except BaseException as exc:
-            LOG.warning("upload %s of image %s failed after %d bytes: %s", upload_id, image_id,
-                        pipeline.received, exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
+            # A client that goes away mid-upload is an everyday event, not a fault: INFO.
+            LOG.log(logging.INFO if isinstance(exc, ClientDisconnect) else logging.WARNING,
+                    "upload %s of image %s failed after %d bytes: %s", upload_id, image_id,
+                    pipeline.received, exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
             if resumable and not isinstance(exc, (errors.UnsupportedMediaType, errors.TooLarge)):
                 kept = await asyncio.shield(pipeline.suspend())
                 LOG.info("upload %s of image %s suspended: %d bytes kept for a resume", upload_id, image_id, kept)
@@ -291,6 +300,8 @@ class ImageData:
     # -- download ----------------------------------------------------------------------------
 
     async def download(self, ctx: RequestContext, image_id: str) -> Download:
+        self.policy.authorize(ctx, "download_image")
+
         def find(session: Session) -> Image:
             image = queries.get_visible(session, ctx, image_id)
             if image.status == ImageStatus.DEACTIVATED and not ctx.is_admin:
@@ -300,9 +311,8 @@ class ImageData:
         image = await self.db.run(find)
         if image.status not in (ImageStatus.ACTIVE, ImageStatus.DEACTIVATED) or not image.store_key:
             return Download(size=0, checksum=None, reader=None)
-        loop = asyncio.get_running_loop()
         try:
-            reader = await loop.run_in_executor(None, self.store.reader, image.store_key)
+            reader = await self.store.io.run(self.store.reader, image.store_key)
         except KeyError:
             raise errors.BackendUnavailable(f"The data of image {image_id} is missing from the store") from None
         return Download(size=reader.size, checksum=image.checksum, reader=reader)
@@ -329,7 +339,7 @@ class ImageData:
         try:
             await self.db.run(done)
         except errors.Gone:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.delete, f"staging/{image_id}")
+            await self.store.io.run(self.store.delete, f"staging/{image_id}", wait=CLEANUP_WAIT)
             raise
 
     async def import_image(self, ctx: RequestContext, image_id: str, body: Any) -> None:
@@ -342,7 +352,7 @@ class ImageData:
 
         def start(session: Session) -> None:
             image = queries.get_visible(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image, "import_image")
             if image.status != ImageStatus.UPLOADING or image.staged is None:
                 raise errors.Conflict(
                     f"Image {image_id} needs to be staged before the '{name}' import method can be used"
@@ -359,13 +369,12 @@ class ImageData:
         task.add_done_callback(self._background.discard)
 
     async def _run_import(self, image_id: str, task_id: str) -> None:
-        loop = asyncio.get_running_loop()
         try:
             image = await self.db.run(lambda s: s.get(Image, image_id))
             if image is None:
                 raise errors.Gone("the image was deleted")
             staged = json.loads(image.staged)
-            await loop.run_in_executor(None, self.store.rename, f"staging/{image_id}", image_id)
+            await self.store.io.run(self.store.rename, f"staging/{image_id}", image_id, wait=CLEANUP_WAIT)
             await self.db.run(lambda s: (
                 transition(s, image_id, ImageStatus.IMPORTING, ImageStatus.ACTIVE, reason=f"import task {task_id}",
                            values=dict(staged=None, store_key=image_id, **staged)),
@@ -374,7 +383,7 @@ class ImageData:
         except Exception as exc:  # the task records why; the image goes back to queued
             reason = str(exc)
             LOG.warning("import task %s of image %s failed: %s", task_id, image_id, reason)
-            await loop.run_in_executor(None, self.store.delete, f"staging/{image_id}")
+            await self.store.io.run(self.store.delete, f"staging/{image_id}", wait=CLEANUP_WAIT)
 
             def fail(session: Session) -> None:
                 try:
@@ -393,6 +402,8 @@ class ImageData:
             task.result = json.dumps(result) if result is not None else None
 
     async def tasks(self, ctx: RequestContext, image_id: str) -> list[dict[str, Any]]:
+        self.policy.authorize(ctx, "get_tasks")
+
         def find(session: Session) -> list[dict[str, Any]]:
             queries.get_visible(session, ctx, image_id)
             rows = session.scalars(select(ImageTask).where(ImageTask.image_id == image_id)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
+from freezeframe.common.policy import Policy
 from freezeframe.common.timeutil import utcnow
 from freezeframe.db.session import Database
 from freezeframe.images import queries
@@ -39,16 +40,17 @@ def _shared_image(session: Session, ctx: RequestContext, image_id: str) -> Image
 
 
 class MemberService:
-    def __init__(self, db: Database, settings: ImageSettings) -> None:
+    def __init__(self, db: Database, settings: ImageSettings, policy: Policy) -> None:
         self.db = db
         self.settings = settings
+        self.policy = policy
 
     async def add(self, ctx: RequestContext, image_id: str, body: Any) -> dict[str, Any]:
         member_id = _body_value(body, "member")
 
         def add(session: Session) -> dict[str, Any]:
             image = _shared_image(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image, "add_member")
             if session.get(ImageMember, (image_id, member_id)) is not None:
                 raise errors.Conflict(f"Project {member_id} is already a member of image {image_id}")
             count = session.scalar(select(func.count()).where(ImageMember.image_id == image_id))
@@ -63,6 +65,8 @@ class MemberService:
         return await self.db.run(add)
 
     async def list(self, ctx: RequestContext, image_id: str) -> list[dict[str, Any]]:
+        self.policy.authorize(ctx, "get_members")
+
         def find(session: Session) -> list[dict[str, Any]]:
             image = _shared_image(session, ctx, image_id)
             stmt = select(ImageMember).where(ImageMember.image_id == image_id)
@@ -73,6 +77,8 @@ class MemberService:
         return await self.db.run(find)
 
     async def show(self, ctx: RequestContext, image_id: str, member_id: str) -> dict[str, Any]:
+        self.policy.authorize(ctx, "get_member")
+
         def find(session: Session) -> dict[str, Any]:
             image = _shared_image(session, ctx, image_id)
             if not ctx.is_admin and image.owner != ctx.project_id and member_id != ctx.project_id:
@@ -94,7 +100,7 @@ class MemberService:
             member = session.get(ImageMember, (image_id, member_id))
             if member is None:
                 raise errors.NotFound(f"Member {member_id} not found on image {image_id}")
-            if member_id != ctx.project_id and not ctx.is_admin:
+            if not self.policy.check(ctx, "modify_member", {"member_id": member_id}):
                 raise errors.Forbidden("Only the member project itself can accept or reject a shared image")
             member.status, member.updated_at = status, utcnow()
             session.flush()
@@ -105,7 +111,7 @@ class MemberService:
     async def delete(self, ctx: RequestContext, image_id: str, member_id: str) -> None:
         def remove(session: Session) -> None:
             image = _shared_image(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image, "delete_member")
             member = session.get(ImageMember, (image_id, member_id))
             if member is None:
                 raise errors.NotFound(f"Member {member_id} not found on image {image_id}")

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
+from freezeframe.common.strict import parse_uint
 from freezeframe.common.timeutil import parse_isotime
 from freezeframe.images.model import Image, ImageMember, ImageProperty, ImageTag
 
@@ -17,6 +18,7 @@ SORT_KEYS = {
     "name", "status", "container_format", "disk_format", "size", "virtual_size", "id",
     "created_at", "updated_at", "visibility", "owner", "min_ram", "min_disk",
 }
+MAX_IN_VALUES = 1000
 _IN_KEYS = {"id", "name", "status", "disk_format", "container_format"}
 _TIME_OPS = {"gt": "__gt__", "gte": "__ge__", "lt": "__lt__", "lte": "__le__", "eq": "__eq__", "neq": "__ne__"}
 _RESERVED_PARAMS = {"limit", "marker", "sort_key", "sort_dir", "sort", "member_status", "visibility",
@@ -63,6 +65,8 @@ def _in_or_eq(column, value: str) -> ColumnElement[bool]:
         items = [v.strip('"') for v in value[3:].split(",") if v]
         if not items:
             raise errors.Invalid("The 'in:' operator needs at least one value")
+        if len(items) > MAX_IN_VALUES:     # one bound parameter each: the databases cap them
+            raise errors.Invalid(f"The 'in:' operator takes at most {MAX_IN_VALUES} values")
         return column.in_(items)
     return column == value
 
@@ -77,13 +81,8 @@ def _bool(name: str, value: str) -> bool:
 
 
 def _int(name: str, value: str, minimum: int = 0) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise errors.Invalid(f"Invalid value for '{name}': {value!r} is not an integer") from None
-    if number < minimum:
-        raise errors.Invalid(f"Invalid value for '{name}': must be >= {minimum}")
-    return number
+    """ASCII digits only, within 64 bits (a larger size would overflow the database's BIGINT)."""
+    return parse_uint(name, value, minimum=minimum)
 
 
 def _time_filter(column, name: str, value: str) -> ColumnElement[bool]:

@@ -24,6 +24,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
+from freezeframe.common.pools import BoundedPool
 from freezeframe.common.timeutil import utcnow
 from freezeframe.db.session import Database
 from freezeframe.images.drivers.base import Store
@@ -143,10 +144,17 @@ class Reaper:
             self._task = asyncio.create_task(self._loop(), name="image-reaper")
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        # A thread of its own: never the loop's default executor, never a request pool.
+        pool = BoundedPool("reaper", workers=1, queue=0, serves_requests=False)
+        try:
+            await self._passes(pool)
+        finally:
+            pool.shutdown(wait=False)
+
+    async def _passes(self, pool: BoundedPool) -> None:
         while True:
             try:
-                done = await loop.run_in_executor(None, self.reap_once)
+                done = await pool.run(self.reap_once, wait=self.settings.interval)
                 if done:
                     LOG.info("reaper pass: %s", done)
             except Exception:

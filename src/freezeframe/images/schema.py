@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import jsonschema
 
 from freezeframe.common import errors
+from freezeframe.common.strict import is_uuid
 
 DISK_FORMATS = ["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"]
 CONTAINER_FORMATS = ["ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]
@@ -136,6 +137,8 @@ def validate(attrs: Mapping[str, Any]) -> None:
         for key in attrs:
             if not key or len(key) > 255:
                 raise errors.Invalid(f"Property names must be 1 to 255 characters long: {key[:64]!r}")
+        if "id" in attrs and not is_uuid(attrs["id"]):    # the pattern's '$' lets a trailing newline by
+            raise errors.Invalid(f"Invalid value for 'id': {attrs['id'][:64]!r} is not a UUID")
         return
     where = "/".join(str(p) for p in error.absolute_path) or "image"
     raise errors.Invalid(f"Invalid value for '{where}': {error.message}")

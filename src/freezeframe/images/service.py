@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
@@ -13,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext, fast_uuid4
+from freezeframe.common.policy import Policy
 from freezeframe.common.timeutil import utcnow
 from freezeframe.db.session import Database
 from freezeframe.images import queries, schema
@@ -26,15 +26,19 @@ from freezeframe.settings import ImageSettings
 LOG = logging.getLogger(__name__)
 
 
-def check_owner(ctx: RequestContext, image: Image) -> None:
-    """Only the owning project (or an admin) changes an image it can see."""
-    if not ctx.is_admin and image.owner != ctx.project_id:
-        raise errors.Forbidden(f"You are not permitted to modify image {image.id}: it belongs to another project")
+def check_owner(policy: Policy, ctx: RequestContext, image: Image, action: str = "modify_image") -> None:
+    """``action`` on an image the caller can see, judged against the image's owning project
+    (by default: only the owner's members, or an admin, change it)."""
+    if not policy.check(ctx, action, {"project_id": image.owner}):
+        raise errors.Forbidden(f"You are not permitted to {action.replace('_', ' ')} {image.id}: "
+                               "it belongs to another project or your role does not allow it")
 
 
-def _check_publicize(ctx: RequestContext, visibility: str | None) -> None:
-    if visibility == "public" and not ctx.is_admin:
-        raise errors.Forbidden("Only administrators can make an image public")
+def _check_visibility(policy: Policy, ctx: RequestContext, visibility: str | None, owner: str | None) -> None:
+    if visibility == "public":
+        policy.authorize(ctx, "publicize_image", {"project_id": owner})
+    elif visibility == "community":
+        policy.authorize(ctx, "communitize_image", {"project_id": owner})
 
 
 def _check_quotas(settings: ImageSettings, attrs: Mapping[str, Any]) -> None:
@@ -82,10 +86,11 @@ def _store(session: Session, image: Image, attrs: Mapping[str, Any]) -> None:
 
 
 class ImageService:
-    def __init__(self, db: Database, store: Store, settings: ImageSettings) -> None:
+    def __init__(self, db: Database, store: Store, settings: ImageSettings, policy: Policy) -> None:
         self.db = db
         self.store = store
         self.settings = settings
+        self.policy = policy
 
     def view(self, image: Image) -> dict[str, Any]:
         return image_view(image, self.store.name)
@@ -95,11 +100,13 @@ class ImageService:
     async def create(self, ctx: RequestContext, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise errors.Invalid("The request body must be a JSON object describing the image")
-        schema.check_writable(body, service=ctx.is_service)
+        owner = body["owner"] if "owner" in body else ctx.project_id
+        self.policy.authorize(ctx, "add_image", {"project_id": owner})
+        schema.check_writable(body, service=self.policy.check(ctx, "freezeframe:image:workflow_properties"))
         schema.validate(body)
-        _check_publicize(ctx, body.get("visibility"))
-        if body.get("owner") not in (None, ctx.project_id) and not ctx.is_admin:
-            raise errors.Forbidden("Only administrators can create an image for another project")
+        _check_visibility(self.policy, ctx, body.get("visibility"), owner)
+        if owner != ctx.project_id and not ctx.is_admin:   # null included: nobody's image
+            raise errors.Forbidden("Only administrators can create an image for another project (or none)")
         _check_quotas(self.settings, body)
         image_id = body.get("id") or str(fast_uuid4())
 
@@ -135,9 +142,11 @@ class ImageService:
         return view
 
     async def show(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
+        self.policy.authorize(ctx, "get_image")
         return await self.db.run(lambda s: self.view(queries.get_visible(s, ctx, image_id)))
 
     async def list(self, ctx: RequestContext, params: Sequence[tuple[str, str]]) -> tuple[list[dict], bool]:
+        self.policy.authorize(ctx, "get_images")
         query = queries.parse(ctx, params, default_limit=self.settings.list_limit_default,
                               max_limit=self.settings.list_limit_max)
 
@@ -152,7 +161,7 @@ class ImageService:
     async def update(self, ctx: RequestContext, image_id: str, changes: list[Change]) -> dict[str, Any]:
         def update(session: Session) -> dict[str, Any]:
             image = queries.get_visible(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image)
             attrs = _editable(image)
             for change in changes:
                 self._apply(ctx, image, attrs, change)
@@ -168,12 +177,13 @@ class ImageService:
         path, op = change.path, change.op
         if path == "id" or path in schema.READ_ONLY:
             raise errors.Forbidden(f"Attribute '{path}' is read-only.")
-        schema.check_writable({path: None}, service=ctx.is_service)
+        schema.check_writable({path: None},
+                              service=self.policy.check(ctx, "freezeframe:image:workflow_properties"))
         core = path in schema.IMAGE_SCHEMA["properties"]
         if path in ("disk_format", "container_format") and image.status != ImageStatus.QUEUED:
             raise errors.Forbidden(f"Attribute '{path}' can be only replaced for a queued image.")
-        if path == "visibility":
-            _check_publicize(ctx, change.value)
+        if path == "visibility" and op != "remove":
+            _check_visibility(self.policy, ctx, change.value, image.owner)
         if path == "owner" and not ctx.is_admin:
             raise errors.Forbidden("Only administrators can change the owner of an image")
         if op == "remove":
@@ -195,7 +205,7 @@ class ImageService:
 
         def add(session: Session) -> None:
             image = queries.get_visible(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image)
             if tag not in [t.value for t in image.tags]:
                 if len(image.tags) >= self.settings.max_tags:
                     raise errors.QuotaExceeded(f"An image can have at most {self.settings.max_tags} tags")
@@ -207,7 +217,7 @@ class ImageService:
     async def delete_tag(self, ctx: RequestContext, image_id: str, tag: str) -> None:
         def remove(session: Session) -> None:
             image = queries.get_visible(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image)
             found = [t for t in image.tags if t.value == tag]
             if not found:
                 raise errors.NotFound(f"Tag {tag!r} not found on image {image_id}")
@@ -221,7 +231,7 @@ class ImageService:
     async def delete(self, ctx: RequestContext, image_id: str) -> None:
         def remove(session: Session) -> tuple[str | None, bool]:
             image = queries.get_visible(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image, "delete_image")
             if image.protected:
                 raise errors.Forbidden(f"Image {image_id} is protected and cannot be deleted.")
             transition(session, image_id, ImageStatus(image.status), ImageStatus.DELETED, reason="deleted by user")
@@ -233,11 +243,10 @@ class ImageService:
         await self.remove_data(image_id, key, staged)
 
     async def remove_data(self, image_id: str, key: str | None, staged: bool) -> None:
-        loop = asyncio.get_running_loop()
         for k in filter(None, (key, f"staging/{image_id}" if staged else None)):
-            try:
-                await loop.run_in_executor(None, self.store.delete, k)
-            except OSError as exc:  # the record is gone; the reaper's orphan sweep retries
+            try:   # the store's own pool (never the default executor); the record is gone: wait
+                await self.store.io.run(self.store.delete, k, wait=10.0)
+            except (OSError, errors.Busy) as exc:  # the record is gone; the reaper's orphan sweep retries
                 LOG.warning("could not delete data %s of image %s: %s", k, image_id, exc)
 
     async def kill(self, ctx: RequestContext, image_id: str) -> None:
@@ -248,6 +257,7 @@ class ImageService:
 
         def kill(session: Session) -> None:
             image = queries.get_visible(session, ctx, image_id)
+            check_owner(self.policy, ctx, image, "freezeframe:image:kill")
             if image.status == ImageStatus.KILLED:
                 return
             transition(session, image_id, ImageStatus(image.status), ImageStatus.KILLED,
@@ -265,7 +275,7 @@ class ImageService:
     async def _toggle(self, ctx: RequestContext, image_id: str, frm: ImageStatus, to: ImageStatus, verb: str) -> None:
         def toggle(session: Session) -> None:
             image = queries.get_visible(session, ctx, image_id)
-            check_owner(ctx, image)
+            check_owner(self.policy, ctx, image, verb)
             if image.status == to:
                 return
             if image.status != frm:

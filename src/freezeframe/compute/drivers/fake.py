@@ -172,12 +172,14 @@ class FakeDriver(VirtDriver):
 
     def power_on(self, name: str) -> None:
         self._maybe_fail("power_on")
-        self._domain(name).state = PowerState.RUNNING
+        with self.host.lock:
+            self._domain(name).state = PowerState.RUNNING
 
     def power_off(self, name: str, timeout: float = 30.0) -> None:
         self._maybe_fail("power_off")
-        dom = self._domain(name)
-        dom.state, dom.frozen = PowerState.SHUTDOWN, False
+        with self.host.lock:
+            dom = self._domain(name)
+            dom.state, dom.frozen = PowerState.SHUTDOWN, False
 
     def get_info(self, name: str) -> DomainInfo:
         self._maybe_fail("get_info")
@@ -331,28 +333,39 @@ class PersistentFakeDriver(FakeDriver):
                 self.host.domains[name] = FakeDomain(spec, state=PowerState(doc["state"]), agent=doc["agent"])
 
     def _save(self) -> None:
+        """Write the domains, as they are now, to the state file. Callers hold the host lock
+        across their change *and* this save, so the file never goes back to an older state and
+        two writers never share a temporary file (each process and thread has its own)."""
         with self.host.lock:
             doc = {name: {"state": dom.state.value, "agent": dom.agent,
                           "spec": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(dom.spec).items()},
                                    "extra_disks": [str(p) for p in dom.spec.extra_disks]}}
                    for name, dom in self.host.domains.items()}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.state_file)
+            tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            try:
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, self.state_file)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def spawn(self, spec: GuestSpec) -> DomainInfo:
-        info = super().spawn(spec)
-        self._save()
-        return info
+        with self.host.lock:
+            info = super().spawn(spec)
+            self._save()
+            return info
 
     def destroy(self, name: str) -> None:
-        super().destroy(name)
-        self._save()
+        with self.host.lock:
+            super().destroy(name)
+            self._save()
 
     def power_on(self, name: str) -> None:
-        super().power_on(name)
-        self._save()
+        with self.host.lock:
+            super().power_on(name)
+            self._save()
 
     def power_off(self, name: str, timeout: float = 30.0) -> None:
-        super().power_off(name, timeout)
-        self._save()
+        with self.host.lock:
+            super().power_off(name, timeout)
+            self._save()

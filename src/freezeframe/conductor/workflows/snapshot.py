@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from taskflow import task
 from taskflow.patterns import linear_flow
 
+from freezeframe.common.context import Actor
 from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.drivers.base import DriverError
 from freezeframe.compute.model import Instance, InstanceAction, InstanceActionEvent
@@ -43,12 +44,30 @@ class Cancelled(Exception):
     """The user cancelled the workflow (DELETE /v1/workflows/{id})."""
 
 
+def actor_of(wf: Workflow) -> Actor:
+    """Whom the workflow acts for: the user who asked for it, with the roles they had (recorded
+    with the workflow; flows accepted before actors were recorded act as a member of the
+    workflow's project)."""
+    recorded = json.loads(wf.params or "{}").get("actor")
+    if recorded:
+        return Actor.from_json(recorded)
+    return Actor(wf.user_id or "unknown", wf.project_id, frozenset({"member", "reader"}))
+
+
+def images_for(wf: Workflow):
+    """The image API as the workflow's user, with the service credential beside it."""
+    return runtime.current().image_client(actor_of(wf))
+
+
 def _load(session, workflow_id: str) -> tuple[Workflow, Instance]:
     wf = session.get(Workflow, workflow_id)
     return wf, session.get(Instance, wf.resource_id)
 
 
 def _check_cancel(workflow_id: str) -> None:
+    """Every cancel check is also an interruption point: a stopping conductor pauses the flow
+    here (runtime.Interrupted: not a failure, nothing reverted; it resumes from this step)."""
+    runtime.current().check_stop()
     if runtime.current().db.run_sync(lambda s: s.get(Workflow, workflow_id).cancel_requested):
         raise Cancelled(f"workflow {workflow_id} was cancelled")
 
@@ -98,7 +117,7 @@ def _publish(workflow_id: str, ahead: tuple[str, int] | None = None) -> None:
         rt.crash_point(wf.state)
     state, progress, changed = (*ahead, utcnow()) if ahead else (wf.state, wf.progress, wf.last_state_change_at)
     try:
-        with rt.image_client() as images:
+        with images_for(wf) as images:
             images.set_properties(wf.image_id, {
                 "os_freezeframe_workflow_state": state,
                 "os_freezeframe_workflow_progress": str(progress),
@@ -120,7 +139,8 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
             cancelled = any(f is not None and f.check(Cancelled) for f in failures.values())
             transition(session, workflow_id, wf.state, W.FAILED, detail=reason,
                        values={"failure_reason": "cancelled by the user" if cancelled else reason[:2000]})
-        return session.get(Workflow, workflow_id).failure_reason or reason
+        from freezeframe.conductor.engine import without_incomplete_revert
+        return without_incomplete_revert(session.get(Workflow, workflow_id).failure_reason) or reason
     return runtime.current().db.run_sync(fail)
 
 
@@ -180,11 +200,13 @@ class GuardImage(task.Task):
         rt = runtime.current()
         reason = _record_failure(workflow_id, kwargs)
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
-        with rt.image_client() as images:
+        with images_for(wf) as images:
             try:
                 images.kill(wf.image_id)
             except GlanceError as exc:
-                if exc.status != 404:
+                # 409: not killable (already active, or deleted meanwhile): the delete settles it.
+                # Anything else (the image service away...) leaves the revert incomplete: retried.
+                if exc.status not in (404, 409):
                     raise
             try:
                 images.delete(wf.image_id)
@@ -193,8 +215,16 @@ class GuardImage(task.Task):
                     raise
 
         def revert(session) -> None:
+            from sqlalchemy import select
+
+            from freezeframe.conductor.states import TERMINAL
             inst_now = session.get(Instance, inst.id)
-            if inst_now.task_state is not None:
+            # A revert retried long after (conductor/engine.py) never clears the task_state of
+            # a later snapshot of the same server (after an admin's os-resetState, say).
+            later = session.scalar(select(Workflow.id).where(
+                Workflow.resource_id == inst.id, Workflow.id != workflow_id,
+                Workflow.state.not_in([t.value for t in TERMINAL] + [W.FAILED.value])).limit(1))
+            if inst_now.task_state is not None and inst_now.task_state.startswith("image_") and later is None:
                 set_task_state(session, inst.id, TaskState(inst_now.task_state), None,
                                reason="snapshot workflow reverted", values={"fault": reason[:1000]})
             _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Error",
@@ -273,7 +303,7 @@ class UploadSnapshot(task.Task):
         _check_cancel(workflow_id)
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
         image_id = wf.image_id
-        with rt.image_client() as images:
+        with images_for(wf) as images:
             image = images.show(image_id)
             if image.status == "active":
                 return  # the upload finished before a crash; nothing to send again
@@ -297,11 +327,12 @@ class UploadSnapshot(task.Task):
             sent, last, started = [0], [0], time.monotonic()
 
             def progress(increment: int) -> None:
+                rt.check_stop()         # mid-part: the image service keeps what it has, as after a crash
                 sent[0] += increment
                 if rt.upload_rate:  # bandwidth limit: never ahead of the allowed rate
                     ahead = sent[0] / rt.upload_rate - (time.monotonic() - started)
                     if ahead > 0:
-                        time.sleep(ahead)
+                        rt.sleep(ahead)
                 percent = int((offset + sent[0]) * 100 / size) if size else 100
                 percent = percent // 10 * 10
                 if 0 < percent < 100 and percent > last[0]:
@@ -347,12 +378,13 @@ class UploadSnapshot(task.Task):
 class Finish(task.Task):
     def execute(self, workflow_id: str) -> None:
         rt = runtime.current()
+        rt.check_stop()
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
         rt.driver.end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
         shutil.rmtree(rt.workdir / workflow_id, ignore_errors=True)
         params = json.loads(wf.params)
         if wf.kind == "backup":
-            rotate_backups(inst.id, params["backup_type"], int(params["rotation"]), wf.image_id)
+            rotate_backups(wf, inst.id, params["backup_type"], int(params["rotation"]))
 
         def done(session) -> None:
             inst_now = session.get(Instance, inst.id)
@@ -365,12 +397,16 @@ class Finish(task.Task):
         rt.crash_point(W.IMAGE_ACTIVE)
 
 
-def rotate_backups(instance_id: str, backup_type: str, rotation: int, new_image_id: str) -> list[str]:
-    """Nova's rule: keep the newest ``rotation`` backups of this type of this server."""
-    rt = runtime.current()
-    with rt.image_client() as images:
-        backups = list(images.list([("image_type", "backup"), ("backup_type", backup_type),
-                               ("instance_uuid", instance_id), ("sort_key", "created_at"), ("sort_dir", "desc")]))
+def rotate_backups(wf: Workflow, instance_id: str, backup_type: str, rotation: int) -> list[str]:
+    """Nova's rule: keep the newest ``rotation`` backups of this type of this server — only the
+    server's project's own backups of it count (listed as the workflow's user; an image another
+    project made with this server's instance_uuid is neither kept nor deleted)."""
+    with images_for(wf) as images:
+        backups = [b for b in images.list([("image_type", "backup"), ("backup_type", backup_type),
+                                           ("instance_uuid", instance_id), ("owner", wf.project_id),
+                                           ("sort_key", "created_at"), ("sort_dir", "desc")])
+                   if b.owner == wf.project_id and b.properties.get("instance_uuid") == instance_id
+                   and b.properties.get("image_type") == "backup"]
         doomed = [b.id for b in backups[rotation:]]
         for image_id in doomed:
             try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from freezeframe.common.pools import BoundedPool
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class Reader(abc.ABC):
 
 class Store(abc.ABC):
     name: str
+    # The bounded pool that request handlers run the store's blocking calls on (never the
+    # loop's default executor; see freezeframe.common.pools).
+    io: BoundedPool
+
+    def probe_write(self) -> None:
+        """Prove the store takes a write (for /healthcheck); raise when it cannot."""
 
     @abc.abstractmethod
     def writer(self, key: str, owner: str, resume_at: int | None = None) -> Writer:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from freezeframe.common import errors
+from freezeframe.common.pools import BoundedPool
 from freezeframe.images.drivers.base import Reader, Store, StoredObject, Writer
 
 # Holes are detected at this granularity (a multiple of every filesystem block size in use).
 HOLE_BLOCK = 64 << 10
 _ZEROS = bytes(HOLE_BLOCK)
 SYNC_EVERY = 64 << 20
+IO_WORKERS, IO_QUEUE = 8, 128
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)?$")
 
 
@@ -164,7 +167,25 @@ class FileStore(Store):
         self.fsync = fsync
         # One thread flushes written data to disk behind the writers (see FileWriter).
         self.syncer = ThreadPoolExecutor(1, thread_name_prefix="ff-sync")
+        # Request handlers' blocking calls into the store (open, read, rename, delete) run on
+        # the store's own bounded pool, never the loop's default executor (common/pools.py).
+        self.io = BoundedPool("store", workers=IO_WORKERS, queue=IO_QUEUE, max_queue_wait=0.5)
         (self.root / ".partial").mkdir(parents=True, exist_ok=True)
+
+    def probe_write(self) -> None:
+        """Prove the store takes a write where uploads write: create, fsync and remove a small
+        file (``/healthcheck``). Raises OSError when it cannot."""
+        probe = self.root / ".partial" / f"health.{os.getpid()}-{threading.get_ident()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"freezeframe health probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(probe)
+            except FileNotFoundError:
+                pass
 
     def path_of(self, key: str) -> Path:
         # Keys are made by the service (image ids), never taken from a request as-is.

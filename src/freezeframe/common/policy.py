@@ -1,0 +1,148 @@
+"""Roles and policy, as OpenStack does them: oslo.policy with secure-RBAC defaults.
+
+Every rule of every service is declared here, in one place, with the defaults of Glance's,
+Nova's and Cinder's secure-RBAC policies: ``project_reader`` reads, ``project_member`` writes,
+``admin`` may do anything, ``service`` is what only a service acting for a user may do. An
+operator overrides any rule in a policy file (``auth.policy_file``, default
+``<data_dir>/policy.yaml``); ``freezeframe policy`` prints the defaults as a sample file.
+
+Roles imply one another as Keystone's default implied roles do (admin -> member -> reader),
+see ``common.context.expand_roles``. Each service checks its own rules in its own layer, so a
+call that arrives from another service (over HTTP or in process) gets exactly the checks of a
+user's call.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from oslo_config import cfg
+from oslo_policy import policy as oslo_policy
+
+from freezeframe.common import errors
+from freezeframe.common.context import RequestContext
+
+LOG = logging.getLogger(__name__)
+
+ADMIN = "rule:admin_api"
+READER = "rule:project_reader_or_admin"
+MEMBER = "rule:project_member_or_admin"
+SERVICE = "rule:service_api"
+
+BASE_RULES = [
+    ("admin_api", "role:admin", "An administrator."),
+    ("service_api", "role:service or service_roles:service",
+     "A service acting for a user (its credential sent beside the user's identity)."),
+    ("project_reader", "role:reader and project_id:%(project_id)s", "A reader of the resource's project."),
+    ("project_member", "role:member and project_id:%(project_id)s", "A member of the resource's project."),
+    ("project_reader_or_admin", "rule:admin_api or rule:project_reader", ""),
+    ("project_member_or_admin", "rule:admin_api or rule:project_member", ""),
+]
+
+# (name, default, description, operations) — names as Glance, Nova and Cinder call them.
+RULES = [
+    # -- image (Glance v2) ------------------------------------------------------------------
+    ("get_images", READER, "List images.", [("GET", "/image/v2/images")]),
+    ("get_image", READER, "Show an image (its visibility rules apply as well).", [("GET", "/image/v2/images/{id}")]),
+    ("add_image", MEMBER, "Create an image.", [("POST", "/image/v2/images")]),
+    ("modify_image", MEMBER, "Update an image, its tags.", [("PATCH", "/image/v2/images/{id}")]),
+    ("delete_image", MEMBER, "Delete an image.", [("DELETE", "/image/v2/images/{id}")]),
+    ("publicize_image", ADMIN, "Make an image public.", [("PATCH", "/image/v2/images/{id}")]),
+    ("communitize_image", MEMBER, "Make an image community.", [("PATCH", "/image/v2/images/{id}")]),
+    ("upload_image", MEMBER, "Upload an image's data.", [("PUT", "/image/v2/images/{id}/file")]),
+    ("download_image", READER, "Download an image's data.", [("GET", "/image/v2/images/{id}/file")]),
+    ("stage_image", MEMBER, "Stage an image's data.", [("PUT", "/image/v2/images/{id}/stage")]),
+    ("import_image", MEMBER, "Import staged data.", [("POST", "/image/v2/images/{id}/import")]),
+    ("get_tasks", READER, "An image's import tasks.", [("GET", "/image/v2/images/{id}/tasks")]),
+    ("deactivate", MEMBER, "Deactivate an image.", [("POST", "/image/v2/images/{id}/actions/deactivate")]),
+    ("reactivate", MEMBER, "Reactivate an image.", [("POST", "/image/v2/images/{id}/actions/reactivate")]),
+    ("get_members", READER, "List an image's members.", [("GET", "/image/v2/images/{id}/members")]),
+    ("get_member", READER, "Show a member.", [("GET", "/image/v2/images/{id}/members/{member}")]),
+    ("add_member", MEMBER, "Share an image with a project.", [("POST", "/image/v2/images/{id}/members")]),
+    ("delete_member", MEMBER, "Stop sharing.", [("DELETE", "/image/v2/images/{id}/members/{member}")]),
+    ("modify_member", "rule:admin_api or (role:member and project_id:%(member_id)s)",
+     "Accept or reject a shared image (the member project).", [("PUT", "/image/v2/images/{id}/members/{member}")]),
+    ("freezeframe:image:kill", f"{SERVICE} and ({MEMBER})",
+     "A snapshot workflow gives up its image.", [("POST", "/image/v2/images/{id}/actions/kill")]),
+    ("freezeframe:image:upload_part", f"{SERVICE} and ({MEMBER})",
+     "A workflow's resumable upload, in parts.", [("PUT", "/image/v2/images/{id}/file"),
+                                                  ("GET", "/image/v2/images/{id}/uploads/{upload}")]),
+    ("freezeframe:image:workflow_properties", SERVICE,
+     "Write the reserved os_freezeframe_workflow_* properties.", [("PATCH", "/image/v2/images/{id}")]),
+    # -- compute (Nova v2.1) ----------------------------------------------------------------
+    ("os_compute_api:servers:index", READER, "List servers.", [("GET", "/compute/v2.1/servers")]),
+    ("os_compute_api:servers:detail", READER, "List servers in detail.", [("GET", "/compute/v2.1/servers/detail")]),
+    ("os_compute_api:servers:show", READER, "Show a server.", [("GET", "/compute/v2.1/servers/{id}")]),
+    ("os_compute_api:servers:create", MEMBER, "Create a server.", [("POST", "/compute/v2.1/servers")]),
+    ("os_compute_api:servers:delete", MEMBER, "Delete a server.", [("DELETE", "/compute/v2.1/servers/{id}")]),
+    ("os_compute_api:servers:start", MEMBER, "Start a server.", [("POST", "/compute/v2.1/servers/{id}/action")]),
+    ("os_compute_api:servers:stop", MEMBER, "Stop a server.", [("POST", "/compute/v2.1/servers/{id}/action")]),
+    ("os_compute_api:servers:create_image", MEMBER, "Snapshot a server (createImage).",
+     [("POST", "/compute/v2.1/servers/{id}/action")]),
+    ("os_compute_api:os-create-backup", MEMBER, "Back a server up (createBackup).",
+     [("POST", "/compute/v2.1/servers/{id}/action")]),
+    ("os_compute_api:os-admin-actions:reset_state", ADMIN, "Reset a server's state (os-resetState).",
+     [("POST", "/compute/v2.1/servers/{id}/action")]),
+    ("os_compute_api:os-instance-actions:list", READER, "A server's actions.",
+     [("GET", "/compute/v2.1/servers/{id}/os-instance-actions")]),
+    ("os_compute_api:os-instance-actions:show", READER, "One action and its events.",
+     [("GET", "/compute/v2.1/servers/{id}/os-instance-actions/{request_id}")]),
+    ("os_compute_api:os-flavor-manage:index", "@", "List flavors.", [("GET", "/compute/v2.1/flavors")]),
+    ("freezeframe:compute:adopt", ADMIN, "Take an existing domain under management.",
+     [("POST", "/compute/v2.1/os-freezeframe-adopt")]),
+    # -- workflows --------------------------------------------------------------------------
+    ("freezeframe:workflow:list", READER, "List workflows.", [("GET", "/v1/workflows")]),
+    ("freezeframe:workflow:show", READER, "Show a workflow.", [("GET", "/v1/workflows/{id}")]),
+    ("freezeframe:workflow:cancel", MEMBER, "Cancel a workflow.", [("DELETE", "/v1/workflows/{id}")]),
+    # -- operations -------------------------------------------------------------------------
+    ("freezeframe:health:detailed", ADMIN, "The detailed health check.", [("GET", "/healthcheck?detailed")]),
+]
+
+
+def list_rules() -> list[oslo_policy.RuleDefault]:
+    """Every default (oslo.policy's ``oslo.policy.policies`` entry point uses this)."""
+    base = [oslo_policy.RuleDefault(name, check, description=desc) for name, check, desc in BASE_RULES]
+    ops = [oslo_policy.DocumentedRuleDefault(name, check, desc or name,
+                                             [{"method": m, "path": p} for m, p in paths])
+           for name, check, desc, paths in RULES]
+    return base + ops
+
+
+class Policy:
+    """The enforcer: ``authorize(ctx, "add_image", {"project_id": ...})`` or a 403."""
+
+    def __init__(self, policy_file: Path | None = None) -> None:
+        conf = cfg.ConfigOpts()
+        conf([], project="freezeframe", default_config_files=[], default_config_dirs=[])
+        path = str(policy_file) if policy_file is not None and policy_file.exists() else None
+        self._enforcer = oslo_policy.Enforcer(conf, policy_file=path or "/nonexistent/freezeframe-policy.yaml",
+                                              use_conf=True)
+        self._enforcer.register_defaults(list_rules())
+        try:
+            self._enforcer.load_rules()
+        except Exception as exc:  # a malformed operator file must stop the service, clearly
+            raise errors.Invalid(f"policy file {policy_file}: {exc}") from None
+        if path:
+            LOG.info("policy: the defaults overridden by %s", path)
+
+    def check(self, ctx: RequestContext, action: str, target: Mapping[str, Any] | None = None) -> bool:
+        target = dict(target or {})
+        target.setdefault("project_id", ctx.project_id)
+        return self._enforcer.enforce(action, target, ctx.credentials())
+
+    def authorize(self, ctx: RequestContext, action: str, target: Mapping[str, Any] | None = None) -> None:
+        if not self.check(ctx, action, target):
+            raise errors.Forbidden(f"Policy doesn't allow {action} to be performed.")
+
+
+def sample() -> str:
+    """The defaults as a commented YAML policy file."""
+    lines = ["# Freezeframe's default policy. Uncomment and change a rule to override it.", ""]
+    for rule in list_rules():
+        if rule.description:
+            lines.append(f"# {rule.description}")
+        lines.append(f'#"{rule.name}": "{rule.check_str}"')
+        lines.append("")
+    return "\n".join(lines)
