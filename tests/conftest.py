@@ -20,11 +20,13 @@ ADMIN_TOKEN = "admin-token-0123456789"
 MEMBER_TOKEN = "member-token-0123456789"
 OTHER_TOKEN = "other-token-0123456789"
 SERVICE_TOKEN = "service-token-0123456789"
+READER_TOKEN = "reader-token-0123456789"
 TOKENS = {
     ADMIN_TOKEN: {"user_id": "alice", "project_id": "admin-project", "roles": ["admin", "member", "reader"]},
     MEMBER_TOKEN: {"user_id": "bob", "project_id": "project-a", "roles": ["member", "reader"]},
     OTHER_TOKEN: {"user_id": "carol", "project_id": "project-b", "roles": ["member", "reader"]},
-    SERVICE_TOKEN: {"user_id": "freezeframe", "project_id": "service", "roles": ["service", "admin"]},
+    SERVICE_TOKEN: {"user_id": "freezeframe", "project_id": "service", "roles": ["service"]},
+    READER_TOKEN: {"user_id": "dave", "project_id": "project-a", "roles": ["reader"]},
 }
 
 
@@ -51,9 +53,14 @@ class LiveServer:
     def image_url(self) -> str:
         return self.url + "/image"
 
-    def client(self, token: str | None = MEMBER_TOKEN, **kw) -> httpx.Client:
-        headers = {"X-Auth-Token": token} if token else {}
+    def client(self, token: str | None = MEMBER_TOKEN, headers: dict | None = None, **kw) -> httpx.Client:
+        headers = {**({"X-Auth-Token": token} if token else {}), **(headers or {})}
         return httpx.Client(base_url=self.image_url, headers=headers, timeout=60, **kw)
+
+    def service_client(self, user_token: str = MEMBER_TOKEN, **kw) -> httpx.Client:
+        """The service acting for a user (OpenStack's service-token pattern): the user's token and
+        the service's own token side by side."""
+        return self.client(user_token, headers={"X-Service-Token": self.service_token}, **kw)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -12,9 +12,11 @@ from tests.functional.test_images_data import OCTET, wait_status
 
 
 def cut_upload(server, token, image_id, upload_id, total, data):
+    """A resumable upload cut part-way, sent by the service acting for the user of ``token``."""
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     sock.sendall((f"PUT /image/v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\n"
+                  f"X-Service-Token: {server.service_token}\r\n"
                   f"Content-Type: application/octet-stream\r\nX-Image-Upload-Id: {upload_id}\r\n"
                   f"Content-Length: {total}\r\n\r\n").encode() + data)
     time.sleep(0.5)
@@ -24,9 +26,9 @@ def cut_upload(server, token, image_id, upload_id, total, data):
 def test_resume_sends_only_the_rest(fresh_server):
     data = os.urandom(12 << 20)
     upload_id = str(uuid.uuid4())
-    with fresh_server.client(fresh_server.service_token) as service:
+    with fresh_server.service_client() as service:
         image = new_image(service)
-        cut_upload(fresh_server, fresh_server.service_token, image["id"], upload_id, len(data), data[: 9 << 20])
+        cut_upload(fresh_server, fresh_server.member_token, image["id"], upload_id, len(data), data[: 9 << 20])
         deadline = time.monotonic() + 10
         offset = 0
         while time.monotonic() < deadline:
@@ -48,7 +50,7 @@ def test_resume_sends_only_the_rest(fresh_server):
 
 def test_resume_past_kept_data_is_409(fresh_server):
     upload_id = str(uuid.uuid4())
-    with fresh_server.client(fresh_server.service_token) as service:
+    with fresh_server.service_client() as service:
         image = new_image(service)
         resp = service.put(f"/v2/images/{image['id']}/file", content=b"x" * 10,
                            headers={**OCTET, "X-Image-Upload-Id": upload_id, "X-Image-Upload-Offset": "5000"})
@@ -67,9 +69,9 @@ def test_resumable_uploads_are_for_the_service_role(member):
 
 def test_another_upload_cannot_take_over(fresh_server):
     upload_id = str(uuid.uuid4())
-    with fresh_server.client(fresh_server.service_token) as service:
+    with fresh_server.service_client() as service:
         image = new_image(service)
-        cut_upload(fresh_server, fresh_server.service_token, image["id"], upload_id, 1 << 30, b"x" * (5 << 20))
+        cut_upload(fresh_server, fresh_server.member_token, image["id"], upload_id, 1 << 30, b"x" * (5 << 20))
         assert wait_status(service, image["id"], "saving") == "saving"
         other = service.put(f"/v2/images/{image['id']}/file", content=b"y",
                             headers={**OCTET, "X-Image-Upload-Id": str(uuid.uuid4())})
@@ -79,7 +81,7 @@ def test_another_upload_cannot_take_over(fresh_server):
 
 
 def test_workflow_kills_its_image(fresh_server):
-    with fresh_server.client(fresh_server.service_token) as service:
+    with fresh_server.service_client() as service:
         image = new_image(service)
         assert service.post(f"/v2/images/{image['id']}/actions/kill").status_code == 204
         assert service.get(f"/v2/images/{image['id']}").json()["status"] == "killed"
@@ -98,7 +100,7 @@ def test_upload_in_parts(fresh_server):
     data = os.urandom((10 << 20) + 12345)
     cuts = [0, 3 << 20, (3 << 20) + 1, 9 << 20, len(data)]          # odd sizes, a 1-byte part
     upload_id = str(uuid.uuid4())
-    with fresh_server.client(fresh_server.service_token) as service:
+    with fresh_server.service_client() as service:
         image = new_image(service)
         for a, b in zip(cuts, cuts[1:]):
             final = b == len(data)
@@ -123,7 +125,7 @@ def test_parts_survive_a_restart_and_bad_parts_are_refused(tmp_path):
     upload_id = str(uuid.uuid4())
     server = start_server(tmp_path / "ff")
     try:
-        with server.client(server.service_token) as service:
+        with server.service_client() as service:
             image = new_image(service)
             assert put_part(service, image["id"], upload_id, 0, data[: 2 << 20], False).status_code == 202
             bad = service.put(f"/v2/images/{image['id']}/file", content=data[2 << 20:],
@@ -134,7 +136,7 @@ def test_parts_survive_a_restart_and_bad_parts_are_refused(tmp_path):
             assert gap.status_code == 409                              # past what was kept
         server.stop()
         server = start_server(tmp_path / "ff")
-        with server.client(server.service_token) as service:           # the hashes are rebuilt from the store
+        with server.service_client() as service:           # the hashes are rebuilt from the store
             assert service.get(f"/v2/images/{image['id']}/uploads/{upload_id}").json()["offset"] == 2 << 20
             assert put_part(service, image["id"], upload_id, 2 << 20, data[2 << 20: 4 << 20], False).status_code == 202
             # the same part again (its acknowledgement was lost): taken from where it starts
@@ -151,7 +153,7 @@ def test_an_empty_final_part_commits_what_was_kept(fresh_server):
     makes the image active."""
     data = os.urandom(3 << 20)
     upload_id = str(uuid.uuid4())
-    with fresh_server.client(fresh_server.service_token) as service:
+    with fresh_server.service_client() as service:
         image = new_image(service)
         assert put_part(service, image["id"], upload_id, 0, data, False).status_code == 202
         assert service.get(f"/v2/images/{image['id']}").json()["status"] == "saving"

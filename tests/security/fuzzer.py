@@ -1,0 +1,678 @@
+"""A property-based fuzzer (hypothesis) of every endpoint of the image, compute and workflow APIs,
+driven over real HTTP against a running server. Used by ``tests/security/test_fuzz.py`` (a few
+hundred requests per API and database) and ``bench/fuzz_bench.py`` (the full counts).
+
+Each request is one endpoint of the catalogue below (checked against the routers, so a new route
+without a fuzz spec fails the test), with path parameters that are real ids (an active, a queued
+and a shared image, a server, a workflow...), random UUIDs or malformed text; query parameters
+the endpoint knows and random ones; the headers it reads (Range, the upload headers, the
+microversion headers, Content-Type) and random ones; and a body that is valid-shaped, a
+valid-shaped one with one value or key mutated (wrong type, integers of thousands of digits,
+NaN, lone surrogates, NUL, non-ASCII digits, nesting thousands deep), arbitrary JSON, or bytes
+that are not JSON at all. The properties, for every request:
+
+- no 5xx, except a 503 that carries ``Retry-After`` (load shedding);
+- an answer within ``TIMEOUT`` seconds (no hang);
+- every error answered by the application is a JSON body whose ``error.request_id`` is the
+  ``X-OpenStack-Request-Id`` header (a request the HTTP parser itself refuses, which the
+  application never sees, may be uvicorn's plain 400);
+- a JSON success body parses (a stored lone surrogate once made a listing unencodable);
+- and every ``LISTING_EVERY`` requests, and at the end, the listings of the three APIs answer 200
+  for a member and an admin (nothing written poisons them).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import quote
+
+import httpx
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as fixed_seed
+from hypothesis import strategies as st
+
+from tests.conftest import ADMIN_TOKEN, MEMBER_TOKEN, OTHER_TOKEN, SERVICE_TOKEN
+
+SEED = 20261207
+DEFAULT_EXAMPLES = 300
+TIMEOUT = 20.0
+LISTING_EVERY = 100
+APIS = ("image", "compute", "workflow")
+
+
+# Read once and taken out of the environment: the servers the tests start inherit it, and the
+# server refuses FREEZEFRAME_* variables that are not its settings.
+_EXAMPLES_ENV = os.environ.pop("FREEZEFRAME_FUZZ_EXAMPLES", None)
+
+
+def examples_from_env(default: int = DEFAULT_EXAMPLES) -> int:
+    return int(_EXAMPLES_ENV) if _EXAMPLES_ENV else default
+
+
+# -- the catalogue ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Endpoint:
+    api: str
+    method: str
+    path: str                     # as routed, with {placeholders}
+    body: str | None = None       # a key of the body strategies, or None (no body expected)
+    query: tuple[str, ...] = ()   # the query parameters it reads
+    headers: tuple[str, ...] = ()  # header kinds it reads: range, upload, microversion
+
+
+_IMG = "/image/v2/images/{image_id}"
+IMAGE_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "sort", "member_status", "visibility", "size_min",
+                   "size_max", "tag", "os_hidden", "protected", "created_at", "updated_at", "owner", "checksum",
+                   "os_hash_value", "id", "name", "status", "disk_format", "container_format", "custom_prop")
+WORKFLOW_KEYS = ("limit", "state", "resource_id", "image_id", "kind")
+_S = "/compute/v2.1/servers/{server_id}"
+_MV = ("microversion",)
+
+CATALOGUE: tuple[Endpoint, ...] = (
+    Endpoint("image", "GET", "/image/"),
+    Endpoint("image", "GET", "/image/versions"),
+    Endpoint("image", "GET", "/image/v2/images", query=IMAGE_LIST_KEYS),
+    Endpoint("image", "POST", "/image/v2/images", body="image_create"),
+    Endpoint("image", "GET", _IMG),
+    Endpoint("image", "PATCH", _IMG, body="patch"),
+    Endpoint("image", "DELETE", _IMG),
+    Endpoint("image", "PUT", _IMG + "/file", body="data", headers=("upload",)),
+    Endpoint("image", "GET", _IMG + "/file", headers=("range",)),
+    Endpoint("image", "PUT", _IMG + "/stage", body="data"),
+    Endpoint("image", "POST", _IMG + "/import", body="import"),
+    Endpoint("image", "GET", _IMG + "/tasks"),
+    Endpoint("image", "POST", _IMG + "/actions/deactivate", body="empty"),
+    Endpoint("image", "POST", _IMG + "/actions/reactivate", body="empty"),
+    Endpoint("image", "POST", _IMG + "/actions/kill", body="empty"),
+    Endpoint("image", "GET", _IMG + "/uploads/{upload_id}"),
+    Endpoint("image", "PUT", _IMG + "/tags/{tag}", body="empty"),
+    Endpoint("image", "DELETE", _IMG + "/tags/{tag}"),
+    Endpoint("image", "GET", _IMG + "/members"),
+    Endpoint("image", "POST", _IMG + "/members", body="member_add"),
+    Endpoint("image", "GET", _IMG + "/members/{member_id}"),
+    Endpoint("image", "PUT", _IMG + "/members/{member_id}", body="member_update"),
+    Endpoint("image", "DELETE", _IMG + "/members/{member_id}"),
+    Endpoint("image", "GET", "/image/v2/schemas/{name}"),
+    Endpoint("image", "GET", "/image/v2/info/import"),
+    Endpoint("image", "GET", "/image/v2/info/stores"),
+    Endpoint("compute", "GET", "/compute/", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/servers", headers=_MV, query=("limit", "marker", "name")),
+    Endpoint("compute", "GET", "/compute/v2.1/servers/detail", headers=_MV, query=("limit", "marker", "name")),
+    Endpoint("compute", "POST", "/compute/v2.1/servers", body="server_create", headers=_MV),
+    Endpoint("compute", "GET", _S, headers=_MV),
+    Endpoint("compute", "DELETE", _S, headers=_MV),
+    Endpoint("compute", "POST", _S + "/action", body="action", headers=_MV),
+    Endpoint("compute", "GET", _S + "/os-instance-actions", headers=_MV),
+    Endpoint("compute", "GET", _S + "/os-instance-actions/{request_id}", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/flavors", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/flavors/detail", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/flavors/{flavor_id}", headers=_MV),
+    Endpoint("compute", "POST", "/compute/v2.1/os-freezeframe-adopt", body="adopt", headers=_MV),
+    Endpoint("workflow", "GET", "/v1/workflows", query=WORKFLOW_KEYS),
+    Endpoint("workflow", "GET", "/v1/workflows/{workflow_id}"),
+    Endpoint("workflow", "DELETE", "/v1/workflows/{workflow_id}"),
+    Endpoint("workflow", "GET", "/healthcheck", query=("detailed",)),
+)
+
+
+def routed_endpoints() -> set[tuple[str, str]]:
+    """(method, full path) of every route the three APIs declare, read from their routers."""
+    from freezeframe.compute.api import ComputeAPI
+    from freezeframe.conductor.api import WorkflowAPI
+    from freezeframe.images.api import ImageAPI
+
+    found = set()
+    for prefix, router in (("/image", _router(ImageAPI)), ("/compute", _router(ComputeAPI)),
+                           ("/v1", _router(WorkflowAPI))):
+        for route in router.routes:
+            for method in route.methods or ():
+                if method != "HEAD":
+                    found.add((method, prefix + route.path))
+    return found
+
+
+def _router(cls):
+    """The API's router, built on a bare instance (routes only name bound methods)."""
+    api = cls.__new__(cls)
+    return api.router()
+
+
+# -- values -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Raw:
+    """JSON text put into a body verbatim (what json.dumps cannot or will not write)."""
+    text: str
+
+
+RAW_VALUES = [Raw("9" * 5000), Raw("-" + "9" * 5000), Raw(str(1 << 63)), Raw(str(-(1 << 64))), Raw("9" * 400),
+              Raw("1e999"), Raw("-1e999"), Raw("1." + "5" * 5000), Raw("NaN"), Raw("Infinity"), Raw("-Infinity"),
+              Raw("[" * 33 + "]" * 33), Raw("[" * 5000 + "]" * 5000), Raw("[" * 100_000 + "]" * 100_000),
+              Raw('{"a":' * 2000 + "1" + "}" * 2000), Raw('"\\ud800"'), Raw('"\\udfff\\ud800"'), Raw('"\\u0000"'),
+              Raw('{"\\ud800": 1}'), Raw('{"\\u0000": "x"}')]
+NASTY_STRINGS = ["", " ", "\x00", "a\x00b", "\ud800", "x\udfffy", "\udc80", "²", "٣", "１２", "𝟗", "¹²³", "9" * 30,
+                 "9" * 5000, str(1 << 63), str((1 << 63) - 1), "-1", "+1", "1_000", "0x10", "1e3", "1.5", "NaN",
+                 "Infinity", "true", "null", "#", "?x", "/", "../../../../etc/passwd", "%00", "%ff", "in:a,b",
+                 "in:", "gt:2020-01-01T00:00:00Z", "gt:0001-01-01T00:00:00+01:00", "lt:9999-12-31T23:59:59-01:00",
+                 "x" * 256, "x" * 70000, "\u202e", "😀", "'; DROP TABLE images; --", "\\", '"', "\n", "\t x \t",
+                 "00000000-0000-0000-0000-000000000000\n", "UPLOAD_٣_COMPLETE", "UPLOAD_50_COMPLETE"]
+NUMBERISH = ["", "0", "00", "-0", "1", "25", "1000", "1001", "-1", "+1", " 1", "1 ", "1_0", "1.5", "1e3", "0x10",
+             "²", "٣", "１", "𝟗", "³", "9" * 19, "9" * 20, "9" * 25, "9" * 5000, str(1 << 63), str((1 << 63) - 1),
+             str(1 << 31), str(1 << 64), "NaN", "inf", "０"]
+LATIN1_DIGITS = ["\xb2", "\xb3", "\xb9", "1\xb2"]     # '²', '³', '¹' travel in headers as single latin-1 bytes
+
+
+def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
+    """One of the strategies, picked with these weights (one_of's own choice leans to the first)."""
+    table = [i for i, (weight, _s) in enumerate(choices) for _ in range(weight)]
+    return st.sampled_from(table).flatmap(lambda i: choices[i][1])
+
+
+weird_char = st.characters(exclude_categories=())            # surrogates and NUL included
+text_any = st.one_of(st.text(max_size=12), st.text(weird_char, max_size=8), st.sampled_from(NASTY_STRINGS))
+numberish = st.one_of(st.sampled_from(NUMBERISH), st.integers(-5, 3000).map(str),
+                      st.integers(0, 1 << 70).map(str),
+                      st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=4))
+json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-(1 << 70), 1 << 70),
+                        st.floats(allow_nan=True, allow_infinity=True), text_any)
+any_json = st.recursive(json_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                             st.dictionaries(text_any, inner, max_size=4)),
+                        max_leaves=12)
+nasty_value = st.one_of(st.sampled_from(RAW_VALUES), st.sampled_from(NASTY_STRINGS), text_any, json_scalar,
+                        st.just([]), st.just({}), st.lists(text_any, max_size=3),
+                        st.dictionaries(text_any, text_any, max_size=3))
+
+
+def encode(value: Any) -> str:
+    """JSON text; strings ASCII-escaped (a lone surrogate becomes ``\\ud800``), Raw verbatim."""
+    if isinstance(value, Raw):
+        return value.text
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(encode(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _slots(doc: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key-or-index) in a document, for mutations."""
+    out: list[tuple[Any, Any]] = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for k in list(node):
+                out.append((node, k))
+                stack.append(node[k])
+        elif isinstance(node, list):
+            for i in range(len(node)):
+                out.append((node, i))
+                stack.append(node[i])
+    return out
+
+
+def mutate_value(doc: Any, value: Any, index: int) -> Any:
+    doc = copy.deepcopy(doc)
+    slots = _slots(doc)
+    if not slots:
+        return value
+    container, key = slots[index % len(slots)]
+    container[key] = value
+    return doc
+
+
+def mutate_key(doc: Any, key: str, index: int) -> Any:
+    doc = copy.deepcopy(doc)
+    dicts = [doc] if isinstance(doc, dict) else []
+    dicts += [c[k] for c, k in _slots(doc) if isinstance(c[k], dict)]
+    if not dicts:
+        return doc
+    target = dicts[index % len(dicts)]
+    if target and index % 2:
+        old = list(target)[index % len(target)]
+        target[key] = target.pop(old)
+    else:
+        target[key] = "v"
+    return doc
+
+
+# -- the fixtures: real resources, so that requests get past the lookups --------------------------
+
+class Fixtures:
+    """Real ids on the server under test, refreshed when the fuzzer deletes them."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url
+        self.ids: dict[str, list[str]] = {
+            "image_id": [], "server_id": [], "workflow_id": [], "request_id": [],
+            "member_id": ["project-b", "project-a", "admin-project"], "tag": ["t1", "t2"],
+            "upload_id": [str(uuid.uuid4())], "flavor_id": ["1", "2", "3"],
+            "name": ["image", "images", "member", "members"],
+        }
+        self.named: dict[str, str] = {}
+
+    def client(self, token: str = MEMBER_TOKEN) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=60,
+                            headers={"X-Auth-Token": token, "X-OpenStack-Nova-API-Version": "2.45"})
+
+    def pick(self, kind: str, index: int) -> str:
+        values = self.ids[kind] or [str(uuid.UUID(int=index))]
+        return values[index % len(values)]
+
+    def setup(self) -> "Fixtures":
+        with self.client() as c:
+            active = self._image(c, "fuzz-active", data=True)
+            queued = self._image(c, "fuzz-queued")
+            shared = self._image(c, "fuzz-shared", visibility="shared")
+            assert c.post(f"/image/v2/images/{shared}/members", json={"member": "project-b"}).status_code == 200
+            assert c.put(f"/image/v2/images/{active}/tags/t1").status_code == 204
+            server = self._server(c, active)
+            self.named.update(active=active, queued=queued, shared=shared, server=server)
+            self.ids["image_id"] += [active, queued, shared]
+            self.ids["server_id"].append(server)
+            resp = c.post(f"/compute/v2.1/servers/{server}/action", json={"createImage": {"name": "fuzz-snap"}})
+            if resp.status_code == 202:
+                self.ids["image_id"].append(resp.json()["image_id"])
+                self.ids["workflow_id"].append(resp.headers["x-freezeframe-workflow-id"])
+                self._wait(lambda: c.get(f"/v1/workflows/{self.ids['workflow_id'][0]}").json()["workflow"]["state"]
+                           in ("IMAGE_ACTIVE", "FAILED", "REVERTED", "CANCELLED"))
+            actions = c.get(f"/compute/v2.1/servers/{server}/os-instance-actions").json().get("instanceActions", [])
+            self.ids["request_id"] += [a["request_id"] for a in actions]
+        return self
+
+    def refresh(self) -> None:
+        """Recreate the fixtures the fuzzer deleted (so later requests still reach deep code)."""
+        wanted = {"active": "active", "queued": "queued", "shared": "queued"}
+        with self.client() as c:
+            for name in ("active", "queued", "shared"):
+                resp = c.get(f"/image/v2/images/{self.named[name]}")
+                status = resp.json().get("status") if resp.status_code == 200 else None
+                if status == "deactivated":
+                    c.post(f"/image/v2/images/{self.named[name]}/actions/reactivate")
+                elif status != wanted[name]:
+                    new = self._image(c, f"fuzz-{name}", data=name == "active",
+                                      **({"visibility": "shared"} if name == "shared" else {}))
+                    self.ids["image_id"][self.ids["image_id"].index(self.named[name])] = new
+                    self.named[name] = new
+            if c.get(f"/compute/v2.1/servers/{self.named['server']}").status_code == 404:
+                resp = c.post("/compute/v2.1/servers", json={"server": {
+                    "name": "fuzz-vm", "imageRef": self.named["active"], "flavorRef": "1"}})
+                if resp.status_code == 202:
+                    new = resp.json()["server"]["id"]
+                    self.ids["server_id"][self.ids["server_id"].index(self.named["server"])] = new
+                    self.named["server"] = new
+
+    @staticmethod
+    def _image(c: httpx.Client, name: str, data: bool = False, **attrs: Any) -> str:
+        resp = c.post("/image/v2/images", json={"name": name, "disk_format": "raw", "container_format": "bare",
+                                                **attrs})
+        assert resp.status_code == 201, resp.text
+        image_id = resp.json()["id"]
+        if data:
+            resp = c.put(f"/image/v2/images/{image_id}/file", content=bytes(1 << 16) + b"fuzz" * 4096,
+                         headers={"Content-Type": "application/octet-stream"})
+            assert resp.status_code == 204, resp.text
+        return image_id
+
+    def _server(self, c: httpx.Client, image_id: str) -> str:
+        resp = c.post("/compute/v2.1/servers", json={"server": {"name": "fuzz-vm", "imageRef": image_id,
+                                                                "flavorRef": "1"}})
+        assert resp.status_code == 202, resp.text
+        server_id = resp.json()["server"]["id"]
+        self._wait(lambda: (lambda s: s["status"] in ("ACTIVE", "ERROR") and s["OS-EXT-STS:task_state"] is None)(
+            c.get(f"/compute/v2.1/servers/{server_id}").json()["server"]))
+        return server_id
+
+    @staticmethod
+    def _wait(done: Callable[[], bool], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(0.2)
+        raise AssertionError("fixture did not settle in time")
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+@dataclass
+class FuzzRequest:
+    endpoint: Endpoint
+    path: str
+    query: str
+    headers: list[tuple[str, bytes]]
+    body: bytes | None
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def _repr_pretty_(self, printer, cycle) -> None:     # hypothesis prints examples with this
+        printer.text(self.describe())
+
+    def describe(self) -> str:
+        body = self.body if self.body is None or len(self.body) <= 300 else self.body[:300] + b"..."
+        query = self.query if len(self.query) <= 300 else self.query[:300] + "..."
+        headers = [(k, v if len(v) <= 100 else v[:100] + b"...") for k, v in self.headers if k != "X-Auth-Token"]
+        return f"{self.endpoint.method} {self.path}{'?' + query if query else ''} headers={headers} body={body!r}"
+
+
+def _pct(text: str) -> str:
+    return quote(text[:4000].encode("utf-8", "surrogatepass"), safe="")   # URLs stay under clients' limits
+
+
+BAD_SEGMENTS = ["%00", "a%00b", "%ff", "%ED%A0%80", "%C3%28", "%2F", "%25", "..", "x" * 300, "%F0%9F%98%80",
+                "%C2%B2", "%D9%A3"]
+
+
+def path_value(fix: Fixtures, kind: str) -> st.SearchStrategy[str]:
+    real = st.integers(0, 1000).map(lambda i: fix.pick(kind, i))
+    return weighted((14, real), (2, st.uuids().map(str)), (2, st.sampled_from(BAD_SEGMENTS)), (1, text_any.map(_pct)))
+
+
+def query_strategy(fix: Fixtures, keys: tuple[str, ...]) -> st.SearchStrategy[str]:
+    known = st.sampled_from(keys or ("limit",))
+    key = weighted((4, known), (1, text_any))
+    ids = st.integers(0, 1000).map(lambda i: fix.pick("image_id", i))
+    value = st.one_of(numberish, text_any, ids, st.sampled_from(
+        ["asc", "desc", "name:asc,id:desc", "created_at", "all", "shared", "public", "true", "false", "accepted",
+         "IMAGE_ACTIVE", "snapshot", "in:" + ",".join(["a"] * 2000)]))
+    pair = st.tuples(key, value).map(lambda kv: f"{_pct(kv[0])}={_pct(kv[1])}")
+    raw = st.sampled_from(["name=%00", "name=%ff", "%ff=1", "limit=%C2%B2", "marker=%ED%A0%80", "a", "=", "&&", "x=%zz"])
+    many = st.integers(129, 300).map(lambda n: "&".join(f"p{i}=v" for i in range(n)))
+    pairs = st.lists(weighted((7, pair), (1, raw)), min_size=1, max_size=6).map("&".join)
+    return weighted((4, st.just("")), (15, pairs), (1, many))
+
+
+def header_text(value: str) -> bytes:
+    """What an HTTP client can put in a header: latin-1, no control characters, trimmed."""
+    raw = value[:8000].encode("latin-1", "replace")
+    return bytes(c if 0x20 <= c and c != 0x7f else 0x3f for c in raw).strip(b" \t")
+
+
+def _header_name(text: str) -> str:
+    return "X-Fuzz-" + "".join(c for c in text if c.isascii() and c.isalnum())[:20]
+
+
+def headers_strategy(endpoint: Endpoint, fix: Fixtures) -> st.SearchStrategy[list[tuple[str, bytes]]]:
+    token = st.sampled_from([MEMBER_TOKEN] * 10 + [ADMIN_TOKEN] * 4 + [OTHER_TOKEN, SERVICE_TOKEN, None, "bogus"])
+    numeric = st.one_of(numberish, st.sampled_from(LATIN1_DIGITS))
+    parts: list[st.SearchStrategy] = [token.map(lambda t: [("X-Auth-Token", t.encode())] if t else [])]
+    ctypes = {"data": "application/octet-stream", "patch": "application/openstack-images-v2.1-json-patch"}
+    wanted = ctypes.get(endpoint.body or "", "application/json")
+    ctype = weighted((6, st.just(wanted)), (1, st.sampled_from(
+        ["application/json", "application/octet-stream", "application/openstack-images-v2.0-json-patch",
+         "text/plain", "application/json; charset=latin-1", "multipart/form-data", "a/b+json"])), (1, text_any))
+    parts.append(ctype.map(lambda v: [("Content-Type", header_text(v))]))
+    if "range" in endpoint.headers:
+        rng = st.one_of(st.tuples(numeric, numeric).map(lambda ab: f"bytes={ab[0]}-{ab[1]}"), text_any,
+                        st.sampled_from(["bytes=0-0", "bytes=-1", "bytes=1-", "bytes=0-1,2-3", "items=0-1"]))
+        parts.append(weighted((1, st.just([])), (2, rng.map(lambda v: [("Range", header_text(v))]))))
+    if "upload" in endpoint.headers:
+        upload_id = st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), text_any)
+        final = st.sampled_from(["true", "false", "TRUE", "yes", "", "\xb2"])
+        upload = st.tuples(upload_id, numeric, final).map(lambda t: [
+            ("X-Image-Upload-Id", header_text(t[0])), ("X-Image-Upload-Offset", header_text(t[1])),
+            ("X-Image-Upload-Final", header_text(t[2]))])
+        parts.append(weighted((1, st.just([])), (2, upload)))
+    if "microversion" in endpoint.headers:
+        version = st.one_of(st.sampled_from(["2.1", "2.45", "2.47", "2.84", "2.96", "2.97", "3.0", "latest", "LATEST",
+                                             "2", "2.", ".1", "2.1.1", "-2.1", "2.²", "2.\xb2"]),
+                            st.tuples(numeric, numeric).map(lambda ab: f"{ab[0]}.{ab[1]}"), text_any)
+        nova = version.map(lambda v: [("X-OpenStack-Nova-API-Version", header_text(v))])
+        generic = version.map(lambda v: [("OpenStack-API-Version", header_text("compute " + v))])
+        good = st.sampled_from(["2.1", "2.45", "2.47", "2.84", "2.96", "latest"]).map(
+            lambda v: [("X-OpenStack-Nova-API-Version", v.encode())])
+        parts.append(weighted((3, st.just([])), (4, good), (1, nova), (1, generic)))
+    ident = weighted((2, st.sampled_from(["bob", "project-a", "project-b", "member,reader", "admin", "service"])),
+                     (1, text_any), (1, st.sampled_from(["x" * 256, "\xe9", "\xb2", "a,,b", ""])))
+    # a service acting for a user (X-Service-Token with the user's identity in headers); in noauth
+    # mode these headers alone say who calls
+    acting = st.tuples(ident, ident, ident).map(lambda t: [
+        ("X-Service-Token", SERVICE_TOKEN.encode()), ("X-User-Id", header_text(t[0])),
+        ("X-Project-Id", header_text(t[1])), ("X-Roles", header_text(t[2]))])
+    extra = weighted(
+        (6, st.just([])),
+        (1, text_any.map(lambda v: [("X-OpenStack-Request-Id", header_text(v))])),
+        (1, st.tuples(text_any, text_any).map(lambda kv: [(_header_name(kv[0]), header_text(kv[1]))])),
+        (1, acting))
+    parts.append(extra)
+    return st.tuples(*parts).map(lambda lists: [h for group in lists for h in group])
+
+
+def body_strategies(fix: Fixtures) -> dict[str, st.SearchStrategy[Any]]:
+    """Valid-shaped JSON for each kind of body."""
+    ids = st.integers(0, 1000).map(lambda i: fix.pick("image_id", i))
+    name = st.one_of(st.text(min_size=1, max_size=20), st.sampled_from(["fuzz", "a b", "x" * 255]))
+    meta = st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=10), max_size=3)
+    image_create = st.fixed_dictionaries({"name": name}, optional={
+        "disk_format": st.sampled_from(["raw", "qcow2", "iso", "vmdk", "bogus"]),
+        "container_format": st.sampled_from(["bare", "ovf", "docker", "bogus"]),
+        "visibility": st.sampled_from(["private", "shared", "community", "public"]),
+        "min_ram": st.integers(0, 4096), "min_disk": st.integers(0, 100), "protected": st.just(False),
+        "os_hidden": st.booleans(), "tags": st.lists(st.text(min_size=1, max_size=8), max_size=3),
+        "id": st.uuids().map(str), "custom_prop": st.text(max_size=10), "owner": st.sampled_from(["project-a", "x"]),
+    })
+    change = st.fixed_dictionaries({
+        "op": st.sampled_from(["add", "replace", "remove", "move"]),
+        "path": st.sampled_from(["/name", "/tags", "/min_ram", "/visibility", "/os_hidden", "/custom_prop",
+                                 "/disk_format", "/owner", "/id", "/status", "/a~1b", "/a/b", "/"]),
+        "value": st.one_of(st.text(max_size=10), st.integers(0, 100), st.lists(st.text(max_size=5), max_size=3),
+                           st.booleans(), st.none()),
+    })
+    patch = st.one_of(st.lists(change, max_size=3),
+                      st.lists(st.fixed_dictionaries({"replace": st.just("/name"), "value": st.text(max_size=8)}),
+                               max_size=2))
+    server = st.fixed_dictionaries({
+        "name": name, "imageRef": st.one_of(ids, ids.map(lambda i: f"http://glance/v2/images/{i}"),
+                                            st.uuids().map(str), st.sampled_from(["", "#", "?x"])),
+        "flavorRef": st.sampled_from(["1", "2", "3", "http://nova/flavors/1", "99"]),
+    }, optional={"metadata": meta})
+    action = st.one_of(
+        st.sampled_from([{"os-start": None}, {"os-stop": None}, {"bogus": {}}]),
+        st.fixed_dictionaries({"createImage": st.fixed_dictionaries({"name": name}, optional={"metadata": meta})}),
+        st.fixed_dictionaries({"createBackup": st.fixed_dictionaries({
+            "name": name, "backup_type": st.sampled_from(["daily", "weekly"]),
+            "rotation": st.one_of(st.integers(0, 5), numberish)})}),
+    )
+    return {
+        "image_create": image_create,
+        "patch": patch,
+        "member_add": st.fixed_dictionaries({"member": st.one_of(st.sampled_from(["project-b", "project-c"]),
+                                                                 st.text(min_size=1, max_size=10))}),
+        "member_update": st.fixed_dictionaries({"status": st.sampled_from(["accepted", "rejected", "pending",
+                                                                           "bogus"])}),
+        "import": st.fixed_dictionaries({"method": st.fixed_dictionaries(
+            {"name": st.sampled_from(["glance-direct", "web-download"])})}),
+        "server_create": st.fixed_dictionaries({"server": server}),
+        "action": action,
+        "adopt": st.fixed_dictionaries({"adopt": st.fixed_dictionaries(
+            {"domain": st.one_of(st.sampled_from(["fuzz-domain", "instance-x"]), name)},
+            optional={"guest_agent": st.booleans()})}),
+        "empty": st.just({}),
+    }
+
+
+RAW_BODIES = [b"", b"{", b"[1,", b"nul", b"\xff\xfe{}", b"\xef\xbb\xbf{}", b'{"a": "\xed\xa0\x80"}', b"\x00",
+              '{"name": "x"}'.encode("utf-16"), b"{}" * 1000, b'{"a": 1, "a": 2}', b"[" * 100_000,
+              b'"' + b"x" * (1 << 20) + b'"']
+
+
+def body_strategy(kind: str | None, shapes: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[bytes | None]:
+    raw = st.sampled_from(RAW_BODIES)
+    junk = any_json.map(lambda v: encode(v).encode())
+    if kind is None:
+        return weighted((8, st.just(None)), (1, junk), (1, raw))
+    if kind == "data":
+        return weighted((6, st.binary(max_size=4096)), (1, st.just(b"")), (1, st.just(b"QFI\xfb" + bytes(508))),
+                        (1, raw))
+    valid = shapes[kind]
+    as_is = valid.map(lambda v: encode(v).encode())
+    return weighted(
+        (9, as_is),
+        (3, st.tuples(valid, nasty_value, st.integers(0, 1 << 16)).map(lambda t: encode(mutate_value(*t)).encode())),
+        (2, st.tuples(valid, text_any, st.integers(0, 1 << 16)).map(lambda t: encode(mutate_key(*t)).encode())),
+        (2, st.tuples(valid, st.sampled_from(RAW_VALUES), st.integers(0, 1 << 16))
+         .map(lambda t: encode(mutate_value(*t)).encode())),
+        (2, junk), (1, raw), (1, st.just(None)),
+    )
+
+
+def request_strategy(endpoints: list[Endpoint], fix: Fixtures) -> st.SearchStrategy[FuzzRequest]:
+    shapes = body_strategies(fix)
+    per_endpoint = []
+    for ep in endpoints:
+        names = [p.split("}")[0] for p in ep.path.split("{")[1:]]
+        path = st.tuples(*[path_value(fix, n) for n in names]).map(
+            lambda values, ep=ep, names=names: _fill(ep.path, names, values))
+        per_endpoint.append(st.builds(FuzzRequest, endpoint=st.just(ep), path=path,
+                                      query=query_strategy(fix, ep.query) if ep.method == "GET" else st.one_of(
+                                          st.just(""), st.just(""), query_strategy(fix, ())),
+                                      headers=headers_strategy(ep, fix), body=body_strategy(ep.body, shapes)))
+    return st.sampled_from(range(len(per_endpoint))).flatmap(lambda i: per_endpoint[i])
+
+
+def _fill(template: str, names: list[str], values: tuple[str, ...]) -> str:
+    for n, v in zip(names, values):
+        template = template.replace("{" + n + "}", v, 1)
+    return template
+
+
+# -- the properties -----------------------------------------------------------------------------
+
+def violation(resp: httpx.Response) -> str | None:
+    """Why this answer breaks a property, or None."""
+    status = resp.status_code
+    if status >= 500 and not (status == 503 and "retry-after" in resp.headers):
+        return f"HTTP {status}"
+    request_id = resp.headers.get("x-openstack-request-id")
+    if status >= 400:
+        if request_id is None:
+            # Refused by the HTTP parser (uvicorn) before the application saw it: plain 400.
+            return None if status == 400 else f"HTTP {status} without a request id"
+        try:
+            err = resp.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            return f"HTTP {status}: the error body is not JSON with an 'error' object"
+        if err.get("request_id") != request_id or err.get("code") != status:
+            return f"HTTP {status}: the error body does not carry the request id and code"
+        return None
+    if resp.content and resp.headers.get("content-type", "").startswith("application/json"):
+        try:
+            resp.json()
+        except ValueError:
+            return f"HTTP {status}: the JSON body does not parse"
+    return None
+
+
+@dataclass
+class FuzzResult:
+    api: str
+    sent: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    violations: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    # (method, route, status, start of the error message): where the requests ended up
+    outcomes: Counter = field(default_factory=Counter)
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for s, n in self.statuses.items() if isinstance(s, int) and s >= 500)
+
+    def summary(self) -> str:
+        by_status = ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses.items(), key=lambda kv: str(kv[0])))
+        return (f"{self.api}: {self.sent} requests in {self.seconds:.1f}s; 500s: {self.statuses.get(500, 0)}; "
+                f"violations: {len(self.violations)}; by status: {by_status}")
+
+
+def check_listings(base_url: str) -> list[str]:
+    """The three APIs' listings answer 200 for a member and an admin."""
+    problems = []
+    for token in (MEMBER_TOKEN, ADMIN_TOKEN):
+        with httpx.Client(base_url=base_url, timeout=TIMEOUT, headers={"X-Auth-Token": token}) as c:
+            for path in ("/image/v2/images", "/compute/v2.1/servers/detail", "/v1/workflows"):
+                resp = c.get(path)
+                if resp.status_code != 200:
+                    problems.append(f"GET {path} ({'admin' if token == ADMIN_TOKEN else 'member'}): "
+                                    f"{resp.status_code} {resp.text[:200]}")
+    return problems
+
+
+_FIXTURES: dict[str, Fixtures] = {}
+
+
+def fixtures_for(base_url: str) -> Fixtures:
+    if base_url not in _FIXTURES:
+        _FIXTURES[base_url] = Fixtures(base_url).setup()
+    return _FIXTURES[base_url]
+
+
+def fuzz(base_url: str, api: str, examples: int, *, seed: int = SEED, stop_at_first: bool = True) -> FuzzResult:
+    """Send ``examples`` fuzzed requests to one API. With ``stop_at_first`` (tests) the first
+    violation fails, naming the request; otherwise (the benchmark) all are counted and the run
+    goes on."""
+    fix = fixtures_for(base_url)
+    endpoints = [e for e in CATALOGUE if e.api == api]
+    result = FuzzResult(api)
+    client = httpx.Client(base_url=base_url, timeout=TIMEOUT)
+    started = time.monotonic()
+
+    def record(problem: str, req: FuzzRequest) -> None:
+        result.violations.append((problem, req.describe()))
+        if stop_at_first:
+            raise AssertionError(f"{problem}: {req.describe()}")
+
+    @settings(max_examples=examples, database=None, deadline=None, print_blob=False,
+              phases=[Phase.generate],     # no shrinking: a hang would cost TIMEOUT per shrink step
+              suppress_health_check=list(HealthCheck))
+    @fixed_seed(seed)
+    @given(request_strategy(endpoints, fix))
+    def one(req: FuzzRequest) -> None:
+        result.sent += 1
+        if result.sent % LISTING_EVERY == 0:
+            fix.refresh()
+            for problem in check_listings(base_url):
+                record(f"listing broken: {problem}", req)
+        url = req.path + ("?" + req.query if req.query else "")
+        try:
+            resp = client.request(req.endpoint.method, url, content=req.body, headers=req.headers)
+        except httpx.TimeoutException:
+            result.statuses["timeout"] += 1
+            record(f"no answer within {TIMEOUT}s", req)
+            return
+        except (httpx.InvalidURL, httpx.LocalProtocolError):
+            result.statuses["unsendable"] += 1      # the client refuses to send it: nothing to test
+            return
+        except httpx.TransportError as exc:
+            result.statuses["connection error"] += 1
+            record(f"connection error: {exc!r}", req)
+            return
+        result.statuses[resp.status_code] += 1
+        message = ""
+        if resp.status_code >= 400 and resp.headers.get("content-type", "").startswith("application/json"):
+            try:
+                message = str(resp.json()["error"]["message"])[:50]
+            except (ValueError, KeyError, TypeError):
+                pass
+        result.outcomes[(req.endpoint.method, req.endpoint.path, resp.status_code, message)] += 1
+        problem = violation(resp)
+        if problem is not None:
+            record(problem, req)
+
+    try:
+        one()
+    finally:
+        client.close()
+        result.seconds = time.monotonic() - started
+    for problem in check_listings(base_url):
+        result.violations.append((f"listing broken: {problem}", "after the run"))
+    return result
