@@ -76,6 +76,14 @@ class LiveServer:
         return self.process.returncode
 
 
+def switch_on_testing(env: dict | None) -> dict:
+    """A test that sets a test-only knob ([testing]: fake driver delays and failures, fault
+    injection) switches them on; `serve` refuses them otherwise. A test may still say
+    FREEZEFRAME_TESTING__ENABLED=false itself (to see the refusal)."""
+    knobs = [k for k in (env or {}) if k.startswith("FREEZEFRAME_TESTING__") and k != "FREEZEFRAME_TESTING__ENABLED"]
+    return {"FREEZEFRAME_TESTING__ENABLED": "true"} if knobs else {}
+
+
 def start_server(data_dir: Path, *, auth: str = "tokens", env: dict | None = None,
                  args: list[str] | None = None, port: int | None = None) -> LiveServer:
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +95,7 @@ def start_server(data_dir: Path, *, auth: str = "tokens", env: dict | None = Non
     log_path = data_dir / f"server-{port}.log"
     # The fake virt driver unless a test asks for libvirt: API tests need no hypervisor.
     full_env = {**os.environ, "FREEZEFRAME_STORE__FSYNC": "false", "FREEZEFRAME_COMPUTE__DRIVER": "fake",
-                **(env or {})}
+                **switch_on_testing(env), **(env or {})}
     proc = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=full_env)
     server = LiveServer(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=proc, log_path=log_path)
     deadline = time.monotonic() + 30

@@ -7,16 +7,21 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+from freezeframe.common.timeutil import utcnow
+from freezeframe.compute import conductor_hooks as compute_hooks
 from freezeframe.compute.drivers.base import VirtDriver
 from freezeframe.compute.service import ComputeService
+from freezeframe.conductor import jobboard
 from freezeframe.conductor.engine import Conductor
+from freezeframe.conductor.lease import Leases
 from freezeframe.conductor.liveness import Liveness, backend_url
-from freezeframe.conductor.model import Workflow
+from freezeframe.conductor.registry import Registry
 from freezeframe.conductor.runtime import Runtime
 from freezeframe.conductor.runtime import install as install_runtime
-from freezeframe.conductor.states import TERMINAL, WorkflowState, parse
+from freezeframe.conductor.service import Workflows
 from freezeframe.db.engine import make_engine, make_sessionmaker
 from freezeframe.db.migrate import upgrade
 from freezeframe.db.session import Database
@@ -24,6 +29,8 @@ from freezeframe.common.context import Actor
 from freezeframe.common.policy import Policy
 from freezeframe.http.auth import Authenticator, acting_headers, load_tokens, service_token, write_default_tokens
 from freezeframe.http.inprocess import InProcess
+from freezeframe.identity.catalog import Catalog
+from freezeframe.identity.service import IdentityService
 from freezeframe.images.client import GlanceClient
 from freezeframe.images.data import ImageData
 from freezeframe.images.drivers.file import FileStore
@@ -45,26 +52,45 @@ class Services:
     reaper: Reaper
     policy: Policy
     inprocess: InProcess
+    # The conductor's side every process has: the registry of kinds and hooks, the conductor's
+    # API for services (submit, ...), and liveness (who is alive).
+    registry: Registry
+    workflows: Workflows
+    liveness: Liveness
     conductor: Conductor | None = None
     compute: ComputeService | None = None
-    liveness: Liveness | None = None
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, *, role: str | None = None) -> Services:
+    """``role``: "conductor" when this process runs a conductor (its liveness id is then the
+    conductor's), "api" otherwise; by default what `serve` runs with these settings."""
+    if settings.testing.enabled:
+        LOG.warning("[testing] is enabled (test-only knobs: %s): never in production",
+                    ", ".join(f"{k}={getattr(settings.testing, k)!r}" for k in settings.testing.knobs_set()) or "none")
     engine = make_engine(settings.database_url)
-    upgrade(engine)
+    upgrade(engine, compute_host=settings.compute.host)
     db = Database(engine, make_sessionmaker(engine))
     store = FileStore(settings.store_path, fsync=settings.store.fsync)
     policy = Policy(settings.policy_path)
+    role = role or ("conductor" if settings.compute.enabled and settings.conductor.enabled else "api")
+    registry = Registry()
+    liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir),
+                        conductor_id(settings, role))
+    board = jobboard.fetch(settings.conductor.jobboard_url, db=db, registry=registry,
+                           ttl=settings.conductor.lease_ttl, name=f"freezeframe-{liveness.member_id}")
+    workflows = Workflows(db, registry, board, owner_alive=liveness.is_alive, lease_ttl=settings.conductor.lease_ttl)
     return Services(
         db=db,
         store=store,
         images=ImageService(db, store, settings.images, policy),
         data=ImageData(db, store, settings.images, policy),
         members=MemberService(db, settings.images, policy),
-        reaper=Reaper(db, store, settings.reaper),
+        reaper=Reaper(db, store, settings.reaper, owner_alive=workflows.owner_alive),
         policy=policy,
         inprocess=InProcess(),
+        registry=registry,
+        workflows=workflows,
+        liveness=liveness,
     )
 
 
@@ -73,8 +99,7 @@ def service_image_client(settings: Settings, authenticator: Authenticator,
     """How the other services (and the workflows) reach the image API: acting for a user, with
     that user's rights, their own service credential beside it (X-Service-Token). In ``serve``
     the calls go through the same application in process; elsewhere over HTTP."""
-    host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
-    url = settings.conductor.image_url or f"http://{host}:{settings.server.port}/image"
+    url = settings.conductor.image_url or settings.endpoint("image")     # the endpoint catalog
     if authenticator.mode == "noauth":
         credential = {"X-Service-Roles": "service"}
     else:
@@ -94,24 +119,57 @@ def service_image_client(settings: Settings, authenticator: Authenticator,
     return client
 
 
-def build_runtime(settings: Settings, db, driver: VirtDriver, images) -> Runtime:
-    """What the workflows of this process run with (conductor.runtime)."""
-    kill_at = frozenset(s.strip() for s in settings.conductor.fault_kill_at.split(",") if s.strip())
+def build_runtime(settings: Settings, db, driver: VirtDriver, images, *, leases: Leases | None = None,
+                  local: dict | None = None) -> Runtime:
+    """What the workflows of this process run with (conductor.runtime); the fault injection
+    points come from [testing] (refused unless testing.enabled)."""
+    testing = settings.testing
     return Runtime(db=db, driver=driver, image_client=images, workdir=settings.instances_path / "_snapshots",
                    upload_rate=settings.conductor.upload_rate, upload_chunk=settings.conductor.upload_chunk,
-                   kill_at=kill_at, pause_seconds=settings.conductor.fault_pause_seconds,
-                   pause_at=frozenset(s.strip() for s in settings.conductor.fault_pause_at.split(",") if s.strip()))
+                   kill_at=testing.states(testing.fault_kill_at), pause_at=testing.states(testing.fault_pause_at),
+                   pause_seconds=testing.fault_pause_seconds, leases=leases, local=local or {})
+
+
+def conductor_hosts(settings: Settings, *, embedded: bool) -> frozenset[str] | None:
+    """The hosts whose host-bound work a conductor claims (None: any): conductor.hosts, else
+    any for the conductor inside `serve` and this host (compute.host) for `freezeframe conductor`."""
+    names = frozenset(h.strip() for h in settings.conductor.hosts.split(",") if h.strip())
+    if "*" in names or (not names and embedded):
+        return None
+    return names or frozenset({settings.compute.host})
+
+
+def register_work(settings: Settings, services: Services, driver: VirtDriver, images, *,
+                  leases: Leases | None, api_started_at) -> None:
+    """The services' kinds of work and reconcile hooks, and the runtime their workflows use."""
+    compute_hooks.register(services.registry, db=services.db, driver=driver,
+                           workdir=settings.instances_path / "_snapshots", task_timeout=settings.compute.task_timeout,
+                           api_started_at=api_started_at)
+    install_runtime(build_runtime(settings, services.db, driver, images, leases=leases,
+                                  local=compute_hooks.local_api(services.policy)))
+
+
+def build_conductor(settings: Settings, services: Services, driver: VirtDriver, images, *, embedded: bool,
+                    api_started_at=None) -> Conductor:
+    """A conductor for this process: its leases, the work it runs (registered), its jobboard."""
+    leases = Leases(services.db, services.liveness.member_id, settings.conductor.lease_ttl,
+                    services.registry.terminal_states)
+    register_work(settings, services, driver, images, leases=leases, api_started_at=api_started_at)
+    return Conductor(services.db, services.liveness, database_url=settings.database_url, registry=services.registry,
+                     leases=leases, board=services.workflows.board, hosts=conductor_hosts(settings, embedded=embedded),
+                     max_workers=settings.conductor.workers, scan_interval=settings.conductor.scan_interval,
+                     workflows=services.workflows)
 
 
 def build_driver(settings: Settings) -> VirtDriver:
     if settings.compute.driver == "fake":
         from freezeframe.compute.drivers.base import DriverError
         from freezeframe.compute.drivers.fake import PersistentFakeDriver
-        steps = [step.strip() for step in settings.compute.fake_fail_on.split(",") if step.strip()]
+        testing = settings.testing     # test knobs: refused unless testing.enabled
+        steps = sorted(testing.states(testing.fake_fail_on))
         return PersistentFakeDriver(settings.data_dir / "fake-host.json",
                                     fail_on={step: DriverError(f"injected failure at {step}") for step in steps},
-                                    copy_delay=settings.compute.fake_copy_delay,
-                                    read_delay=settings.compute.fake_read_delay)
+                                    copy_delay=testing.fake_copy_delay, read_delay=testing.fake_read_delay)
     from freezeframe.compute.drivers.libvirt import LibvirtDriver
     consoles = settings.instances_path / "_consoles"   # each server's serial console log
     consoles.mkdir(parents=True, exist_ok=True)
@@ -139,63 +197,132 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
         LOG.warning("compute disabled: the %s driver is unavailable: %s", settings.compute.driver, exc)
         return
     images = service_image_client(settings, authenticator, services.inprocess)
-    install_runtime(build_runtime(settings, services.db, driver, images))
-    role = "conductor" if with_conductor else "api"
-    services.liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir),
-                                 conductor_id(settings, role))
-    submit: Callable[[str], None] = lambda _workflow_id: None
+    # The compute API of this process starts now: an operation begun before belonged to a
+    # process that is gone (the reconcile hook repairs it at once).
+    api_started_at = utcnow()
     if with_conductor:
-        services.conductor = Conductor(services.db, services.liveness, database_url=settings.database_url,
-                                       max_workers=settings.conductor.workers,
-                                       scan_interval=settings.conductor.scan_interval)
-        submit = services.conductor.submit
-    services.reaper.owner_alive = workflow_owner_alive(services.db, services.liveness)
-    services.compute = ComputeService(services.db, driver, images, settings.instances_path, submit=submit,
-                                      policy=services.policy,
+        services.conductor = build_conductor(settings, services, driver, images, embedded=True,
+                                             api_started_at=api_started_at)
+    else:       # workflows wait (owner None) for a `freezeframe conductor`
+        register_work(settings, services, driver, images, leases=None, api_started_at=api_started_at)
+    services.compute = ComputeService(services.db, driver, images, settings.instances_path, services.workflows,
+                                      policy=services.policy, host=settings.compute.host,
                                       max_concurrent_snapshots=settings.compute.max_concurrent_snapshots)
 
 
-def workflow_owner_alive(db: Database, liveness: Liveness) -> Callable[[str], bool]:
-    """For the reaper: is the conductor running this workflow alive (or will one pick it up)?"""
-    def alive(workflow_id: str) -> bool:
-        wf = db.run_sync(lambda s: s.get(Workflow, workflow_id))
-        if wf is None or WorkflowState(parse(wf.state)[0]) in TERMINAL:
-            return False
-        return wf.owner is None or liveness.is_alive(wf.owner)
-    return alive
+def build_identity(settings: Settings, db: Database) -> IdentityService | None:
+    """The identity v3 service of `serve` (auth.mode "tokens" with identity.enabled): the
+    identity file (generated on first start unless identity.file names one), tokens in ``db``."""
+    if settings.auth.mode != "tokens" or not settings.identity.enabled:
+        return None
+    return IdentityService.open(settings.identity_path, db, generate=not settings.identity.file,
+                                token_expiration=settings.identity.token_expiration,
+                                cache_ttl=settings.identity.cache_ttl)
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
+def build_catalog(settings: Settings, services: Services) -> Catalog:
+    """The service catalog the identity service hands out, from the endpoint catalog."""
+    local = {"identity", "image"} | ({"compute"} if services.compute is not None else set())
+    configured = {name: getattr(settings.endpoints, name) for name in ("identity", "image", "compute", "volume",
+                                                                      "baremetal")}
+    return Catalog(configured, frozenset(local), settings.endpoints.region)
+
+
+def build_authenticator(settings: Settings, identity: IdentityService | None = None, *,
+                        serving: bool = False) -> Authenticator:
+    """The tokens file (generated on first start unless auth.tokens_file names one) and, for a
+    process that serves the APIs (``serving``), the token validators the mode asks for (the
+    identity service's tokens, or an existing Keystone's) and <data_dir>/clouds.yaml for what
+    was generated. Elsewhere (a conductor) it only holds the services' own credential."""
     if settings.auth.mode == "noauth":
         LOG.warning("authentication is OFF (--auth noauth): every caller is an admin. Development only.")
         return Authenticator("noauth")
     path = settings.tokens_path
-    if not settings.auth.tokens_file:
-        if not path.exists():
+    if not settings.auth.tokens_file and not path.exists():
+        try:
             write_default_tokens(path)
-        write_clouds_yaml(settings, load_tokens(path))
-    return Authenticator("tokens", load_tokens(path))
+        except FileExistsError:        # another process of the same start made it first
+            pass
+    tokens = load_tokens(path)
+    validators: list = []
+    if serving and settings.auth.mode == "keystone":
+        from freezeframe.identity.keystone import KeystoneValidator
+        auth = settings.auth
+        validators.append(KeystoneValidator(auth.keystone_url, user=auth.keystone_user, password=auth.keystone_password,
+                                            project=auth.keystone_project, user_domain=auth.keystone_user_domain,
+                                            project_domain=auth.keystone_project_domain,
+                                            cache_ttl=auth.keystone_cache_ttl, timeout=auth.keystone_timeout))
+        LOG.info("tokens validated against Keystone at %s (and the tokens file %s)", auth.keystone_url, path)
+    elif serving and identity is not None:
+        validators.append(identity.tokens)
+    if serving:
+        write_clouds_yaml(settings, tokens if not settings.auth.tokens_file else {}, identity)
+    return Authenticator(settings.auth.mode, tokens, validators)
 
 
-def write_clouds_yaml(settings: Settings, tokens: dict) -> None:
-    """With the generated tokens, also write a clouds.yaml so clients work at once:
-    ``OS_CLIENT_CONFIG_FILE=<data-dir>/clouds.yaml OS_CLOUD=freezeframe``."""
-    import os
+def write_clouds_yaml(settings: Settings, tokens: dict, identity: IdentityService | None = None) -> None:
+    """A clouds.yaml for what was generated, so clients work at once:
+    ``OS_CLIENT_CONFIG_FILE=<data-dir>/clouds.yaml OS_CLOUD=freezeframe``.
+
+    With the generated identity file: one cloud per generated user (``freezeframe`` the admin,
+    ``freezeframe-demo`` the member, ``freezeframe-service``), password auth through
+    ``/identity``, no endpoint overrides (the catalog has them). Their passwords exist only
+    here: later starts carry them over from the clouds.yaml they find. With the generated
+    tokens file: one ``admin_token`` cloud per token (``freezeframe-token``,
+    ``freezeframe-token-demo``, ...; plain ``freezeframe``... when there is no identity cloud)."""
+    import fcntl
+
+    target = settings.data_dir / "clouds.yaml"
+    # Several processes of one start (API workers) may write it at once: read and replace
+    # under a lock, so each keeps the passwords another one just wrote.
+    with open(settings.data_dir / ".clouds.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _write_clouds_locked(settings, target, tokens, identity)
+
+
+def _write_clouds_locked(settings: Settings, target: Path, tokens: dict, identity: IdentityService | None) -> None:
 
     import yaml
 
-    host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
-    url = f"http://{host}:{settings.server.port}/image"
-    clouds = {}
+    from freezeframe.identity.config import DEFAULT_USERS
+
+    try:
+        previous = (yaml.safe_load(target.read_text()) or {}).get("clouds") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        previous = {}
+    clouds: dict = {}
+    if identity is not None and identity.generated:
+        users = identity.file.current().users
+        for user_id, project, _roles, name in DEFAULT_USERS:
+            old = previous.get(name) if isinstance(previous.get(name), dict) else {}
+            password = identity.passwords.get(user_id) or (old.get("auth") or {}).get("password")
+            if user_id not in users:
+                continue
+            if not password:
+                LOG.warning("clouds.yaml: no cloud for user %s (its password is not known here; give it a new "
+                            "password_hash made with `freezeframe identity hash`)", user_id)
+                continue
+            clouds[name] = {"auth_type": "password", "region_name": settings.endpoints.region,
+                            "identity_api_version": 3,
+                            "auth": {"auth_url": settings.endpoint("identity"), "username": user_id,
+                                     "password": password, "project_name": project,
+                                     "user_domain_name": "Default", "project_domain_name": "Default"}}
+    image_url = settings.endpoint("image")
+    prefix = "freezeframe-token" if clouds else "freezeframe"
     for token, ident in tokens.items():
-        name = ("freezeframe-service" if "service" in ident.roles else
-                "freezeframe" if "admin" in ident.roles else f"freezeframe-{ident.project_id}")
-        clouds[name] = {"auth_type": "admin_token", "auth": {"endpoint": url, "token": token},
-                        "image_endpoint_override": url, "image_api_version": "2"}
-    target = settings.data_dir / "clouds.yaml"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        name = (f"{prefix}-service" if "service" in ident.roles else
+                prefix if "admin" in ident.roles else f"{prefix}-{ident.project_id}")
+        clouds[name] = {"auth_type": "admin_token", "auth": {"endpoint": image_url, "token": token},
+                        "image_endpoint_override": image_url, "image_api_version": "2"}
+        if settings.compute.enabled:
+            clouds[name]["compute_endpoint_override"] = settings.endpoint("compute")
+    if not clouds:
+        return
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump({"clouds": clouds}, fh, sort_keys=True)
+    os.replace(partial, target)
     LOG.info("client configuration: export OS_CLIENT_CONFIG_FILE=%s OS_CLOUD=freezeframe", target)
 
 

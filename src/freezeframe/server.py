@@ -26,7 +26,6 @@ from types import FrameType
 import uvicorn
 
 from freezeframe.common import logs
-from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor.engine import Conductor, exit_like_kill_9
 from freezeframe.http.app import build_app
 from freezeframe.settings import Settings
@@ -100,10 +99,6 @@ def serve(settings: Settings) -> None:
     conductor = services.conductor
     if conductor is not None:
         app.state.conductor_run_by_server = True     # the lifespan leaves it to Server
-        # Reconcile (compute/reconcile.py): a server operation begun before now ran in an
-        # earlier run of this process; one that made no progress for task_timeout is stuck.
-        conductor.api_started_at = utcnow()
-        conductor.task_timeout = settings.compute.task_timeout
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic GC's generations so collections stay short under load.
     gc.collect()

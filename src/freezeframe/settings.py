@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -95,13 +96,57 @@ class ReaperSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    # "tokens" (a tokens file checked on X-Auth-Token) or "noauth" (development only).
+    # "tokens": the tokens file and the tokens issued by this identity service ([identity]);
+    # "keystone": the tokens file and tokens validated against an existing Keystone (below);
+    # "noauth": development only.
     mode: str = "tokens"
     # Empty means <data_dir>/tokens.json, created with fresh tokens on first start.
     tokens_file: str = ""
     # An operator's oslo.policy file (YAML or JSON) overriding the default rules; empty means
     # <data_dir>/policy.yaml when it exists. `freezeframe policy` prints the defaults.
     policy_file: str = ""
+    # mode "keystone": the Keystone that issues the users' tokens (its v3 URL, e.g.
+    # http://keystone:5000/v3) and the service user that validates them (role "service").
+    keystone_url: str = ""
+    keystone_user: str = ""
+    keystone_password: str = ""
+    keystone_project: str = "service"
+    keystone_user_domain: str = "Default"
+    keystone_project_domain: str = "Default"
+    # A validated token is remembered this long (at most 300 s, never past its expiry);
+    # a refused one is not remembered.
+    keystone_cache_ttl: float = 300.0
+    keystone_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    # Serve the identity v3 API at /identity (auth.mode "tokens"): password and application
+    # credential authentication against the identity file, tokens kept in the database.
+    enabled: bool = True
+    # Projects, users (password hashes), role assignments, application credentials. Empty:
+    # <data_dir>/identity.yaml, generated on first start (an admin, a demo member, the service
+    # user, random passwords written to <data_dir>/clouds.yaml only).
+    file: str = ""
+    # Seconds an issued token is valid.
+    token_expiration: float = 3600.0
+    # Seconds each process remembers a token it validated: a token revoked through another
+    # process stops working here within this time (at once through this process).
+    cache_ttl: float = 10.0
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """The endpoint catalog: where each API is, for clients (the identity service's catalog)
+    and for the services reaching one another. Empty: this very process,
+    http://<server.host>:<server.port>/image (/compute/v2.1, /identity); volume and baremetal
+    are listed only when set."""
+    image: str = ""
+    compute: str = ""
+    volume: str = ""
+    baremetal: str = ""
+    identity: str = ""
+    region: str = "RegionOne"
 
 
 @dataclass(frozen=True)
@@ -113,12 +158,11 @@ class ComputeSettings:
     libvirt_uri: str = ""
     # Empty means <data_dir>/instances.
     instances_path: str = ""
+    # Snapshots and backups running at once on one compute host; more are a 409.
     max_concurrent_snapshots: int = 5
-    # Fake driver only (workflow tests): steps that fail ("begin_snapshot,copy,open_snapshot"),
-    # seconds to sleep per MiB while taking the point in time, and after each read of it.
-    fake_fail_on: str = ""
-    fake_copy_delay: float = 0.0
-    fake_read_delay: float = 0.0
+    # The name of this compute host: its servers record it, and host-bound work on them goes to
+    # a conductor that serves it (conductor.hosts).
+    host: str = field(default_factory=socket.gethostname)
     # The conductor's reconcile repairs a server left in spawning / powering-* / deleting with
     # no live operation once that task_state is this old (seconds); at once for one left by an
     # earlier run of this very `serve` (compute/reconcile.py).
@@ -139,6 +183,15 @@ class ConductorSettings:
     service_token: str = ""
     workers: int = 5
     scan_interval: float = 5.0
+    # Where conductors find work, by URL: empty = the database (embedded; conductors poll it);
+    # redis://host:port/db[?namespace=...] = taskflow's Redis jobboard (several conductors).
+    jobboard_url: str = ""
+    # A conductor's lease on a workflow (seconds): renewed every third of it; a conductor that
+    # dies is taken over about this long after its last renewal.
+    lease_ttl: float = 10.0
+    # The hosts whose host-bound work (a server's snapshot) this conductor claims, comma-
+    # separated, "*" for any. Empty: any in `serve`, compute.host for `freezeframe conductor`.
+    hosts: str = ""
     # A workflow whose state has not changed for this long is shown as stalled.
     stall_timeout: float = 300.0
     # Upload bandwidth limit per snapshot, bytes/s (0: none), to spare a busy host's network.
@@ -146,13 +199,44 @@ class ConductorSettings:
     # A snapshot is uploaded in parts of this many bytes, each kept by the image service before
     # the next is sent: a crash re-sends at most one part.
     upload_chunk: int = 16 << 20
-    # Fault injection for crash tests, never for production: SIGKILL the process right after a
-    # workflow enters one of these states (comma-separated, e.g. "PENDING,UPLOAD_30_COMPLETE").
+
+
+@dataclass(frozen=True)
+class TestingSettings:
+    """Knobs for the project's own tests and benchmarks, never for production: any of them set
+    without ``enabled = true`` (FREEZEFRAME_TESTING__ENABLED=true) is refused at start."""
+    __test__ = False    # not a test class (pytest collects Test* names)
+    enabled: bool = False
+    # Fake virt driver (compute.driver = "fake"): steps that fail
+    # ("begin_snapshot,copy,open_snapshot"), seconds to sleep per MiB while taking the point in
+    # time, and after each read of it.
+    fake_fail_on: str = ""
+    fake_copy_delay: float = 0.0
+    fake_read_delay: float = 0.0
+    # Crash tests: SIGKILL the process right after a workflow enters one of these states
+    # (comma-separated, e.g. "PENDING,UPLOAD_30_COMPLETE").
     fault_kill_at: str = ""
-    # Stop tests, never for production: a workflow entering one of these states waits there
-    # (interruptibly) for fault_pause_seconds, so a test can stop the process in that state.
+    # Stop tests: a workflow entering one of these states waits there (interruptibly) for
+    # fault_pause_seconds, so a test can stop the process in that state.
     fault_pause_at: str = ""
     fault_pause_seconds: float = 60.0
+
+    def knobs_set(self) -> list[str]:
+        """The knobs that differ from their defaults (``enabled`` aside)."""
+        default = TestingSettings()
+        return [f.name for f in dataclasses.fields(self)
+                if f.name != "enabled" and getattr(self, f.name) != getattr(default, f.name)]
+
+    @staticmethod
+    def states(value: str) -> frozenset[str]:
+        """A comma-separated list of names (fake_fail_on, fault_kill_at, fault_pause_at)."""
+        return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+# Settings that moved: a configuration still naming the old place gets told the new one.
+MOVED = {f"{section}.{name}": f"testing.{name}" for section, names in (
+    ("compute", ("fake_fail_on", "fake_copy_delay", "fake_read_delay")),
+    ("conductor", ("fault_kill_at", "fault_pause_at", "fault_pause_seconds"))) for name in names}
 
 
 @dataclass(frozen=True)
@@ -164,8 +248,11 @@ class Settings:
     images: ImageSettings = field(default_factory=ImageSettings)
     reaper: ReaperSettings = field(default_factory=ReaperSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    endpoints: EndpointSettings = field(default_factory=EndpointSettings)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
     conductor: ConductorSettings = field(default_factory=ConductorSettings)
+    testing: TestingSettings = field(default_factory=TestingSettings)
 
     @property
     def database_url(self) -> str:
@@ -186,6 +273,29 @@ class Settings:
     @property
     def tokens_path(self) -> Path:
         return Path(self.auth.tokens_file) if self.auth.tokens_file else self.data_dir / "tokens.json"
+
+    @property
+    def identity_path(self) -> Path:
+        return Path(self.identity.file) if self.identity.file else self.data_dir / "identity.yaml"
+
+    @property
+    def local_url(self) -> str:
+        """This process's root URL as a client on this host reaches it."""
+        host = self.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.server.port}"
+
+    def endpoint(self, service: str) -> str:
+        """A service's URL from the endpoint catalog: the configured one, else this process's
+        (image, compute, identity); "" for a service that is not configured."""
+        configured = getattr(self.endpoints, service)
+        if configured or service not in LOCAL_PATHS:
+            return configured.rstrip("/")
+        return self.local_url + LOCAL_PATHS[service]
+
+
+# Where `serve` mounts each API (the endpoint catalog's defaults).
+LOCAL_PATHS = {"image": "/image", "compute": "/compute/v2.1", "identity": "/identity"}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -221,6 +331,11 @@ def _apply(obj: Any, overrides: Mapping[str, Any], where: str) -> Any:
     for key, value in overrides.items():
         name = key.replace("-", "_")
         if name not in hints:
+            here = f"{where}.{key}" if where else key
+            if f"{where}.{name}" in MOVED:
+                new = MOVED[f"{where}.{name}"]
+                raise SettingsError(f"{here}: moved to {new} ([testing] section, env FREEZEFRAME_"
+                                    f"{new.upper().replace('.', '__')}; needs testing.enabled = true)")
             known = ", ".join(sorted(hints))
             raise SettingsError(f"{where}.{key}: unknown setting (known: {known})")
         typ = hints[name]
@@ -288,8 +403,22 @@ def load(
 def validate(settings: Settings) -> Settings:
     import hashlib
 
-    if settings.auth.mode not in ("tokens", "noauth"):
-        raise SettingsError(f"auth.mode: must be 'tokens' or 'noauth', got {settings.auth.mode!r}")
+    if settings.auth.mode not in ("tokens", "noauth", "keystone"):
+        raise SettingsError(f"auth.mode: must be 'tokens', 'keystone' or 'noauth', got {settings.auth.mode!r}")
+    if settings.auth.mode == "keystone":
+        missing = [f"auth.{k}" for k in ("keystone_url", "keystone_user", "keystone_password")
+                   if not getattr(settings.auth, k)]
+        if missing:
+            raise SettingsError(f"auth.mode 'keystone' needs {', '.join(missing)} (the Keystone and the "
+                                "service user that validates tokens)")
+    if not 0 <= settings.auth.keystone_cache_ttl <= 300:
+        raise SettingsError("auth.keystone_cache_ttl: must be between 0 and 300 seconds")
+    if settings.identity.token_expiration <= 0 or settings.identity.cache_ttl < 0:
+        raise SettingsError("identity.token_expiration must be positive and identity.cache_ttl not negative")
+    for name in ("image", "compute", "volume", "baremetal", "identity"):
+        url = getattr(settings.endpoints, name)
+        if url and not url.startswith(("http://", "https://")):
+            raise SettingsError(f"endpoints.{name}: {url!r} must start with http:// or https://")
     if settings.images.hash_algo not in hashlib.algorithms_available:
         raise SettingsError(f"images.hash_algo: unknown hash algorithm {settings.images.hash_algo!r}")
     if not 0 < settings.server.port < 65536:
@@ -300,4 +429,20 @@ def validate(settings: Settings) -> Settings:
         raise SettingsError("images.chunk_size: must be at least 65536")
     if settings.conductor.upload_chunk < 65536:
         raise SettingsError("conductor.upload_chunk: must be at least 65536")
+    if not 0.5 <= settings.conductor.lease_ttl <= 3600:
+        raise SettingsError("conductor.lease_ttl: must be between 0.5 and 3600 seconds")
+    if settings.conductor.jobboard_url and not settings.conductor.jobboard_url.startswith("redis://"):
+        raise SettingsError(f"conductor.jobboard_url: {settings.conductor.jobboard_url!r}: empty (the database) "
+                            "or redis://host:port/db")
+    if not settings.compute.host.strip():
+        raise SettingsError("compute.host: must not be empty")
+    knobs = settings.testing.knobs_set()
+    if knobs and not settings.testing.enabled:
+        raise SettingsError(f"testing.{knobs[0]}: a test-only knob (fault injection, fake driver delays), "
+                            "refused unless testing.enabled = true (FREEZEFRAME_TESTING__ENABLED=true); "
+                            "never set it in production")
+    fake_knobs = [k for k in knobs if k.startswith("fake_")]
+    if fake_knobs and settings.compute.driver != "fake":
+        raise SettingsError(f"testing.{fake_knobs[0]}: applies to the fake virt driver only "
+                            f"(compute.driver = 'fake', not {settings.compute.driver!r})")
     return settings

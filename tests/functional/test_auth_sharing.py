@@ -165,7 +165,11 @@ def test_default_tokens_file_is_created(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/image/v2/images").status_code == 401
         import yaml
         clouds = yaml.safe_load((data / "clouds.yaml").read_text())["clouds"]
-        assert clouds["freezeframe"]["auth"] == {"endpoint": f"http://127.0.0.1:{port}/image", "token": admin_token}
+        # the default cloud logs in through the identity service; the tokens have clouds of their own
+        assert clouds["freezeframe"]["auth_type"] == "password"
+        assert clouds["freezeframe"]["auth"]["auth_url"] == f"http://127.0.0.1:{port}/identity"
+        assert clouds["freezeframe-token"]["auth"] == {"endpoint": f"http://127.0.0.1:{port}/image",
+                                                       "token": admin_token}
         assert (data / "clouds.yaml").stat().st_mode & 0o777 == 0o600
     finally:
         proc.terminate()

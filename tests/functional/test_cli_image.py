@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from freezeframe.images.client import error_from
+from freezeframe.common.httpclient import error_from
 from freezeframe.cli.main import main
 from tests.conftest import free_port, new_image
 

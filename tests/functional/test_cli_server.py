@@ -157,7 +157,7 @@ def test_backup_create_wait_prints_ids(ff, cloud, tmp_path):
 
 
 def test_failing_snapshot_exits_1_with_the_reason(tmp_path, capsys):
-    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_FAIL_ON": "copy"})
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_TESTING__FAKE_FAIL_ON": "copy"})
     try:
         ff = runner(server, capsys)
         server_id, _, _ = boot(server, tmp_path)
@@ -175,7 +175,7 @@ def test_failing_snapshot_exits_1_with_the_reason(tmp_path, capsys):
 
 
 def test_workflow_list_timeout_cancel_watch(tmp_path, capsys):
-    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.5"})
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_TESTING__FAKE_COPY_DELAY": "0.5"})
     try:
         ff = runner(server, capsys)
         server_id, _, _ = boot(server, tmp_path)

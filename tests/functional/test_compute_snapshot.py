@@ -171,7 +171,7 @@ def test_backup_rotation(cloud, tmp_path):
 
 
 def test_failure_reverts_everything(tmp_path):
-    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_FAIL_ON": "copy"})
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_TESTING__FAKE_FAIL_ON": "copy"})
     try:
         server_id, _, _ = boot(server, tmp_path)
         image_id, workflow_id = snapshot(server, server_id, "doomed")
@@ -191,7 +191,7 @@ def test_failure_reverts_everything(tmp_path):
 
 
 def test_cancel_reverts(tmp_path):
-    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.5"})
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_TESTING__FAKE_COPY_DELAY": "0.5"})
     try:
         server_id, _, _ = boot(server, tmp_path)
         image_id, workflow_id = snapshot(server, server_id, "cancel-me")
@@ -273,7 +273,7 @@ def test_snapshot_with_postgresql_and_redis(tmp_path):
 def test_upload_progress_is_visible(tmp_path):
     """The data streams from the point in time into the image service; while it does, the
     workflow walks UPLOAD_<n>_COMPLETE and its image shows the same progress."""
-    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_COMPUTE__FAKE_READ_DELAY": "0.25"})
+    server = start_server(tmp_path / "ff", env={"FREEZEFRAME_TESTING__FAKE_READ_DELAY": "0.25"})
     try:
         server_id, _, data = boot(server, tmp_path, os.urandom(32 << 20))      # 8 reads of 4 MiB
         image_id, workflow_id = snapshot(server, server_id, "slow")

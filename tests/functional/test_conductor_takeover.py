@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from tests.conftest import start_server
+from tests.conftest import start_server, switch_on_testing
 from tests.functional.test_compute_snapshot import boot, compute, snapshot, wait_server, wait_workflow
 
 
@@ -19,11 +19,11 @@ def start_conductor(server, conductor_id, env):
         [sys.executable, "-m", "freezeframe", "conductor", "--data-dir", str(server.data_dir),
          "--image-url", server.image_url, "--tokens-file", str(server.data_dir / "test-tokens.json"),
          "--id", conductor_id],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **switch_on_testing(env), **env})
 
 
 def test_live_conductor_takes_over_from_a_dead_one(tmp_path):
-    env = {"FREEZEFRAME_COMPUTE__DRIVER": "fake", "FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.1",
+    env = {"FREEZEFRAME_COMPUTE__DRIVER": "fake", "FREEZEFRAME_TESTING__FAKE_COPY_DELAY": "0.1",
            "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.3", "FREEZEFRAME_STORE__FSYNC": "false"}
     server = start_server(tmp_path / "ff", env={**env, "FREEZEFRAME_CONDUCTOR__ENABLED": "false"})
     first = second = None

@@ -17,7 +17,7 @@ from tests.functional.test_compute_snapshot import (boot, compute, snapshot, sna
 
 ENV = {
     "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5",
-    "FREEZEFRAME_COMPUTE__FAKE_READ_DELAY": "0.05",          # a 32 MiB snapshot streams in ~0.5 s
+    "FREEZEFRAME_TESTING__FAKE_READ_DELAY": "0.05",          # a 32 MiB snapshot streams in ~0.5 s
     "FREEZEFRAME_IMAGES__CHUNK_SIZE": str(1 << 20),
     "FREEZEFRAME_CONDUCTOR__UPLOAD_CHUNK": str(4 << 20),
 }
@@ -43,7 +43,7 @@ def test_kill_9_in_every_state_then_resume(tmp_path, state):
     entered ``state`` (fault injection: deterministic, not a race), restart it, and the snapshot
     ends consistent — resumed from its last completed step, the upload from the last byte kept."""
     data = os.urandom(32 << 20)
-    server = start_server(tmp_path / "ff", env={**ENV, "FREEZEFRAME_CONDUCTOR__FAULT_KILL_AT": state})
+    server = start_server(tmp_path / "ff", env={**ENV, "FREEZEFRAME_TESTING__FAULT_KILL_AT": state})
     try:
         server_id, _, _ = boot(server, tmp_path, data)
         image_id, workflow_id = snapshot(server, server_id, "crashy")

@@ -6,7 +6,7 @@ workflow's history says FAILED or REVERTED, because an interrupted flow is not a
 
 Each state is made to last with a slow-down knob — the fake driver's copy delay for the point
 in time, the conductor's upload rate for the upload, and for the states between two steps the
-test-only ``conductor.fault_pause_at`` (an interruptible wait where ``fault_kill_at`` would
+test-only ``testing.fault_pause_at`` (an interruptible wait where ``fault_kill_at`` would
 kill) — and the test waits for it by polling the workflow API.
 
 Also here: a revert that fails is recorded as not done and retried; reconcile repairs a server
@@ -43,17 +43,17 @@ RUNNING = ["PENDING", "LOCAL_SNAPSHOT_STARTED", "LOCAL_SNAPSHOT_COMPLETE", "UPLO
            "UPLOAD_COMPLETE"]
 # What makes each state last long enough to be stopped in.
 KNOBS = {
-    "PENDING": {"FREEZEFRAME_CONDUCTOR__FAULT_PAUSE_AT": "PENDING"},
+    "PENDING": {"FREEZEFRAME_TESTING__FAULT_PAUSE_AT": "PENDING"},
     # the point in time takes 0.25 s per MiB of disk: the stop waits for the driver call, then
     # the step stops at its next interruption point
-    "LOCAL_SNAPSHOT_STARTED": {"FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.25"},
-    "LOCAL_SNAPSHOT_COMPLETE": {"FREEZEFRAME_CONDUCTOR__FAULT_PAUSE_AT": "LOCAL_SNAPSHOT_COMPLETE"},
+    "LOCAL_SNAPSHOT_STARTED": {"FREEZEFRAME_TESTING__FAKE_COPY_DELAY": "0.25"},
+    "LOCAL_SNAPSHOT_COMPLETE": {"FREEZEFRAME_TESTING__FAULT_PAUSE_AT": "LOCAL_SNAPSHOT_COMPLETE"},
     # 512 KiB/s: UPLOAD_BEGIN lasts ~1.7 s, and the stop lands in the bandwidth limit's wait,
     # in the middle of a part
     "UPLOAD_BEGIN": {"FREEZEFRAME_CONDUCTOR__UPLOAD_RATE": str(512 << 10)},
     # paused in the upload's progress callback: in the middle of a part too
-    "UPLOAD_30_COMPLETE": {"FREEZEFRAME_CONDUCTOR__FAULT_PAUSE_AT": "UPLOAD_30_COMPLETE"},
-    "UPLOAD_COMPLETE": {"FREEZEFRAME_CONDUCTOR__FAULT_PAUSE_AT": "UPLOAD_COMPLETE"},
+    "UPLOAD_30_COMPLETE": {"FREEZEFRAME_TESTING__FAULT_PAUSE_AT": "UPLOAD_30_COMPLETE"},
+    "UPLOAD_COMPLETE": {"FREEZEFRAME_TESTING__FAULT_PAUSE_AT": "UPLOAD_COMPLETE"},
 }
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 PAUSED = re.compile(r"workflow (\S+) paused in state (\S+) \(conductor stopping\)")
@@ -197,7 +197,7 @@ def test_a_step_that_cannot_be_interrupted_in_time_ends_like_kill_9(tmp_path, ho
     exit status 1, nothing reverted, the claim kept — and the restart resumes the flow."""
     data = os.urandom(DISK)
     env = {**ENV, "FREEZEFRAME_SERVER__GRACEFUL_TIMEOUT": "1" if how == "grace-period-over" else "30"}
-    server = start_server(tmp_path / "ff", env={**env, "FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "0.75"})
+    server = start_server(tmp_path / "ff", env={**env, "FREEZEFRAME_TESTING__FAKE_COPY_DELAY": "0.75"})
     try:
         server_id, _, _ = boot(server, tmp_path, data)
         image_id, workflow_id = snapshot(server, server_id, "stubborn")
@@ -232,7 +232,7 @@ def test_a_revert_that_fails_is_not_done_and_is_retried(tmp_path):
     driver works again (restart without the fault) the retried revert completes: REVERTED, the
     image gone, task_state None, nothing left over."""
     env = {**ENV, "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.2"}
-    server = start_server(tmp_path / "ff", env={**env, "FREEZEFRAME_COMPUTE__FAKE_FAIL_ON": "open_snapshot,end_snapshot"})
+    server = start_server(tmp_path / "ff", env={**env, "FREEZEFRAME_TESTING__FAKE_FAIL_ON": "open_snapshot,end_snapshot"})
     try:
         server_id, _, _ = boot(server, tmp_path)
         image_id, workflow_id = snapshot(server, server_id, "doomed")

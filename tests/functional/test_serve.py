@@ -135,3 +135,15 @@ def test_stalled_upload_killed_while_client_hangs(tmp_path):
             assert not (server.data_dir / "images" / image["id"]).exists()
     finally:
         server.stop()
+
+
+def test_serve_refuses_test_knobs_unless_testing_is_enabled(tmp_path):
+    """A fault-injection knob left in a production environment stops `serve` at start."""
+    try:
+        start_server(tmp_path / "ff", env={"FREEZEFRAME_TESTING__ENABLED": "false",
+                                           "FREEZEFRAME_TESTING__FAULT_KILL_AT": "PENDING"})
+    except RuntimeError as exc:
+        assert "configuration error: testing.fault_kill_at: a test-only knob" in str(exc)
+        assert "FREEZEFRAME_TESTING__ENABLED=true" in str(exc)
+    else:
+        raise AssertionError("serve started with a test-only knob and testing disabled")

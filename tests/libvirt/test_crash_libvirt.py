@@ -30,7 +30,7 @@ def test_kill_9_mid_snapshot_resumes_on_libvirt(tmp_path, state):
     data_dir = cloud_dir()
     padding = os.urandom(32 << 20)          # 8 reads of 4 MiB: the upload has a middle to die in
     parts = {"FREEZEFRAME_CONDUCTOR__UPLOAD_CHUNK": str(8 << 20)}
-    server = start_cloud(data_dir, {"FREEZEFRAME_CONDUCTOR__FAULT_KILL_AT": state, **parts})
+    server = start_cloud(data_dir, {"FREEZEFRAME_TESTING__FAULT_KILL_AT": state, **parts})
     restarted = None
     try:
         image_ref = register_guest(server, padding)

@@ -47,7 +47,7 @@ def test_sigterm_mid_snapshot_pauses_and_resumes_on_libvirt(tmp_path, state):
     data_dir = cloud_dir()
     padding = os.urandom(32 << 20)          # 8 reads of 4 MiB: the upload has a middle to stop in
     parts = {"FREEZEFRAME_CONDUCTOR__UPLOAD_CHUNK": str(8 << 20)}
-    server = start_cloud(data_dir, {"FREEZEFRAME_CONDUCTOR__FAULT_PAUSE_AT": state, **parts})
+    server = start_cloud(data_dir, {"FREEZEFRAME_TESTING__FAULT_PAUSE_AT": state, **parts})
     restarted = None
     try:
         image_ref = register_guest(server, padding)

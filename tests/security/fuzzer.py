@@ -44,7 +44,7 @@ SEED = 20261207
 DEFAULT_EXAMPLES = 300
 TIMEOUT = 20.0
 LISTING_EVERY = 100
-APIS = ("image", "compute", "workflow")
+APIS = ("image", "compute", "workflow", "identity")
 
 
 # Read once and taken out of the environment: the servers the tests start inherit it, and the
@@ -122,18 +122,31 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("workflow", "GET", "/v1/workflows/{workflow_id}"),
     Endpoint("workflow", "DELETE", "/v1/workflows/{workflow_id}"),
     Endpoint("workflow", "GET", "/healthcheck", query=("detailed",)),
+    Endpoint("identity", "GET", "/identity"),
+    Endpoint("identity", "GET", "/identity/"),
+    Endpoint("identity", "GET", "/identity/v3"),
+    Endpoint("identity", "GET", "/identity/v3/"),
+    Endpoint("identity", "POST", "/identity/v3/auth/tokens", body="auth", query=("nocatalog",)),
+    Endpoint("identity", "GET", "/identity/v3/auth/tokens", headers=("subject",), query=("nocatalog",)),
+    Endpoint("identity", "DELETE", "/identity/v3/auth/tokens", headers=("subject",)),
+    Endpoint("identity", "GET", "/identity/v3/auth/projects"),
+    Endpoint("identity", "GET", "/identity/v3/users/{user_id}/projects"),
+    Endpoint("identity", "GET", "/identity/v3/projects", query=("name",)),
+    Endpoint("identity", "GET", "/identity/v3/projects/{project_id}"),
+    Endpoint("identity", "GET", "/identity/v3/auth/catalog"),
 )
 
 
 def routed_endpoints() -> set[tuple[str, str]]:
-    """(method, full path) of every route the three APIs declare, read from their routers."""
+    """(method, full path) of every route the APIs declare, read from their routers."""
     from freezeframe.compute.api import ComputeAPI
     from freezeframe.conductor.api import WorkflowAPI
+    from freezeframe.identity.api import IdentityAPI
     from freezeframe.images.api import ImageAPI
 
     found = set()
     for prefix, router in (("/image", _router(ImageAPI)), ("/compute", _router(ComputeAPI)),
-                           ("/v1", _router(WorkflowAPI))):
+                           ("/v1", _router(WorkflowAPI)), ("/identity", _router(IdentityAPI))):
         for route in router.routes:
             for method in route.methods or ():
                 if method != "HEAD":
@@ -258,6 +271,7 @@ class Fixtures:
             "member_id": ["project-b", "project-a", "admin-project"], "tag": ["t1", "t2"],
             "upload_id": [str(uuid.uuid4())], "flavor_id": ["1", "2", "3"],
             "name": ["image", "images", "member", "members"],
+            "user_id": ["bob", "demo", "admin", "freezeframe"], "project_id": ["demo", "admin", "project-a"],
         }
         self.named: dict[str, str] = {}
 
@@ -424,6 +438,9 @@ def headers_strategy(endpoint: Endpoint, fix: Fixtures) -> st.SearchStrategy[lis
             ("X-Image-Upload-Id", header_text(t[0])), ("X-Image-Upload-Offset", header_text(t[1])),
             ("X-Image-Upload-Final", header_text(t[2]))])
         parts.append(weighted((1, st.just([])), (2, upload)))
+    if "subject" in endpoint.headers:
+        subject = st.one_of(text_any, st.sampled_from(["fft_" + "x" * 43, "fft_", "gAAAAA", MEMBER_TOKEN]))
+        parts.append(weighted((1, st.just([])), (4, subject.map(lambda v: [("X-Subject-Token", header_text(v))]))))
     if "microversion" in endpoint.headers:
         version = st.one_of(st.sampled_from(["2.1", "2.45", "2.47", "2.84", "2.96", "2.97", "3.0", "latest", "LATEST",
                                              "2", "2.", ".1", "2.1.1", "-2.1", "2.²", "2.\xb2"]),
@@ -499,7 +516,37 @@ def body_strategies(fix: Fixtures) -> dict[str, st.SearchStrategy[Any]]:
             {"domain": st.one_of(st.sampled_from(["fuzz-domain", "instance-x"]), name)},
             optional={"guest_agent": st.booleans()})}),
         "empty": st.just({}),
+        "auth": auth_bodies(),
     }
+
+
+def auth_bodies() -> st.SearchStrategy[Any]:
+    """POST /identity/v3/auth/tokens: password (the generated users, wrong passwords), application
+    credential, token; project scope by id or name, or other scopes."""
+    domain = st.sampled_from([{"name": "Default"}, {"id": "default"}, {"name": "Other"}, {}])
+    user = st.one_of(st.fixed_dictionaries({"name": st.sampled_from(["demo", "admin", "nobody", ""]),
+                                            "domain": domain, "password": st.text(max_size=12)}),
+                     st.fixed_dictionaries({"id": st.sampled_from(["demo", "freezeframe", "x"]),
+                                            "password": st.text(max_size=12)}))
+    project = st.one_of(st.fixed_dictionaries({"id": st.sampled_from(["demo", "admin", "nope"])}),
+                        st.fixed_dictionaries({"name": st.sampled_from(["demo", "service"]), "domain": domain}))
+    scope = st.one_of(st.fixed_dictionaries({"project": project}), st.just("unscoped"),
+                      st.just({"system": {"all": True}}), st.just({"domain": {"id": "default"}}))
+    password = st.fixed_dictionaries({"methods": st.just(["password"]), "password": st.fixed_dictionaries(
+        {"user": user})})
+    credential = st.fixed_dictionaries({"methods": st.just(["application_credential"]),
+                                        "application_credential": st.one_of(
+                                            st.fixed_dictionaries({"id": st.text(max_size=8),
+                                                                   "secret": st.text(max_size=8)}),
+                                            st.fixed_dictionaries({"name": st.text(max_size=8), "user": user,
+                                                                   "secret": st.text(max_size=8)}))})
+    token = st.fixed_dictionaries({"methods": st.just(["token"]), "token": st.fixed_dictionaries(
+        {"id": st.sampled_from(["fft_" + "x" * 43, MEMBER_TOKEN, ""])})})
+    methods = st.fixed_dictionaries({"methods": st.lists(st.sampled_from(["password", "totp", "token"]),
+                                                         max_size=3)})
+    identity = st.one_of(password, credential, token, methods)
+    return st.fixed_dictionaries({"auth": st.fixed_dictionaries({"identity": identity},
+                                                                optional={"scope": scope})})
 
 
 RAW_BODIES = [b"", b"{", b"[1,", b"nul", b"\xff\xfe{}", b"\xef\xbb\xbf{}", b'{"a": "\xed\xa0\x80"}', b"\x00",

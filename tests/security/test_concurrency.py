@@ -41,8 +41,8 @@ ENV = {
     "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5",
     # A snapshot's point in time takes ~4 s (1 s per MiB of the 4 MiB disk): the whole burst
     # overlaps the winner's workflow, so a late request cannot win after it ended.
-    "FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "1.0",
-    "FREEZEFRAME_COMPUTE__FAKE_READ_DELAY": "0.01",
+    "FREEZEFRAME_TESTING__FAKE_COPY_DELAY": "1.0",
+    "FREEZEFRAME_TESTING__FAKE_READ_DELAY": "0.01",
 }
 
 

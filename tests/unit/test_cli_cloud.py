@@ -142,11 +142,17 @@ def test_cloud_without_any_clouds_yaml(home, tmp_path):
         resolve(env={**home, "OS_CLOUD": "ff"}, cwd=tmp_path / "cwd")
 
 
-def test_keystone_auth_types_are_refused_clearly(home, tmp_path):
+def test_password_clouds_log_in_and_say_where_they_could_not(home, tmp_path):
+    """auth_type password (the default) logs in through auth_url; an unreachable identity
+    service is a configuration error naming the cloud."""
     write_clouds(tmp_path / "cwd" / "clouds.yaml", {"ks": {
-        "auth": {"auth_url": "http://keystone/v3", "username": "u", "password": "p"}}})
-    with pytest.raises(ConfigError, match="auth_type 'password' is not supported"):
+        "auth": {"auth_url": "http://127.0.0.1:9/v3", "username": "u", "password": "p"}},
+        "odd": {"auth_type": "v2password", "auth": {}}})
+    with pytest.raises(ConfigError, match=r"cloud 'ks' in .*cannot reach the identity service at "
+                                          r"http://127.0.0.1:9/v3/auth/tokens"):
         resolve(cloud="ks", env=home, cwd=tmp_path / "cwd")
+    with pytest.raises(ConfigError, match="auth_type 'v2password' is not supported"):
+        resolve(cloud="odd", env=home, cwd=tmp_path / "cwd")
 
 
 def test_flags_make_a_broken_os_cloud_irrelevant(home, tmp_path):

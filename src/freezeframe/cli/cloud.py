@@ -11,8 +11,10 @@ clouds.yaml is the first of ``OS_CLIENT_CONFIG_FILE``, ``./clouds.yaml``,
 ``~/.config/openstack/clouds.yaml`` (``$XDG_CONFIG_HOME`` honoured) and
 ``/etc/openstack/clouds.yaml`` that exists. A cloud gives its endpoint with
 ``auth_type: admin_token`` (``auth: {endpoint, token}``) or ``auth_type: none``
-(``auth: {endpoint}``); ``image_endpoint_override`` wins over ``auth.endpoint``.
-Keystone auth types (password, ...) are refused: this client does not talk to Keystone.
+(``auth: {endpoint}``); ``image_endpoint_override`` wins over ``auth.endpoint``. With
+``password``, ``v3password`` or ``v3applicationcredential`` (the generated clouds.yaml's
+default) it logs in through the identity service (``auth.auth_url``) and takes the token and
+the endpoints from the service catalog, as openstackclient does (``login.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any, Mapping
 
 import yaml
 
-SUPPORTED_AUTH_TYPES = ("admin_token", "none")
+from freezeframe.cli.login import KEYSTONE_AUTH_TYPES, LoginError, login
+
+SUPPORTED_AUTH_TYPES = ("admin_token", "none", *KEYSTONE_AUTH_TYPES)
 _VERSION_SUFFIX = re.compile(r"/v2(\.\d+)?$")
 
 
@@ -102,20 +106,31 @@ def cloud_values(name: str, cloud: Mapping[str, Any], path: Path) -> dict[str, A
     # openstacksdk's default auth_type is 'password'; a bare token can only mean admin_token.
     auth_type = cloud.get("auth_type") or ("admin_token" if auth.get("token") else "password")
     if auth_type not in SUPPORTED_AUTH_TYPES:
-        raise ConfigError(f"{where}: auth_type {auth_type!r} is not supported (this client does not talk "
-                          "to Keystone); use 'admin_token' with auth: {endpoint, token}, or 'none' with "
-                          "auth: {endpoint}")
+        raise ConfigError(f"{where}: auth_type {auth_type!r} is not supported; use 'password' or "
+                          "'v3applicationcredential' with auth: {auth_url, ...}, 'admin_token' with "
+                          "auth: {endpoint, token}, or 'none' with auth: {endpoint}")
     values: dict[str, Any] = {}
-    url = cloud.get("image_endpoint_override") or auth.get("endpoint")
-    if url:
-        values["url"] = (str(url), where)
-    if auth_type == "admin_token" and auth.get("token"):
-        values["token"] = str(auth["token"])
     verify = cloud.get("verify", True)
     if cloud.get("cacert") and verify is not False:
         values["verify"] = _ca_context(str(cloud["cacert"]), where)
     elif verify is False:
         values["verify"] = False
+    url = cloud.get("image_endpoint_override") or auth.get("endpoint")
+    if auth_type in KEYSTONE_AUTH_TYPES:
+        try:
+            session = login(auth_type, cloud, values.get("verify", True))
+        except LoginError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        values["token"], values["login"] = session.token, session
+        if not url:
+            url = session.url("image")
+            if not url:
+                raise ConfigError(f"{where}: the service catalog has no image endpoint")
+            where = f"the catalog of {where}"
+    if url:
+        values["url"] = (str(url), where)
+    if auth_type == "admin_token" and auth.get("token"):
+        values["token"] = str(auth["token"])
     return values
 
 

@@ -4,8 +4,9 @@
 ``<root>/compute/v2.1``, workflows at ``<root>/v1``. Each URL comes from the first place that has
 it, in ``cloud.py``'s order (flag, ``--os-cloud``, environment, ``OS_CLOUD``):
 
-- compute: ``--os-compute-url``, clouds.yaml ``compute_endpoint_override``, ``OS_COMPUTE_URL``;
-  else the image URL's root + ``/compute/v2.1``;
+- compute: ``--os-compute-url``, clouds.yaml ``compute_endpoint_override`` (or the catalog of a
+  cloud that logs in through the identity service), ``OS_COMPUTE_URL``; else the image URL's
+  root + ``/compute/v2.1``;
 - workflows: ``--os-workflow-url``, ``workflow_endpoint_override``, ``OS_WORKFLOW_URL``; else the
   root of the compute URL (when it ends in ``/compute``) or of the image URL, + ``/v1``.
 
@@ -71,11 +72,13 @@ def _root(url: str, what: str) -> str:
 
 def _overrides(name: str, env: Mapping[str, str], cwd: Path | None) -> dict[str, Any]:
     raw, path = cloud.load_cloud(name, env, cwd)
-    values = cloud.cloud_values(name, raw, path)  # also refuses Keystone auth types
+    values = cloud.cloud_values(name, raw, path)  # logs in for password / application credential clouds
     layer: dict[str, Any] = {}
     for key, option in (("compute", "compute_endpoint_override"), ("workflow", "workflow_endpoint_override")):
         if raw.get(option):
             layer[key] = (str(raw[option]), f"cloud {name!r} in {path}")
+    if "compute" not in layer and "login" in values and values["login"].url("compute"):
+        layer["compute"] = (values["login"].url("compute"), f"the catalog of cloud {name!r} in {path}")
     if "url" in values:
         layer["image"] = values["url"]
     return layer

@@ -50,7 +50,7 @@ def _conductor(args: argparse.Namespace) -> int:
     flags = {"data_dir": args.data_dir, "database.url": args.database_url, "auth.mode": args.auth,
              "auth.tokens_file": args.tokens_file, "server.log_level": args.log_level,
              "conductor.image_url": args.image_url, "conductor.coordination_url": args.coordination_url,
-             "conductor.id": args.id}
+             "conductor.id": args.id, "conductor.jobboard_url": args.jobboard_url, "conductor.hosts": args.hosts}
     settings = _load_settings(args.config, flags)
     if settings is None:
         return EXIT_USAGE
@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where the database, image store and tokens live")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 9292)")
-    serve.add_argument("--auth", choices=["tokens", "noauth"], help="authentication mode (default tokens)")
+    serve.add_argument("--auth", choices=["tokens", "keystone", "noauth"],
+                       help="authentication mode (default tokens: the tokens file and the identity service; "
+                            "keystone: tokens of an existing Keystone, see [auth] keystone_*)")
     serve.add_argument("--tokens-file", help="JSON file mapping tokens to {user_id, project_id, roles}")
     serve.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -90,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--image-url", help="the image API the snapshots upload to")
     cond.add_argument("--coordination-url", help="liveness backend shared with the API, e.g. redis://host:6379")
     cond.add_argument("--id", help="this conductor's stable id (default: host + data dir)")
-    cond.add_argument("--auth", choices=["tokens", "noauth"], help="how to reach the image API")
+    cond.add_argument("--jobboard-url", help="where conductors find work: redis://host:port/db (default: the "
+                                             "database)")
+    cond.add_argument("--hosts", help="the compute hosts whose snapshots this conductor takes, comma-separated, "
+                                      "'*' for any (default: this host)")
+    cond.add_argument("--auth", choices=["tokens", "keystone", "noauth"], help="how to reach the image API")
     cond.add_argument("--tokens-file", help="tokens file holding a token with role 'service'")
     cond.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     cond.set_defaults(func=_conductor)
@@ -99,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "to copy into auth.policy_file and change)")
     pol.set_defaults(func=_policy)
 
-    from freezeframe.cli import image
+    from freezeframe.cli import identity, image
     from freezeframe.cli import server, workflow
 
+    identity.register(sub)
     image.register(sub)
     server.register(sub)
     workflow.register(sub)

@@ -18,9 +18,10 @@ from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
 from freezeframe.cli.image import _console as console, _key_value, _non_negative, fail, print_json, spinner
 from freezeframe.cli.ride import Ride
 from freezeframe.cli.workflow import cell
+from freezeframe.common.httpclient import looks_like_id
 from freezeframe.compute.client import (Accepted, ComputeClient, ComputeError, Server, Unreachable, WaitTimeout,
                                        Workflow)
-from freezeframe.images.client import GlanceClient, looks_like_id
+from freezeframe.images.client import GlanceClient
 
 # Nova's power_state numbers, in openstackclient's words.
 POWER_STATES = {0: "NOSTATE", 1: "Running", 3: "Paused", 4: "Shutdown", 6: "Crashed", 7: "Suspended"}

@@ -21,8 +21,8 @@ from freezeframe.cli.compute_cloud import ComputeEndpoint, command
 from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
 from freezeframe.cli.image import _cell, _console as console, fail, print_json
 from freezeframe.cli.ride import Ride
+from freezeframe.common.httpclient import looks_like_id
 from freezeframe.compute.client import FAILED, ComputeClient, ComputeError, Workflow, WaitTimeout
-from freezeframe.images.client import looks_like_id
 
 POLL_INTERVAL = 0.25
 FAILED_GRACE = 30.0     # a FAILED workflow whose revert has not finished after this long: stop following

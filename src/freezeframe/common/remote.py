@@ -1,4 +1,5 @@
-"""The error every HTTP client of ours raises for a failed call to another service."""
+"""The errors every HTTP client of ours raises for a failed call to another service (the
+clients themselves are built on ``freezeframe.common.httpclient``)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,12 @@ class RemoteError(Exception):
         if self.request_id:
             details.append(f"request id {self.request_id}")
         return self.message + (f" ({'; '.join(details)})" if details else "")
+
+
+class Unreachable(RemoteError):
+    """No connection to the service could be made (refused, unknown host, connect timeout).
+    ``service`` names which one ("image", "compute", "workflow", ...)."""
+
+    def __init__(self, message: str, *, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service

@@ -4,7 +4,6 @@ os-instance-actions, flavors; microversions by header."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from starlette.requests import Request
@@ -16,49 +15,17 @@ from freezeframe.common.timeutil import isotime
 from freezeframe.compute.model import Instance, InstanceAction
 from freezeframe.compute.service import FLAVORS, ComputeService
 from freezeframe.compute.states import VmState
-from freezeframe.images.api import ctx_of, json_body
+from freezeframe.http.microversion import APIVersion, Microversions
+from freezeframe.http.request import ctx_of, json_body
 
-MIN_VERSION, MAX_VERSION = (2, 1), (2, 96)
-_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")   # ASCII digits, bounded: never int() of thousands
+VERSIONS = Microversions("compute", "X-OpenStack-Nova-API-Version", min="2.1", max="2.96")
 STATUS = {VmState.ACTIVE: "ACTIVE", VmState.STOPPED: "SHUTOFF", VmState.BUILDING: "BUILD",
           VmState.ERROR: "ERROR", VmState.PAUSED: "PAUSED", VmState.SUSPENDED: "SUSPENDED",
           VmState.DELETED: "DELETED"}
 POWER = {"nostate": 0, "running": 1, "paused": 3, "shutdown": 4, "crashed": 6, "suspended": 7}
 
 
-def fmt(version: tuple[int, int]) -> str:
-    return f"{version[0]}.{version[1]}"
-
-
-def microversion(request: Request) -> tuple[int, int]:
-    """From X-OpenStack-Nova-API-Version or OpenStack-API-Version: compute X; 'latest' allowed;
-    none means the minimum; out of range is a 406."""
-    raw = request.headers.get("x-openstack-nova-api-version")
-    header = request.headers.get("openstack-api-version", "")
-    if header.lower().startswith("compute "):
-        raw = header.split(None, 1)[1].strip()
-    if raw is None:
-        return MIN_VERSION
-    if raw.strip().lower() == "latest":
-        return MAX_VERSION
-    match = _VERSION.fullmatch(raw.strip())
-    if not match:
-        raise errors.Invalid(f"Invalid microversion {raw[:40]!r}: use MAJOR.MINOR or 'latest'")
-    version = (int(match.group(1)), int(match.group(2)))
-    if not MIN_VERSION <= version <= MAX_VERSION:
-        raise errors.NotAcceptable(f"Version {raw} is not supported by the API. Minimum is {fmt(MIN_VERSION)} and "
-                            f"maximum is {fmt(MAX_VERSION)}.")
-    return version
-
-
-def versioned(response: Response, version: tuple[int, int]) -> Response:
-    response.headers["X-OpenStack-Nova-API-Version"] = fmt(version)
-    response.headers["OpenStack-API-Version"] = f"compute {fmt(version)}"
-    response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
-    return response
-
-
-def server_view(inst: Instance, base: str, version: tuple[int, int]) -> dict[str, Any]:
+def server_view(inst: Instance, base: str, version: APIVersion) -> dict[str, Any]:
     flavor = FLAVORS.get(inst.flavor_id)
     body = {
         "id": inst.id, "name": inst.name, "status": STATUS.get(VmState(inst.vm_state), "UNKNOWN"),
@@ -117,7 +84,7 @@ class ComputeAPI:
         return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}/v2.1"
 
     def _doc(self, request: Request) -> dict[str, Any]:
-        return {"id": "v2.1", "status": "CURRENT", "version": fmt(MAX_VERSION), "min_version": fmt(MIN_VERSION),
+        return {"id": "v2.1", "status": "CURRENT", "version": str(VERSIONS.max), "min_version": str(VERSIONS.min),
                 "updated": "2013-07-23T11:33:21Z", "links": [{"rel": "self", "href": self._base(request) + "/"}]}
 
     async def versions(self, request: Request) -> Response:
@@ -127,7 +94,7 @@ class ComputeAPI:
         return JSONResponse({"version": self._doc(request)})
 
     async def list_servers(self, request: Request) -> Response:
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         detail = request.url.path.endswith("/detail")
         servers = await self.compute.list(ctx_of(request), detail)
         base = self._base(request)
@@ -136,33 +103,33 @@ class ComputeAPI:
         else:
             items = [{"id": i.id, "name": i.name, "links": [{"rel": "self", "href": f"{base}/servers/{i.id}"}]}
                      for i in servers]
-        return versioned(JSONResponse({"servers": items}), version)
+        return VERSIONS.versioned(JSONResponse({"servers": items}), version)
 
     async def show_server(self, request: Request) -> Response:
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         inst = await self.compute.show(ctx_of(request), request.path_params["server_id"])
-        return versioned(JSONResponse({"server": server_view(inst, self._base(request), version)}), version)
+        return VERSIONS.versioned(JSONResponse({"server": server_view(inst, self._base(request), version)}), version)
 
     async def create_server(self, request: Request) -> Response:
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         inst = await self.compute.create(ctx_of(request), await json_body(request))
         body = {"server": {"id": inst.id, "links": [{"rel": "self", "href": f"{self._base(request)}/servers/{inst.id}"}],
                            "OS-DCF:diskConfig": "MANUAL", "security_groups": [], "adminPass": ""}}
-        return versioned(JSONResponse(body, status_code=202), version)
+        return VERSIONS.versioned(JSONResponse(body, status_code=202), version)
 
     async def adopt(self, request: Request) -> Response:
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         inst = await self.compute.adopt(ctx_of(request), await json_body(request))
-        return versioned(JSONResponse({"server": server_view(inst, self._base(request), version)}, status_code=201),
-                         version)
+        body = {"server": server_view(inst, self._base(request), version)}
+        return VERSIONS.versioned(JSONResponse(body, status_code=201), version)
 
     async def delete_server(self, request: Request) -> Response:
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         await self.compute.delete(ctx_of(request), request.path_params["server_id"])
-        return versioned(Response(status_code=204), version)
+        return VERSIONS.versioned(Response(status_code=204), version)
 
     async def action(self, request: Request) -> Response:
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         body = await json_body(request)
         if not isinstance(body, dict) or len(body) != 1:
             raise errors.Invalid("The action body must be a JSON object with exactly one action")
@@ -170,7 +137,7 @@ class ComputeAPI:
         ctx, server_id = ctx_of(request), request.path_params["server_id"]
         if name in ("os-start", "os-stop"):
             await self.compute.power(ctx, server_id, on=name == "os-start")
-            return versioned(Response(status_code=202), version)
+            return VERSIONS.versioned(Response(status_code=202), version)
         if name in ("createImage", "createBackup"):
             if not isinstance(args, dict):
                 raise errors.Invalid(f"Invalid input for {name}: an object is required")
@@ -178,28 +145,29 @@ class ComputeAPI:
                 ctx, server_id, args, kind="backup" if name == "createBackup" else "snapshot")
             headers = {"X-Freezeframe-Workflow-Id": workflow_id}
             if version >= (2, 45):
-                return versioned(JSONResponse({"image_id": image_id}, status_code=202, headers=headers), version)
+                return VERSIONS.versioned(JSONResponse({"image_id": image_id}, status_code=202, headers=headers),
+                                          version)
             root = request.scope.get("root_path", "").removesuffix("/compute")
             image_root = f"{request.url.scheme}://{request.url.netloc}{root}/image/v2/images/{image_id}"
-            return versioned(Response(status_code=202, headers={**headers, "Location": image_root}), version)
+            return VERSIONS.versioned(Response(status_code=202, headers={**headers, "Location": image_root}), version)
         if name == "os-resetState":     # admin: {"os-resetState": {"state": "active" | "error"}}
             if not isinstance(args, dict) or set(args) != {"state"}:
                 raise errors.Invalid("Invalid input for os-resetState: {\"state\": \"active\" | \"error\"} is required")
             await self.compute.reset_state(ctx, server_id, args["state"])
-            return versioned(Response(status_code=202), version)
+            return VERSIONS.versioned(Response(status_code=202), version)
         raise errors.Invalid(f"There is no such action: {name}")
 
     async def list_actions(self, request: Request) -> Response:
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         actions = await self.compute.actions(ctx_of(request), request.path_params["server_id"])
-        return versioned(JSONResponse({"instanceActions": [action_view(a) for a in actions]}), version)
+        return VERSIONS.versioned(JSONResponse({"instanceActions": [action_view(a) for a in actions]}), version)
 
     async def show_action(self, request: Request) -> Response:
         from sqlalchemy import select
 
         from freezeframe.compute.model import InstanceActionEvent
 
-        version = microversion(request)
+        version = VERSIONS.parse(request)
         actions = await self.compute.actions(ctx_of(request), request.path_params["server_id"])
         found = [a for a in actions if a.request_id == request.path_params["request_id"]]
         if not found:
@@ -211,7 +179,7 @@ class ComputeAPI:
         body["events"] = [{"event": e.event, "start_time": isotime(e.start_time), "finish_time": isotime(e.finish_time),
                            "result": e.result, "traceback": None,
                            **({"details": e.details} if version >= (2, 84) else {})} for e in events]
-        return versioned(JSONResponse({"instanceAction": body}), version)
+        return VERSIONS.versioned(JSONResponse({"instanceAction": body}), version)
 
     async def flavors(self, request: Request) -> Response:
         detail = request.url.path.endswith("/detail")

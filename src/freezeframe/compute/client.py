@@ -1,7 +1,7 @@
 """A typed client for the compute API (Nova v2.1 subset) and the workflow API, on httpx.
 
 Used by the CLI and by any code that starts or follows snapshots. Errors are ``ComputeError``
-with the server's message, HTTP status and request id (parsed as the image client does).
+with the server's message, HTTP status and request id (``freezeframe.common.httpclient``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any, Mapping
 
 import httpx
 
+from freezeframe.common import remote
+from freezeframe.common.httpclient import DEFAULT_TIMEOUT, ServiceClient, looks_like_id, request_id_of
 from freezeframe.common.remote import RemoteError
-from freezeframe import __version__
-from freezeframe.images.client import DEFAULT_TIMEOUT, error_from, looks_like_id
 
 # createImage/createBackup answer {"image_id"} from 2.45 on; 2.84 adds event details.
 MICROVERSION = "2.45"
@@ -30,13 +30,12 @@ class ComputeError(RemoteError):
     """A compute or workflow request failed. ``status`` is None when no HTTP response was received."""
 
 
+class Unreachable(ComputeError, remote.Unreachable):
+    """No connection to the service could be made (refused, unknown host, connect timeout).
+    ``service``: "compute" or "workflow"."""
 
-class Unreachable(ComputeError):
-    """No connection to the service could be made (refused, unknown host, connect timeout)."""
-
-    def __init__(self, message: str, *, service: str = "compute") -> None:
-        super().__init__(message)
-        self.service = service  # "compute" or "workflow"
+    def __init__(self, message: str, *, service: str | None = "compute") -> None:
+        super().__init__(message, service=service)
 
 
 class WaitTimeout(ComputeError):
@@ -127,52 +126,33 @@ class Workflow:
                    history=history, attrs=doc)
 
 
-def _error(response: httpx.Response) -> ComputeError:
-    parsed = error_from(response)
-    return ComputeError(parsed.message, status=parsed.status, title=parsed.title,
-                        request_id=parsed.request_id or response.headers.get("x-compute-request-id"))
-
-
-class ComputeClient:
+class ComputeClient(ServiceClient):
     """Calls to one compute root (``{compute_url}/servers``) and one workflow root
     (``{workflow_url}/workflows``), over one connection pool."""
 
+    service = "compute"
+    error = ComputeError
+    unreachable = Unreachable
+
     def __init__(self, compute_url: str, workflow_url: str, token: str | None = None, *,
-                 verify: bool | ssl.SSLContext = True, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None, microversion: str = MICROVERSION) -> None:
-        headers = {"User-Agent": f"freezeframe/{__version__} httpx/{httpx.__version__}",
-                   "Accept": "application/json", "X-OpenStack-Nova-API-Version": microversion}
-        if token:
-            headers["X-Auth-Token"] = token
-        self.compute_url = compute_url.rstrip("/")
+                 service_token: str | None = None, verify: bool | ssl.SSLContext = True,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None,
+                 extra_headers: Mapping[str, str] | None = None, microversion: str = MICROVERSION) -> None:
+        super().__init__(compute_url, token, service_token=service_token, verify=verify, timeout=timeout,
+                         transport=transport,
+                         extra_headers={"X-OpenStack-Nova-API-Version": microversion, **(extra_headers or {})})
+        self.compute_url = self.url
         self.workflow_url = workflow_url.rstrip("/")
-        self._http = httpx.Client(headers=headers, verify=verify, timeout=timeout, transport=transport)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> ComputeClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _call(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        service = "workflow" if url.startswith(self.workflow_url + "/") else "compute"
-        try:
-            response = self._http.request(method, url, **kw)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            root = self.workflow_url if service == "workflow" else self.compute_url
-            raise Unreachable(f"cannot reach the {service} service at {root}: {exc}", service=service) from None
-        except httpx.TransportError as exc:
-            raise ComputeError(f"{method} {url} failed: {exc or type(exc).__name__}") from None
-        if response.is_error:
-            raise _error(response)
-        return response
+    def _unreachable(self, request: httpx.Request, exc: Exception) -> Unreachable:
+        if str(request.url).startswith(self.workflow_url + "/"):
+            return Unreachable(f"cannot reach the workflow service at {self.workflow_url}: {exc}", service="workflow")
+        return Unreachable(f"cannot reach the compute service at {self.compute_url}: {exc}", service="compute")
 
-    def _json(self, method: str, url: str, key: str, **kw: Any) -> Any:
+    def _field(self, method: str, url: str, key: str, **kw: Any) -> Any:
+        """``key`` of the answer's JSON object; ComputeError if it is missing."""
         response = self._call(method, url, **kw)
         try:
             body = response.json()
@@ -180,7 +160,7 @@ class ComputeClient:
             body = None
         if not isinstance(body, dict) or key not in body:
             raise ComputeError(f"{method} {url}: the answer has no {key!r}", status=response.status_code,
-                               request_id=response.headers.get("x-openstack-request-id"))
+                               request_id=request_id_of(response))
         return body[key]
 
     def _servers(self, path: str = "") -> str:
@@ -192,13 +172,13 @@ class ComputeClient:
     # -- servers -----------------------------------------------------------------------------
 
     def list_servers(self) -> list[Server]:
-        docs = self._json("GET", self._servers("/detail"), "servers")
+        docs = self._field("GET", self._servers("/detail"), "servers")
         if not isinstance(docs, list):
             raise ComputeError("GET /servers/detail: 'servers' is not a list")
         return [Server.from_json(doc) for doc in docs]
 
     def show_server(self, server_id: str) -> Server:
-        return Server.from_json(self._json("GET", self._servers(f"/{server_id}"), "server"))
+        return Server.from_json(self._field("GET", self._servers(f"/{server_id}"), "server"))
 
     def find_server(self, name_or_id: str) -> Server:
         """A server by ID, or by name when exactly one visible server has that name."""
@@ -223,7 +203,7 @@ class ComputeClient:
         body: dict[str, Any] = {"name": name, "imageRef": image_ref, "flavorRef": flavor_ref}
         if metadata:
             body["metadata"] = dict(metadata)
-        server = self._json("POST", self._servers(), "server", json={"server": body})
+        server = self._field("POST", self._servers(), "server", json={"server": body})
         if not isinstance(server, dict) or not isinstance(server.get("id"), str):
             raise ComputeError("POST /servers: the answer has no server id")
         return server["id"]
@@ -255,7 +235,7 @@ class ComputeClient:
     def _snapshot(self, server_id: str, body: dict[str, Any]) -> Accepted:
         url = self._servers(f"/{server_id}/action")
         response = self._call("POST", url, json=body)
-        request_id = response.headers.get("x-openstack-request-id")
+        request_id = request_id_of(response)
         try:
             image_id = response.json().get("image_id")
         except (ValueError, AttributeError):
@@ -268,17 +248,17 @@ class ComputeClient:
         return Accepted(server_id=server_id, image_id=image_id, workflow_id=workflow_id, request_id=request_id)
 
     def instance_actions(self, server_id: str) -> list[dict[str, Any]]:
-        return self._json("GET", self._servers(f"/{server_id}/os-instance-actions"), "instanceActions")
+        return self._field("GET", self._servers(f"/{server_id}/os-instance-actions"), "instanceActions")
 
     def instance_action(self, server_id: str, request_id: str) -> dict[str, Any]:
         """One action with its events (and their ``details``)."""
-        return self._json("GET", self._servers(f"/{server_id}/os-instance-actions/{request_id}"), "instanceAction",
+        return self._field("GET", self._servers(f"/{server_id}/os-instance-actions/{request_id}"), "instanceAction",
                           headers={"X-OpenStack-Nova-API-Version": EVENT_DETAILS_MICROVERSION})
 
     # -- flavors -----------------------------------------------------------------------------
 
     def list_flavors(self) -> list[Flavor]:
-        docs = self._json("GET", f"{self.compute_url}/flavors", "flavors")
+        docs = self._field("GET", f"{self.compute_url}/flavors", "flavors")
         return [Flavor(id=str(d["id"]), name=str(d.get("name", d["id"]))) for d in docs
                 if isinstance(d, dict) and "id" in d]
 
@@ -299,13 +279,13 @@ class ComputeClient:
                        state: str | None = None, kind: str | None = None) -> list[Workflow]:
         params = {k: v for k, v in (("resource_id", resource_id), ("image_id", image_id), ("state", state),
                                     ("kind", kind)) if v is not None}
-        docs = self._json("GET", self._workflows(), "workflows", params=params)
+        docs = self._field("GET", self._workflows(), "workflows", params=params)
         if not isinstance(docs, list):
             raise ComputeError("GET /workflows: 'workflows' is not a list")
         return [Workflow.from_json(doc) for doc in docs]
 
     def show_workflow(self, workflow_id: str) -> Workflow:
-        return Workflow.from_json(self._json("GET", self._workflows(f"/{workflow_id}"), "workflow"))
+        return Workflow.from_json(self._field("GET", self._workflows(f"/{workflow_id}"), "workflow"))
 
     def cancel_workflow(self, workflow_id: str) -> None:
         """Ask the workflow to stop and revert; a 409 ComputeError when it already ended."""

@@ -27,6 +27,8 @@ class Instance(Base):
     root_gb: Mapped[int] = mapped_column(Integer)
     image_ref: Mapped[str | None] = mapped_column(String(36))
     domain_name: Mapped[str] = mapped_column(String(255), unique=True)
+    # The compute host the server lives on (``compute.host``); host-bound work on it goes there.
+    host: Mapped[str | None] = mapped_column(String(255), index=True)
     root_disk: Mapped[str | None] = mapped_column(Text)      # host path of the root disk
     root_target: Mapped[str] = mapped_column(String(20), default="vda")
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,7 +1,10 @@
 """Reconcile servers: none stays in a transitional task_state that no live workflow or operation
 owns (Nova's ``_init_instance`` on compute start, done periodically).
 
-Run by every conductor's scan (``Conductor.reconcile``). A server is repaired when:
+Registered with the conductor as compute's ``servers`` hook (``compute/conductor_hooks.py``) and
+run by every conductor's scan, for the servers of the hosts that conductor serves; whether a
+workflow owns a server is asked of the conductor (``conductor/service.py``), never read from its
+tables. A server is repaired when:
 
 - its task_state is one of a snapshot's (``image_*``), no unfinished workflow of the server
   exists (a FAILED workflow whose revert is being retried still owns it: that revert clears
@@ -16,7 +19,10 @@ Run by every conductor's scan (``Conductor.reconcile``). A server is repaired wh
 
 Repairing sets task_state back to None by compare-and-set (a concurrent change wins) and
 vm_state from what the hypervisor says about the domain, or ERROR with a fault when the
-domain does not exist. The hypervisor not answering leaves the server for the next pass.
+domain does not exist — through the vm_state table (``compute/states.py``): a hypervisor state
+the server's vm_state cannot become (not a move Nova makes) leaves vm_state as it is, as Nova's
+power-state sync does, except a build cut short, which is ERROR. The hypervisor not answering
+leaves the server for the next pass.
 """
 
 from __future__ import annotations
@@ -25,15 +31,14 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from freezeframe.common.timeutil import utcnow
 from freezeframe.compute.drivers.base import DomainNotFound, PowerState, VirtDriver
 from freezeframe.compute.model import Instance
-from freezeframe.compute.states import TaskState, VmState, set_task_state
-from freezeframe.conductor.model import Workflow
-from freezeframe.conductor.states import TERMINAL
+from freezeframe.compute.states import VM_STATE, TaskState, VmState, set_task_state
+from freezeframe.conductor.service import Workflows
 from freezeframe.db.session import Database
 
 LOG = logging.getLogger(__name__)
@@ -57,20 +62,15 @@ class Repair:
     reason: str
 
 
-def unfinished_workflow(session: Session, server_id: str) -> str | None:
-    """An unfinished workflow of the server (it owns the server's snapshot task_state), if any."""
-    return session.scalar(select(Workflow.id).where(
-        Workflow.resource_id == server_id, Workflow.state.not_in([s.value for s in TERMINAL])).limit(1))
-
-
 def orphaned(session: Session, inst: Instance, *, task_timeout: float, api_started_at: dt.datetime | None,
-             now: dt.datetime) -> str | None:
-    """Why the server's task_state has no live owner, or None when something owns it."""
+             now: dt.datetime, workflows: Workflows) -> str | None:
+    """Why the server's task_state has no live owner, or None when something owns it. Whether
+    a workflow owns it is the conductor's to say (``workflows``, in this same transaction)."""
     task = TaskState(inst.task_state)
     if task in SNAPSHOT_TASKS:
-        if unfinished_workflow(session, inst.id) is not None:
+        if workflows.unfinished(inst.id, session=session) is not None:
             return None
-        ended = session.scalar(select(func.max(Workflow.updated_at)).where(Workflow.resource_id == inst.id))
+        ended = workflows.last_change_at(inst.id, session=session)
         if ended is not None and inst.updated_at <= ended:
             return f"task_state {task} outlived the workflow that set it"
         if api_started_at is not None and inst.updated_at < api_started_at:
@@ -87,17 +87,22 @@ def orphaned(session: Session, inst: Instance, *, task_timeout: float, api_start
 
 
 def reconcile_servers(db: Database, driver: VirtDriver, *, task_timeout: float = 3600.0,
-                      api_started_at: dt.datetime | None = None) -> list[Repair]:
-    """One pass over the servers in a transitional task_state; returns what was repaired."""
+                      api_started_at: dt.datetime | None = None, workflows: Workflows | None = None,
+                      hosts: frozenset[str] | None = None) -> list[Repair]:
+    """One pass over the servers (of ``hosts``, None: any; ``driver`` is their hypervisor) in a
+    transitional task_state; returns what was repaired."""
     now = utcnow()
     states = [t.value for t in SNAPSHOT_TASKS | OPERATION_TASKS]
+    workflows = workflows or Workflows(db)
 
     def candidates(session: Session) -> list[tuple[str, str, str, dt.datetime, str]]:
-        rows = session.scalars(select(Instance).where(Instance.task_state.in_(states),
-                                                      Instance.vm_state != VmState.DELETED.value))
+        stmt = select(Instance).where(Instance.task_state.in_(states), Instance.vm_state != VmState.DELETED.value)
+        if hosts is not None:
+            stmt = stmt.where(or_(Instance.host.in_(hosts), Instance.host.is_(None)))
         found = []
-        for inst in rows:
-            why = orphaned(session, inst, task_timeout=task_timeout, api_started_at=api_started_at, now=now)
+        for inst in session.scalars(stmt):
+            why = orphaned(session, inst, task_timeout=task_timeout, api_started_at=api_started_at, now=now,
+                           workflows=workflows)
             if why:
                 found.append((inst.id, inst.task_state, inst.domain_name, inst.updated_at, why))
         return found
@@ -118,17 +123,24 @@ def reconcile_servers(db: Database, driver: VirtDriver, *, task_timeout: float =
                         server_id, task, exc)
             continue
 
-        def repair(session: Session) -> bool:
+        def repair(session: Session) -> VmState | None:
             inst = session.get(Instance, server_id)
             if inst is None or inst.task_state != task or inst.updated_at != seen_at:
-                return False                # it moved meanwhile: someone owns it after all
-            if TaskState(task) in SNAPSHOT_TASKS and unfinished_workflow(session, server_id) is not None:
-                return False
-            values = {"vm_state": vm_state.value, "power_state": power}
-            if fault:
-                values["fault"] = fault[:1000]
-            set_task_state(session, server_id, TaskState(task), None, reason=f"reconciled: {why}", values=values)
-            return True
+                return None                 # it moved meanwhile: someone owns it after all
+            if TaskState(task) in SNAPSHOT_TASKS and workflows.unfinished(server_id, session=session) is not None:
+                return None
+            was, target, note = VmState(inst.vm_state), vm_state, fault
+            if was != target and not VM_STATE.allowed(was, target):
+                # Not a move Nova makes (stopped -> paused, say): as Nova's power-state sync, the
+                # vm_state the user expects stays and power_state tells; a build cut short is an error.
+                target = VmState.ERROR if was == VmState.BUILDING else was
+                note = f"{why}; the hypervisor reports domain {domain} {power}" if target == VmState.ERROR else fault
+            values = {"power_state": power}
+            if note:
+                values["fault"] = note[:1000]
+            set_task_state(session, server_id, TaskState(task), None, reason=f"reconciled: {why}",
+                           vm_state=target, vm_from=was, values=values)
+            return target
         try:
             done = db.run_sync(repair)
         except Exception as exc:            # a concurrent change (409) or the database: next pass
@@ -136,6 +148,6 @@ def reconcile_servers(db: Database, driver: VirtDriver, *, task_timeout: float =
             continue
         if done:
             LOG.warning("reconcile: server %s repaired: %s -> task_state None, vm_state %s", server_id, why,
-                        vm_state.value)
-            repairs.append(Repair(server_id, task, vm_state.value, why))
+                        done.value)
+            repairs.append(Repair(server_id, task, done.value, why))
     return repairs

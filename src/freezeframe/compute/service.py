@@ -3,7 +3,6 @@ of createImage/createBackup (seed 001: the image exists, queued, before the call
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -28,9 +27,8 @@ from freezeframe.common.strict import INT32_MAX, is_uuid, parse_uint, shown
 from freezeframe.common.timeutil import utcnow
 from freezeframe.compute.drivers.base import DomainNotFound, GuestSpec, PowerState, VirtDriver
 from freezeframe.compute.model import Instance, InstanceAction
-from freezeframe.compute.states import TaskState, VmState, set_task_state
-from freezeframe.conductor.model import Workflow
-from freezeframe.conductor.states import WorkflowState
+from freezeframe.compute.states import TaskState, VmState, set_task_state, set_vm_state
+from freezeframe.conductor.service import Workflows
 from freezeframe.db.session import Database
 from freezeframe.images.client import CORE_ATTRIBUTES, GlanceClient, GlanceError
 
@@ -109,13 +107,14 @@ def check_name(value: Any, what: str = "name") -> str:
 
 class ComputeService:
     def __init__(self, db: Database, driver: VirtDriver, images_for: Callable[[Actor], GlanceClient],
-                 instances_path: Path, submit: Callable[[str], None], *, policy: Policy,
+                 instances_path: Path, workflows: Workflows, *, policy: Policy, host: str,
                  max_concurrent_snapshots: int = 5) -> None:
         self.db = db
         self.driver = driver
         self.images_for = images_for           # the image API, acting for a user (their rights)
         self.instances_path = instances_path
-        self.submit = submit
+        self.workflows = workflows             # the conductor: long work is handed to it (submit)
+        self.host = host                       # this compute host: its servers record it
         self.policy = policy
         self.max_concurrent_snapshots = max_concurrent_snapshots
         # Blocking work of requests (calls to the image service, the hypervisor) on a pool of
@@ -192,7 +191,7 @@ class ComputeService:
         inst = Instance(id=server_id, name=name, project_id=ctx.project_id, user_id=ctx.user_id,
                         vm_state=VmState.BUILDING, task_state=TaskState.SPAWNING, flavor_id=flavor.id,
                         vcpus=flavor.vcpus, memory_mb=flavor.ram, root_gb=flavor.disk, image_ref=image.id,
-                        domain_name=f"instance-{server_id}", metadata_json=json.dumps(metadata),
+                        domain_name=f"instance-{server_id}", host=self.host, metadata_json=json.dumps(metadata),
                         guest_agent=image.properties.get("hw_qemu_guest_agent", "no").lower() in ("yes", "true"),
                         system_metadata=json.dumps({f"image_{k}": v for k, v in image.properties.items()
                                                     if k not in NOT_INHERITED
@@ -251,7 +250,8 @@ class ComputeService:
     def _spawn_failed(self, server_id: str, exc: BaseException) -> None:
         fault = str(exc)[:1000]
         self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawn failed",
-                                                  values={"vm_state": VmState.ERROR.value, "fault": fault}))
+                                                  vm_state=VmState.ERROR, vm_from=VmState.BUILDING,
+                                                  values={"fault": fault}))
 
     def _spawn(self, server_id: str, actor: Actor, image, boot_files: dict[str, Any]) -> None:
         try:
@@ -269,9 +269,10 @@ class ComputeService:
                              root_disk=disk, kernel=kernel, initrd=initrd,
                              cmdline=image.properties.get("os_command_line"), guest_agent=inst.guest_agent)
             info = self.driver.spawn(spec)
-            values = {"vm_state": VmState.ACTIVE.value, "power_state": info.state.value, "root_disk": str(disk),
+            values = {"power_state": info.state.value, "root_disk": str(disk),
                       "root_target": info.disks[0].target if info.disks else "vda"}
             self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawned",
+                                                      vm_state=VmState.ACTIVE, vm_from=VmState.BUILDING,
                                                       values=values))
         except Exception as exc:
             LOG.exception("server %s failed to spawn", server_id)
@@ -293,7 +294,7 @@ class ComputeService:
         inst = Instance(id=info.uuid, name=domain, project_id=ctx.project_id, user_id=ctx.user_id,
                         vm_state=_VM_STATE[info.state], task_state=None, power_state=info.state.value,
                         flavor_id="adopted", vcpus=info.vcpus, memory_mb=info.memory_mb,
-                        root_gb=max(1, info.disks[0].virtual_size >> 30), domain_name=domain,
+                        root_gb=max(1, info.disks[0].virtual_size >> 30), domain_name=domain, host=self.host,
                         root_disk=str(info.disks[0].path), root_target=info.disks[0].target, adopted=True,
                         guest_agent=(adopt.get("guest_agent") is True))
 
@@ -318,7 +319,7 @@ class ComputeService:
             await self.pool.run(self.driver.destroy, inst.domain_name, wait=30)
             await self.pool.run(_rmtree, safe_join(self.instances_path, inst.id), wait=30)
         await self.db.run(lambda s: set_task_state(s, server_id, TaskState.DELETING, None, reason="deleted",
-                                                   values={"vm_state": VmState.DELETED.value}))
+                                                   vm_state=VmState.DELETED))
 
     async def power(self, ctx: RequestContext, server_id: str, on: bool) -> None:
         task_state = TaskState.POWERING_ON if on else TaskState.POWERING_OFF
@@ -335,12 +336,13 @@ class ComputeService:
         inst = await self.db.run(begin)
         try:
             await self.pool.run(self.driver.power_on if on else self.driver.power_off, inst.domain_name, wait=30)
-            values = {"vm_state": (VmState.ACTIVE if on else VmState.STOPPED).value,
-                      "power_state": (PowerState.RUNNING if on else PowerState.SHUTDOWN).value}
+            vm_state: VmState | None = VmState.ACTIVE if on else VmState.STOPPED
+            values = {"power_state": (PowerState.RUNNING if on else PowerState.SHUTDOWN).value}
         except Exception as exc:
-            values = {"fault": str(exc)[:1000]}
+            vm_state, values = None, {"fault": str(exc)[:1000]}
             LOG.warning("server %s: power %s failed: %s", server_id, "on" if on else "off", exc)
-        await self.db.run(lambda s: set_task_state(s, server_id, task_state, None, reason="power done", values=values))
+        await self.db.run(lambda s: set_task_state(s, server_id, task_state, None, reason="power done",
+                                                   vm_state=vm_state, vm_from=wanted_from, values=values))
 
     # -- snapshots (top half) ----------------------------------------------------------------
 
@@ -350,7 +352,7 @@ class ComputeService:
         Returns (image_id, workflow_id). Exactly one of concurrent snapshots of a server wins."""
         name = check_name(body.get("name"))
         metadata = check_snapshot_metadata(body.get("metadata", {}))
-        params: dict[str, Any] = {"actor": ctx.actor.to_json()}   # whom the workflow acts for
+        params: dict[str, Any] = {}
         if kind == "backup":
             backup_type = body.get("backup_type")
             if not isinstance(backup_type, str) or not backup_type or len(backup_type) > 255:
@@ -373,20 +375,18 @@ class ComputeService:
                 raise errors.Conflict(f"Instance {server_id} requires quiesce (os_require_quiesce) but its guest "
                                       "agent does not answer; no snapshot was taken")
         task_to = TaskState.IMAGE_BACKUP if kind == "backup" else TaskState.IMAGE_SNAPSHOT_PENDING
+        host = inst.host or self.host
 
         def claim(session: Session) -> None:
             """One compare-and-set decides which of concurrent snapshots of a server wins,
             before any image exists (the losers leave nothing behind)."""
-            running = session.scalar(select(Workflow.id).where(
-                Workflow.state.not_in([s.value for s in (WorkflowState.IMAGE_ACTIVE, WorkflowState.REVERTED,
-                                                         WorkflowState.CANCELLED, WorkflowState.FAILED)]))
-                .limit(self.max_concurrent_snapshots).offset(self.max_concurrent_snapshots - 1))
-            if running is not None:
+            running = self.workflows.count_running(kinds=("snapshot", "backup"), host=host, session=session)
+            if running >= self.max_concurrent_snapshots:
                 raise errors.Conflict(f"Too many snapshots in progress (max {self.max_concurrent_snapshots}); "
                                       "retry later")
             set_task_state(session, server_id, None, task_to, reason=f"{kind} requested")
         await self.db.run(claim)
-        workflow_id = str(uuid.uuid4())
+        workflow_id = self.workflows.new_id()
         attrs: dict[str, Any] = {
             **image_props,
             **metadata,
@@ -394,7 +394,7 @@ class ComputeService:
             "instance_uuid": server_id, "user_id": ctx.user_id or "",
             "image_type": "backup" if kind == "backup" else "snapshot", "base_image_ref": inst.image_ref or "",
             "os_freezeframe_workflow_id": workflow_id,
-            "os_freezeframe_workflow_state": WorkflowState.PENDING.value,
+            "os_freezeframe_workflow_state": self.workflows.initial_state(kind),
             "os_freezeframe_workflow_progress": "0",
             "os_freezeframe_workflow_last_state_change_at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
@@ -405,25 +405,20 @@ class ComputeService:
             # Created as the user (owner: their project; visibility only as they may).
             image_id = await self.pool.run(self._create_image_record, ctx.actor, attrs)
 
-            def record(session: Session) -> None:
-                session.add(Workflow(id=workflow_id, kind=kind, state=WorkflowState.PENDING.value,
-                                     resource_id=server_id, image_id=image_id, project_id=ctx.project_id,
-                                     user_id=ctx.user_id, request_id=ctx.request_id, params=json.dumps(params)))
+            def record_action(session: Session, wf_id: str) -> None:
                 session.add(InstanceAction(instance_uuid=server_id, action=verb, request_id=ctx.request_id,
-                                           project_id=ctx.project_id, user_id=ctx.user_id, workflow_id=workflow_id))
-            await self.db.run(record)
+                                           project_id=ctx.project_id, user_id=ctx.user_id, workflow_id=wf_id))
+            # Handed to the conductor (it records the workflow, with our action in the same
+            # transaction, and posts it on its jobboard), for the user, with their rights.
+            await self.db.pool.run(self.workflows.submit, kind, "server", server_id, params, ctx.actor,
+                                   image_id=image_id, host=host, workflow_id=workflow_id,
+                                   request_id=ctx.request_id, also=record_action)
         except BaseException:
             # Nothing half-done: the image (if made) goes, the server is free again.
             if image_id is not None:
                 await self.pool.run(self._delete_image, ctx.actor, image_id, wait=30)
             await self.db.run(lambda s: set_task_state(s, server_id, task_to, None, reason=f"{kind} not accepted"))
             raise
-        # The conductor's claim is a database write: never on the event loop (it would stall every
-        # request and /healthcheck behind the database lock). Handed off without waiting; should
-        # it not happen, the conductor's next scan takes the unowned workflow.
-        handoff = asyncio.get_running_loop().run_in_executor(None, self.submit, workflow_id)
-        handoff.add_done_callback(lambda f: f.cancelled() or f.exception() is None or LOG.warning(
-            "workflow %s: hand-off to the conductor failed (%s); its next scan takes it", workflow_id, f.exception()))
         LOG.info("server %s: %s %s accepted as workflow %s", server_id, kind, image_id, workflow_id)
         return image_id, workflow_id
 
@@ -457,11 +452,11 @@ class ComputeService:
             raise errors.Invalid("Invalid input for field/attribute state: must be 'active' or 'error'")
 
         def reset(session: Session) -> None:
-            from sqlalchemy import update
             inst = self._get(session, ctx, server_id, "os_compute_api:os-admin-actions:reset_state")
-            session.execute(update(Instance).where(Instance.id == inst.id)
-                            .values(vm_state=state, task_state=None, updated_at=utcnow())
-                            .execution_options(synchronize_session=False))
+            why = f"os-resetState by {ctx.user_id}"
+            if inst.task_state is not None:
+                set_task_state(session, inst.id, TaskState(inst.task_state), None, reason=why)
+            set_vm_state(session, inst.id, VmState(state), frm=VmState(inst.vm_state), reason=why)
             LOG.warning("server %s: os-resetState by %s: vm_state %s -> %s, task_state %s -> None", server_id,
                         ctx.user_id, inst.vm_state, state, inst.task_state)
         await self.db.run(reset)

@@ -1,25 +1,25 @@
-"""Server states with Nova's words: vm_state and task_state, one table each, one transition().
+"""Server states with Nova's words: vm_state and task_state, one table each, declared on the one
+mechanism (``freezeframe.common.statemachine``).
 
 A snapshot never changes vm_state; it walks task_state through
 ``image_snapshot_pending -> image_snapshot -> image_pending_upload -> image_uploading -> None``
 (backup: ``image_backup -> image_pending_upload -> image_uploading -> None``) and, whatever
 happens, ends at None with vm_state as it was — never ERROR, never stuck.
+
+vm_state moves are the ones Nova's compute manager makes between the vm_states we use
+(``nova/compute/vm_states.py``; the diagram of Nova's ``doc/source/reference/vm-states.rst``:
+"All states are allowed to transition to DELETED and ERROR"). Nothing leaves ``deleted``.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
-import logging
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from freezeframe.common import errors
-from freezeframe.common.timeutil import utcnow
-
-LOG = logging.getLogger(__name__)
+from freezeframe.common.statemachine import Machine
+from freezeframe.compute.model import Instance
 
 
 class VmState(enum.StrEnum):
@@ -44,6 +44,25 @@ class TaskState(enum.StrEnum):
     IMAGE_UPLOADING = "image_uploading"
 
 
+V = VmState
+_LIVE = tuple(v for v in VmState if v != V.DELETED)
+VM_TRANSITIONS: frozenset[tuple[VmState, VmState]] = frozenset({
+    (V.BUILDING, V.ACTIVE),             # spawned
+    (V.ACTIVE, V.ACTIVE),               # reboot, rebuild (Nova); os-resetState to active
+    (V.ACTIVE, V.STOPPED),              # stop; or the guest shut itself down (Nova's power-state sync)
+    (V.ACTIVE, V.PAUSED),               # pause
+    (V.ACTIVE, V.SUSPENDED),            # suspend
+    (V.STOPPED, V.ACTIVE),              # start
+    (V.STOPPED, V.STOPPED),             # rebuild of a stopped server (Nova)
+    (V.PAUSED, V.ACTIVE),               # unpause
+    (V.PAUSED, V.STOPPED),              # a paused guest shut down: Nova's power-state sync stops it
+    (V.SUSPENDED, V.ACTIVE),            # resume
+    (V.ERROR, V.ACTIVE),                # hard reboot, os-resetState to active
+    (V.ERROR, V.STOPPED),               # stop is allowed from error
+    *((v, V.ERROR) for v in _LIVE),     # a failed spawn or operation; os-resetState to error
+    *((v, V.DELETED) for v in _LIVE),   # delete
+})
+
 T = TaskState
 NONE = None
 # task_state (from, to); None is "no task". Every task may be cleared back to None (the end of
@@ -63,26 +82,33 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState | None, TaskState | None]] = frozens
     *((t, NONE) for t in TaskState),                   # task done, or reverted
 })
 
-COUNTS: collections.Counter[str] = collections.Counter()
+_SERVER = dict(table=Instance.__table__, changed_at="updated_at", touch=(), noun="Server",
+               not_found="Instance {id} could not be found.")
+VM_STATE: Machine[VmState] = Machine("vm_state", VmState, VM_TRANSITIONS, column="vm_state",
+                                     terminal={V.DELETED}, label="Server vm_state", **_SERVER)
+TASK_STATE: Machine[TaskState] = Machine("task_state", TaskState, TASK_TRANSITIONS, column="task_state",
+                                         label="Server task_state", **_SERVER)
+COUNTS = TASK_STATE.counts
 
 
 def set_task_state(session: Session, instance_id: str, frm: TaskState | None, to: TaskState | None, *,
-                   reason: str, values: dict[str, Any] | None = None) -> None:
-    """Compare-and-set task_state; a concurrent task makes this a 409 (Nova's
-    'Cannot ... while it is in task_state ...')."""
-    from freezeframe.compute.model import Instance
+                   reason: str, vm_state: VmState | None = None, vm_from: VmState | None = None,
+                   values: dict[str, Any] | None = None) -> None:
+    """Compare-and-set task_state; a concurrent task makes this a 409. With ``vm_state``, the
+    server's vm_state moves too, in the same transaction (``vm_from``: the vm_state it must be
+    in; by default the one it is in now): the end of a spawn, a stop, a delete."""
+    TASK_STATE.transition(session, instance_id, frm, to, reason=reason, values=values)
+    if vm_state is not None:
+        set_vm_state(session, instance_id, vm_state, frm=vm_from, reason=reason)
 
-    if (frm, to) not in TASK_TRANSITIONS:
-        raise errors.InvalidState(f"Server task_state transition from {frm} to {to} is not allowed")
-    cond = Instance.task_state.is_(None) if frm is None else Instance.task_state == frm.value
-    result = session.execute(update(Instance).where(Instance.id == instance_id, cond)
-                             .values(task_state=to.value if to else None, updated_at=utcnow(), **(values or {}))
-                             .execution_options(synchronize_session=False))
-    if result.rowcount != 1:
-        current = session.get(Instance, instance_id, populate_existing=True)
-        if current is None:
-            raise errors.NotFound(f"Server {instance_id} could not be found.")
-        raise errors.Conflict(f"Cannot change server {instance_id} while it is in task_state "
-                              f"{current.task_state}")
-    COUNTS[f"{frm}->{to}"] += 1
-    LOG.info("server %s: task_state %s -> %s (%s)", instance_id, frm, to, reason)
+
+def set_vm_state(session: Session, instance_id: str, to: VmState, *, frm: VmState | None = None, reason: str,
+                 values: dict[str, Any] | None = None) -> bool:
+    """Compare-and-set vm_state from ``frm`` (default: the vm_state the server is in now) to
+    ``to``; staying where it is is no move (False, nothing written)."""
+    if frm is None:
+        frm = VmState(VM_STATE.current(session, instance_id))
+    if frm == to:
+        return False
+    VM_STATE.transition(session, instance_id, frm, to, reason=reason, values=values)
+    return True

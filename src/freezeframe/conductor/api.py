@@ -17,7 +17,7 @@ from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.conductor.model import Workflow, WorkflowEvent
 from freezeframe.conductor.states import TERMINAL, WorkflowState, parse
 from freezeframe.db.session import Database
-from freezeframe.images.api import ctx_of
+from freezeframe.http.request import ctx_of
 
 
 def workflow_view(wf: Workflow, owner_alive: bool, stall_timeout: float) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def workflow_view(wf: Workflow, owner_alive: bool, stall_timeout: float) -> dict
         "owner": wf.owner, "owner_alive": owner_alive,
         # stalled: unfinished, and its owner is gone or nothing changed for stall_timeout
         "stalled": not terminal and ((wf.owner is not None and not owner_alive) or quiet > stall_timeout),
-        "resource_type": wf.resource_type, "resource_id": wf.resource_id, "image_id": wf.image_id,
+        "resource_type": wf.resource_type, "resource_id": wf.resource_id, "host": wf.host, "image_id": wf.image_id,
         "project_id": wf.project_id, "user_id": wf.user_id, "request_id": wf.request_id,
         "failure_reason": wf.failure_reason, "last_good_state": wf.last_good_state,
         "cancel_requested": wf.cancel_requested,

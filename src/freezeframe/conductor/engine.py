@@ -1,15 +1,24 @@
 """The conductor: runs every long operation as a taskflow flow persisted in the database, and
-resumes the flows of conductors that died.
+resumes the flows of conductors that died. It is service-neutral: the kinds of work, their flows
+and what each service's work may leave on a host come from the registry (``conductor/registry.py``).
 
-Each workflow row points at its taskflow logbook and flow detail. Running a workflow means
-claiming it (a compare-and-set of ``owner`` from a dead or absent conductor to us), then
-``load_from_factory`` the first time or ``load_from_detail`` after a crash: taskflow skips the
-tasks that completed and re-runs the one that was running, which is why every task is
-idempotent. A flow that fails is reverted by taskflow (each task's ``revert``), and the
-workflow ends REVERTED (or CANCELLED when a user asked for it) — only once the revert has
-really cleaned up: a revert that could not complete leaves the workflow FAILED, says so in
-its ``failure_reason`` and history, and the conductor's scan runs every revert step again
-(each is idempotent) with a growing pause until they all succeed.
+Finding work: the jobboard (``conductor/jobboard.py``, chosen by URL: the database, or
+taskflow's Redis jobboard with expiring claims) offers the workflows this conductor may take —
+never host-bound work for a host it does not serve. Taking one is the compare-and-set of its
+lease in the database (``conductor/lease.py``): owner := this conductor, fence + 1. A keep-alive
+thread renews every held lease (and the board's claim) every TTL/3; every write a step makes is
+fenced, so a conductor that lost a workflow commits nothing more (``Fenced``) and no flow ever
+runs twice. The database is the truth: each scan posts again whatever unfinished workflow no
+fresh lease holds and the board lost (a Redis restart).
+
+Running a workflow: ``load_from_factory`` (the kind's factory, by its importable name) the first
+time or ``load_from_detail`` after a crash or a take-over: taskflow skips the tasks that
+completed and re-runs the one that was running, which is why every task is idempotent. A flow
+that fails is reverted by taskflow (each task's ``revert``), and the workflow ends REVERTED (or
+CANCELLED when a user asked for it) — only once the revert has really cleaned up: a revert that
+could not complete leaves the workflow FAILED, says so in its ``failure_reason`` and history,
+and the conductor keeps it and runs every revert step again (each is idempotent) with a growing
+pause until they all succeed.
 
 Stopping (SIGTERM/SIGINT) is a pause, not a failure: ``stop()`` takes no new work, sets the
 runtime's ``stopping`` event so the running steps stop at their next interruption point
@@ -20,51 +29,50 @@ conductor, resumes every paused flow as it resumes a crashed one. A step that do
 interruption point within the grace period leaves the process to end as kill -9 would
 (``exit_like_kill_9``): never reverted, resumed all the same.
 
-The same scan reconciles the servers (``compute/reconcile.py``): none stays in a transitional
-task_state that no live workflow or operation owns.
+Every scan also calls the services' reconcile hooks (compute: releasing what a finished snapshot
+still holds on this host, repairing servers left in a transitional task_state).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import importlib
 import logging
 import os
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import taskflow.engines
-from sqlalchemy import select, update
+from sqlalchemy import update
 from taskflow import states as tf_states
 from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models as tf_models
 
 from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor import runtime
+from freezeframe.conductor.jobboard import Board, DatabaseBoard
+from freezeframe.conductor.lease import Claim, Fenced, Leases
 from freezeframe.conductor.liveness import Liveness
 from freezeframe.conductor.model import Workflow
+from freezeframe.conductor.registry import Registry, Scan, UnknownKind, WorkflowKind
 from freezeframe.conductor.runtime import Interrupted
-from freezeframe.conductor.states import TERMINAL, WorkflowState, parse, transition
+from freezeframe.conductor.service import Workflows
+from freezeframe.conductor.states import WorkflowState, transition
 from freezeframe.db.engine import normalize_url
+from freezeframe.db.migrate import TASKFLOW_LOCK, exclusive
 from freezeframe.db.session import Database
 
 LOG = logging.getLogger(__name__)
 
-# Workflow kind -> the importable factory taskflow records to rebuild the flow after a crash.
-FLOW_FACTORIES: dict[str, str] = {
-    "snapshot": "freezeframe.conductor.workflows.snapshot.make_flow",
-    "backup": "freezeframe.conductor.workflows.snapshot.make_flow",
-}
 # What a FAILED workflow's failure_reason carries while its revert is not complete.
 REVERT_INCOMPLETE = " [revert incomplete, retried by the conductor: "
 # Pause between two attempts at an incomplete revert: doubling from the scan interval up to this.
 REVERT_RETRY_MAX = 300.0
 # Exit status of a stop that had to end the process as kill -9 would.
 EXIT_HARD_STOP = 1
+# How a run of a workflow left it: ended (nothing more to do) or held (a revert to retry).
+ENDED, HELD = "ended", "held"
 
 
 def exit_like_kill_9(reason: str) -> None:
@@ -89,12 +97,19 @@ def without_incomplete_revert(reason: str | None) -> str | None:
 
 
 class Conductor:
-    def __init__(self, db: Database, liveness: Liveness, *, database_url: str, max_workers: int = 5,
-                 scan_interval: float = 5.0, task_timeout: float = 3600.0,
-                 api_started_at: dt.datetime | None = None) -> None:
+    def __init__(self, db: Database, liveness: Liveness, *, database_url: str, registry: Registry,
+                 leases: Leases, board: Board | None = None, hosts: frozenset[str] | None = None,
+                 max_workers: int = 5, scan_interval: float = 5.0, workflows: Workflows | None = None) -> None:
         self.db = db
         self.liveness = liveness
         self.id = liveness.member_id
+        if leases.owner != self.id:
+            raise ValueError(f"the leases are held as {leases.owner}, not as conductor {self.id}")
+        self.registry = registry
+        self.leases = leases
+        self.board = board or DatabaseBoard(db, registry, leases.ttl)
+        self.hosts = hosts
+        self.workflows = workflows or Workflows(db, registry, self.board, liveness.is_alive, leases.ttl)
         self.backend = tf_backends.fetch({"connection": normalize_url(database_url)})
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="ff-flow")
         self._running: set[str] = set()
@@ -102,26 +117,42 @@ class Conductor:
         self._idle = threading.Condition(self._guard)       # notified when a flow thread ends
         self._started = threading.Event()
         self._stopping = threading.Event()
+        self._wake = threading.Event()                      # a post from this process: look now
         self._scan_interval = scan_interval
+        # How often the board is asked for work: a dead conductor's work is taken over within
+        # about one lease TTL plus this.
+        self._poll = min(scan_interval, max(0.05, leases.ttl / 4))
         self._scanner: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None
+        self._board_keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
         # Incomplete reverts: workflow id -> (attempts so far, monotonic time of the next one).
         self._revert_retry: dict[str, tuple[int, float]] = {}
-        # For compute/reconcile.py: how old a spawning/powering/deleting task_state must be to
-        # be repaired, and — when the compute API runs in this very process (``serve``) — when
-        # it started: an operation begun before that belonged to a process that is gone.
-        self.task_timeout = task_timeout
-        self.api_started_at = api_started_at
+        # Workflows not to offer ourselves again before a monotonic time (held elsewhere, failed).
+        self._backoff: dict[str, float] = {}
+        self._board_down_since: float | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        with contextlib.closing(self.backend.get_connection()) as conn:
-            conn.upgrade()
+        with exclusive(self.db.engine, TASKFLOW_LOCK), contextlib.closing(self.backend.get_connection()) as conn:
+            conn.upgrade()      # (concurrent upgrades of taskflow's schema race on PostgreSQL)
         self.liveness.start()
+        self.board.listen(self._wake.set)
+        try:
+            self.board.connect()
+        except Exception as exc:    # the board comes later: the scan keeps trying
+            self._board_trouble(exc)
         self._scanner = threading.Thread(target=self._scan_loop, name="ff-conductor-scan", daemon=True)
+        self._keeper = threading.Thread(target=self._keep_loop, name="ff-conductor-keepalive", daemon=True)
+        self._board_keeper = threading.Thread(target=self._keep_board_loop, name="ff-conductor-board-keepalive",
+                                              daemon=True)
         self._started.set()
+        self._keeper.start()
+        self._board_keeper.start()
         self._scanner.start()
-        LOG.info("conductor %s started", self.id)
+        LOG.info("conductor %s started (jobboard %s, lease %gs, hosts %s)", self.id,
+                 type(self.board).__name__, self.leases.ttl, "any" if self.hosts is None else sorted(self.hosts))
 
     @property
     def stopping(self) -> bool:
@@ -133,6 +164,7 @@ class Conductor:
         True when done within ``timeout`` seconds (None: no limit); False when a step is still
         running then — its claim is kept and the caller should ``exit_like_kill_9``."""
         self._stopping.set()
+        self._wake.set()
         with contextlib.suppress(RuntimeError):     # no runtime: no flows ran in this process
             runtime.current().stopping.set()
         if not self._started.is_set():
@@ -157,11 +189,17 @@ class Conductor:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._scanner is not None:
             self._scanner.join(timeout=self._scan_interval + 5)
+        self._keeper_stop.set()
+        for keeper in (self._keeper, self._board_keeper):
+            if keeper is not None:
+                keeper.join(timeout=5)
         released = self._release_claims()
         if released:
             LOG.info("conductor %s released its claim on %d unfinished workflow(s): any conductor resumes them",
                      self.id, released)
         self.liveness.stop()
+        with contextlib.suppress(Exception):
+            self.board.close()
         self.backend.close()
         LOG.info("conductor %s stopped", self.id)
         return True
@@ -169,106 +207,158 @@ class Conductor:
     def owner_alive(self, owner: str | None) -> bool:
         return self.liveness.is_alive(owner)
 
-    def _release_claims(self, workflow_id: str | None = None) -> int:
-        """Owner back to None (compare-and-set on our own id) for our unfinished workflows, or
-        one of them: the next scan of any conductor claims them as it claims new ones."""
+    def _release_claims(self) -> int:
+        """Owner back to None for our unfinished workflows (the ones we hold, and any left from
+        an earlier run of this conductor): the next scan of any conductor takes them."""
+        released = 0
+        for claim in self.leases.held():
+            released += self._let_go(claim)
+        terminal = list(self.registry.terminal_states())
+
         def release(session) -> int:
-            stmt = (update(Workflow).where(Workflow.owner == self.id,
-                                           Workflow.state.not_in([s.value for s in TERMINAL]))
-                    .values(owner=None, updated_at=utcnow()))
-            if workflow_id is not None:
-                stmt = stmt.where(Workflow.id == workflow_id)
-            return session.execute(stmt.execution_options(synchronize_session=False)).rowcount
+            return session.execute(update(Workflow).where(Workflow.owner == self.id, Workflow.state.not_in(terminal))
+                                   .values(owner=None, heartbeat_at=None, updated_at=utcnow())
+                                   .execution_options(synchronize_session=False)).rowcount
         try:
-            return self.db.run_sync(release)
-        except Exception as exc:      # the database is gone: the claim goes with our liveness lock
+            released += self.db.run_sync(release)
+        except Exception as exc:      # the database is gone: the leases run out by themselves
             LOG.warning("conductor %s could not release its claims: %s", self.id, exc)
-            return 0
+        return released
 
-    # -- running workflows -------------------------------------------------------------------
+    def _let_go(self, claim: Claim) -> int:
+        """Give one workflow back: the lease (if still ours) and the board's claim."""
+        released = 0
+        try:
+            released = int(self.leases.release(claim))
+        except Exception as exc:
+            LOG.warning("workflow %s: could not release its claim: %s", claim.workflow_id, exc)
+        self._revert_retry.pop(claim.workflow_id, None)
+        if claim.job is not None:
+            with contextlib.suppress(Exception):
+                self.board.give_up(claim.job, self.id)
+        return released
 
-    def submit(self, workflow_id: str) -> None:
-        """Run a workflow in this conductor (the caller just created it, owner None). While the
-        conductor is not running (starting, stopping) it stays unclaimed for the next scan."""
-        if not self._started.is_set() or self._stopping.is_set():
-            LOG.info("workflow %s left for the next conductor scan (this conductor is %s)", workflow_id,
-                     "stopping" if self._stopping.is_set() else "starting")
-            return
-        if self._claim(workflow_id):
-            self._start(workflow_id)
+    # -- taking work -------------------------------------------------------------------------
 
-    def _start(self, workflow_id: str) -> bool:
-        with self._guard:
-            if workflow_id in self._running or self._stopping.is_set():
-                return False
-            self._running.add(workflow_id)
+    def claim_work(self) -> list[str]:
+        """Take what the board offers (within this conductor's hosts and kinds) and run it.
+        Returns the ids started."""
+        taken: list[str] = []
+        now = time.monotonic()
+        for offer in self.board.offers(self.id, self.hosts):
+            if self._stopping.is_set():
+                break
+            workflow_id = offer.workflow_id
+            if offer.kind is not None and offer.kind not in self.registry.kinds:
+                continue                # a kind this process cannot run: left to a conductor that can
+            with self._guard:
+                if workflow_id in self._running or self.leases.get(workflow_id) is not None:
+                    continue
+            if self._backoff.get(workflow_id, 0.0) > now:
+                continue
+            if not self.board.take(offer, self.id, self.leases.ttl):
+                continue
             try:
-                self._pool.submit(self._run_guarded, workflow_id)
+                claim, why = self.leases.acquire(workflow_id)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.board.give_up(offer, self.id)
+                raise
+            if claim is None:
+                if why == "finished":
+                    self.board.done(offer, self.id)
+                else:                   # another conductor's lease is still fresh
+                    self.board.give_up(offer, self.id)
+                    self._backoff[workflow_id] = now + min(self.leases.ttl / 2, self._scan_interval)
+                continue
+            claim.job = offer
+            if claim.previous_owner not in (None, self.id):
+                LOG.warning("conductor %s took over workflow %s from conductor %s, whose lease ran out (state %s, "
+                            "fence %d)", self.id, workflow_id, claim.previous_owner, claim.state, claim.fence)
+            if self._start(claim):
+                taken.append(workflow_id)
+            else:
+                self._let_go(claim)
+        self._backoff = {k: v for k, v in self._backoff.items() if v > now}
+        return taken
+
+    def _start(self, claim: Claim) -> bool:
+        with self._guard:
+            if claim.workflow_id in self._running or self._stopping.is_set():
+                return False
+            self._running.add(claim.workflow_id)
+            try:
+                self._pool.submit(self._run_guarded, claim)
             except RuntimeError:          # the pool shut down meanwhile
-                self._running.discard(workflow_id)
+                self._running.discard(claim.workflow_id)
                 return False
         return True
 
-    def _claim(self, workflow_id: str) -> bool:
-        """Take a workflow whose owner is absent or dead. Exactly one conductor wins."""
-        def current(session) -> tuple[str, str | None] | None:
-            wf = session.get(Workflow, workflow_id)
-            return (wf.state, wf.owner) if wf else None
-        row = self.db.run_sync(current)
-        if row is None or WorkflowState(parse(row[0])[0]) in TERMINAL:
-            return False
-        state, owner = row
-        if owner == self.id:
-            return True
-        if owner is not None and self.liveness.is_alive(owner):
-            return False
+    # -- running workflows -------------------------------------------------------------------
 
-        def claim(session) -> bool:
-            cond = Workflow.owner.is_(None) if owner is None else Workflow.owner == owner
-            result = session.execute(update(Workflow).where(Workflow.id == workflow_id, cond)
-                                     .values(owner=self.id, updated_at=utcnow()))
-            return result.rowcount == 1
-        won = self.db.run_sync(claim)
-        if won and owner is not None:
-            LOG.warning("conductor %s took over workflow %s from dead conductor %s (state %s)",
-                        self.id, workflow_id, owner, state)
-        return won
-
-    def _run_guarded(self, workflow_id: str) -> None:
+    def _run_guarded(self, claim: Claim) -> None:
+        workflow_id = claim.workflow_id
         try:
-            self._run(workflow_id)
+            with self.leases.bound(claim):
+                outcome = self._run(claim)
+            if outcome == ENDED:
+                self._ended(claim)
+        except Fenced as exc:
+            LOG.warning("%s: stopped here, left to its new owner (nothing reverted)", exc)
+            self._revert_retry.pop(workflow_id, None)
+            self.leases.forget(claim)
+            if claim.job is not None:
+                with contextlib.suppress(Exception):
+                    self.board.give_up(claim.job, self.id)
         except Interrupted:
-            self._paused(workflow_id)
+            self._paused(claim)
         except Exception:
             LOG.exception("workflow %s: conductor error", workflow_id)
+            # Not ours to hold while nothing runs it: the lease runs out, and we (or another
+            # conductor, after the lease) take it again.
+            self.leases.forget(claim)
+            self._backoff[workflow_id] = time.monotonic() + self._scan_interval
+            if claim.job is not None:
+                with contextlib.suppress(Exception):
+                    self.board.give_up(claim.job, self.id)
         finally:
             with self._idle:
                 self._running.discard(workflow_id)
                 self._idle.notify_all()
 
-    def _paused(self, workflow_id: str) -> None:
+    def _ended(self, claim: Claim) -> None:
+        self._revert_retry.pop(claim.workflow_id, None)
+        self.leases.forget(claim)
+        if claim.job is not None:
+            with contextlib.suppress(Exception):
+                self.board.done(claim.job, self.id)
+
+    def _paused(self, claim: Claim) -> None:
         """A flow interrupted by a stop: nothing reverted; the claim is released for whichever
         conductor runs next (this one restarted, or another)."""
         try:
-            state = self.db.run_sync(lambda s: getattr(s.get(Workflow, workflow_id), "state", None))
+            state = self.db.run_sync(lambda s: getattr(s.get(Workflow, claim.workflow_id), "state", None))
         except Exception:                # (only for the log line)
             state = "?"
-        self._release_claims(workflow_id)
+        self._let_go(claim)
         LOG.info("workflow %s paused in state %s (conductor stopping): resumed by the next conductor",
-                 workflow_id, state)
+                 claim.workflow_id, state)
 
-    def _engine(self, wf: Workflow):
+    def _kind(self, wf: Workflow) -> WorkflowKind:
+        return self.registry.kind(wf.kind)
+
+    def _engine(self, wf: Workflow, kind: WorkflowKind):
         if wf.flow_detail_id is None:
             book = tf_models.LogBook(f"workflow-{wf.id}")
             engine = taskflow.engines.load_from_factory(
-                FLOW_FACTORIES[wf.kind], factory_kwargs={"workflow_id": wf.id, "kind": wf.kind},
+                kind.factory, factory_kwargs={"workflow_id": wf.id, "kind": wf.kind},
                 store={"workflow_id": wf.id}, backend=self.backend, book=book, engine="serial")
             flow_detail_id = engine.storage.flow_uuid
 
             def remember(session) -> None:
                 row = session.get(Workflow, wf.id)
                 row.logbook_id, row.flow_detail_id = book.uuid, flow_detail_id
-            self.db.run_sync(remember)
+            self.leases.write(wf.id, remember)
             return engine
         with contextlib.closing(self.backend.get_connection()) as conn:
             book = conn.get_logbook(wf.logbook_id)
@@ -276,35 +366,42 @@ class Conductor:
         LOG.info("workflow %s: resuming flow %s from state %s", wf.id, wf.flow_detail_id, wf.state)
         return taskflow.engines.load_from_detail(flow_detail, backend=self.backend, engine="serial")
 
-    def _run(self, workflow_id: str) -> None:
+    def _run(self, claim: Claim) -> str:
+        workflow_id = claim.workflow_id
         wf = self.db.run_sync(lambda s: s.get(Workflow, workflow_id))
-        if wf is None or wf.owner != self.id:
-            return
+        if wf is None:
+            return ENDED
+        if wf.owner != self.id or wf.fence != claim.fence:
+            raise Fenced(f"workflow {workflow_id}: taken by {wf.owner} (fence {wf.fence}) before it could run here")
+        kind = self._kind(wf)
+        if wf.state in kind.states.terminal:
+            return ENDED
         if wf.state == WorkflowState.FAILED:
             # Its revert was cut short (it failed, or its conductor died or stopped in it):
             # every revert step again, not taskflow (which would not retry a failed revert).
-            self._retry_revert(wf)
-            return
+            return self._retry_revert(wf, kind)
         runtime.current().check_stop()
-        engine = self._engine(wf)
+        engine = self._engine(wf, kind)
         try:
-            engine.run()        # Interrupted (a stop) goes straight through: nothing reverted
+            engine.run()        # Interrupted/Fenced go straight through: nothing reverted
         except Exception as exc:
             if engine.storage.get_flow_state() == tf_states.REVERTED:
                 self._finish_failed(workflow_id, exc)
-            else:
-                self._revert_incomplete(workflow_id, exc)
-        else:
-            LOG.info("workflow %s finished", workflow_id)
+                return ENDED
+            self._revert_incomplete(workflow_id, exc)
+            return HELD
+        LOG.info("workflow %s finished", workflow_id)
+        return ENDED
 
     def _finish_failed(self, workflow_id: str, exc: BaseException | None, *,
                        detail: str = "reverted: cleaned up") -> None:
         """The revert cleaned up: record how the workflow ended (REVERTED, or CANCELLED)."""
         reason = _reason(exc) if exc is not None else "the workflow failed"
+        terminal = self.registry.terminal_states()
 
         def finish(session) -> None:
             wf = session.get(Workflow, workflow_id)
-            if wf is None or WorkflowState(parse(wf.state)[0]) in TERMINAL:
+            if wf is None or wf.state in terminal:
                 return
             if wf.state != WorkflowState.FAILED:
                 transition(session, workflow_id, wf.state, WorkflowState.FAILED, detail=reason,
@@ -312,18 +409,19 @@ class Conductor:
             end = WorkflowState.CANCELLED if wf.cancel_requested else WorkflowState.REVERTED
             transition(session, workflow_id, WorkflowState.FAILED, end, detail=detail,
                        values={"failure_reason": without_incomplete_revert(wf.failure_reason) or reason})
-        self.db.run_sync(finish)
+        self.leases.write(workflow_id, finish)
         self._revert_retry.pop(workflow_id, None)
         LOG.warning("workflow %s reverted: %s", workflow_id, reason)
 
     def _revert_incomplete(self, workflow_id: str, exc: BaseException) -> None:
         """A revert step failed: the workflow stays FAILED — never REVERTED — with a reason that
-        says so, and the scan tries every revert step again later. The claim is kept."""
+        says so, and this conductor keeps it and tries every revert step again later."""
         error = _reason(exc)
+        terminal = self.registry.terminal_states()
 
         def record(session) -> None:
             wf = session.get(Workflow, workflow_id)
-            if wf is None or WorkflowState(parse(wf.state)[0]) in TERMINAL:
+            if wf is None or wf.state in terminal:
                 return
             reason = with_incomplete_revert(wf.failure_reason, error)
             if wf.state != WorkflowState.FAILED:
@@ -332,112 +430,126 @@ class Conductor:
             elif reason != wf.failure_reason:      # a new error: one event, not one per attempt
                 transition(session, workflow_id, WorkflowState.FAILED, WorkflowState.FAILED,
                            detail=f"revert incomplete: {error}", values={"failure_reason": reason})
-        self.db.run_sync(record)
+        self.leases.write(workflow_id, record)
         attempts = self._revert_retry.get(workflow_id, (0, 0.0))[0] + 1
         pause = min(REVERT_RETRY_MAX, self._scan_interval * 2 ** (attempts - 1))
         self._revert_retry[workflow_id] = (attempts, time.monotonic() + pause)
         LOG.error("workflow %s: its revert could not complete (attempt %d): %s; retried in %gs",
                   workflow_id, attempts, error, pause)
 
-    def _retry_revert(self, wf: Workflow) -> None:
+    def _retry_revert(self, wf: Workflow, kind: WorkflowKind) -> str:
         """Every revert step of the flow, last first — each is idempotent, so the ones that had
         succeeded before are no-ops. All succeed: REVERTED (or CANCELLED). One fails: retried."""
-        module, _, name = FLOW_FACTORIES[wf.kind].rpartition(".")
-        flow = getattr(importlib.import_module(module), name)(workflow_id=wf.id, kind=wf.kind)
+        flow = kind.make_flow(workflow_id=wf.id, kind=wf.kind)
         LOG.info("workflow %s: retrying its revert", wf.id)
         try:
             for atom in reversed(list(flow)):
                 atom.revert(workflow_id=wf.id, result=None, flow_failures={})
         except Exception as exc:
             self._revert_incomplete(wf.id, exc)
-            return
+            return HELD
         self._finish_failed(wf.id, None, detail="reverted: cleaned up (revert retried)")
+        return ENDED
 
-    # -- recovery ----------------------------------------------------------------------------
+    # -- the scan ----------------------------------------------------------------------------
 
-    def adopt_orphans(self) -> list[str]:
-        """Claim and resume every unfinished workflow whose owner is dead or absent (or this
-        conductor, restarted), and retry the incomplete reverts that are due. Returns the ids
-        taken."""
-        live_terminal = [s.value for s in TERMINAL]
-
-        def unfinished(session) -> list[tuple[str, str | None]]:
-            rows = session.execute(select(Workflow.id, Workflow.owner).where(Workflow.state.not_in(live_terminal)))
-            return [(r[0], r[1]) for r in rows]
-        taken = []
-        now = time.monotonic()
-        for workflow_id, owner in self.db.run_sync(unfinished):
-            if self._stopping.is_set():
-                break
-            with self._guard:
-                if workflow_id in self._running:
-                    continue
-            if self._revert_retry.get(workflow_id, (0, 0.0))[1] > now:
-                continue        # an incomplete revert of ours, not due yet
-            if owner == self.id or not self.liveness.is_alive(owner):
-                if self._claim(workflow_id) and self._start(workflow_id):
-                    taken.append(workflow_id)
-        return taken
-
-    def sweep_leftovers(self) -> list[str]:
-        """Release what a finished workflow still holds on this host — a snapshot workdir with its
-        backup job or qemu-nbd export — when its flow ended without doing so (e.g. a revert that
-        itself failed). Returns the workflow ids cleaned."""
-        from freezeframe.compute.model import Instance
-
-        try:
-            rt = runtime.current()
-            names = [p.name for p in rt.workdir.iterdir() if p.is_dir()]
-        except (RuntimeError, FileNotFoundError):     # no workflows run here (yet)
-            return []
-        done_states = [s.value for s in TERMINAL]
-
-        def finished(session) -> list[tuple[str, str]]:
-            rows = session.execute(select(Workflow.id, Instance.domain_name)
-                                   .join(Instance, Instance.id == Workflow.resource_id)
-                                   .where(Workflow.id.in_(names), Workflow.state.in_(done_states)))
-            return [(r[0], r[1]) for r in rows]
-        cleaned = []
-        for workflow_id, domain in self.db.run_sync(finished) if names else []:
-            with self._guard:
-                if workflow_id in self._running:
-                    continue
-            try:
-                rt.driver.end_snapshot(domain, workflow_id, rt.workdir / workflow_id)
-            except Exception as exc:   # retried at the next scan
-                LOG.warning("workflow %s: could not release its leftovers: %s", workflow_id, exc)
+    def retry_reverts(self) -> list[str]:
+        """Start the incomplete reverts of the workflows this conductor holds that are due."""
+        started, now = [], time.monotonic()
+        for workflow_id, (_, due) in list(self._revert_retry.items()):
+            if due > now:
                 continue
-            LOG.warning("workflow %s had finished but still held a snapshot on this host: released", workflow_id)
-            cleaned.append(workflow_id)
-        return cleaned
+            claim = self.leases.get(workflow_id)
+            if claim is None:                   # lost meanwhile: its new owner retries it
+                self._revert_retry.pop(workflow_id, None)
+                continue
+            if self._start(claim):
+                started.append(workflow_id)
+        return started
 
-    def reconcile(self) -> list[Any]:
-        """Servers left in a transitional task_state with no live owner: repaired."""
-        from freezeframe.compute import reconcile
-
-        try:
-            driver = runtime.current().driver
-        except RuntimeError:
+    def repost(self) -> list[str]:
+        """The database is the truth: post again what no fresh lease holds and the board lost."""
+        if isinstance(self.board, DatabaseBoard):
             return []
-        return reconcile.reconcile_servers(self.db, driver, task_timeout=self.task_timeout,
-                                           api_started_at=self.api_started_at)
+        return self.board.repost(self.workflows.unclaimed())
+
+    def reconcile(self) -> dict[str, list[Any]]:
+        """Every service's reconcile hooks (what their work left on this host; their resources
+        left in a transitional state by work that is gone)."""
+        with self._guard:
+            here = frozenset(self._running) | {c.workflow_id for c in self.leases.held()}
+        scan = Scan(conductor_id=self.id, running=frozenset(here), hosts=self.hosts, workflows=self.workflows)
+        return self.registry.run_hooks(scan, should_stop=self._stopping.is_set)
+
+    def _board_trouble(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._board_down_since is None:
+            self._board_down_since = now
+            LOG.warning("conductor %s: the jobboard is unavailable (%s); retrying (the flows it runs go on)",
+                        self.id, exc)
+        with contextlib.suppress(Exception):
+            self.board.close()
 
     def _scan_loop(self) -> None:
+        next_scan = 0.0
         while not self._stopping.is_set():
-            for scan in (self.adopt_orphans, self.sweep_leftovers, self.reconcile):
-                if self._stopping.is_set():
-                    break
-                try:
-                    scan()
-                except Exception:
+            try:
+                self.claim_work()
+                if self._board_down_since is not None:
+                    LOG.warning("conductor %s: the jobboard is back after %.1fs", self.id,
+                                time.monotonic() - self._board_down_since)
+                    self._board_down_since = None
+            except UnknownKind as exc:
+                LOG.error("conductor scan: %s", exc)
+            except Exception as exc:
+                if isinstance(self.board, DatabaseBoard):
                     LOG.exception("conductor scan failed")
-            self._stopping.wait(self._scan_interval)
+                else:
+                    self._board_trouble(exc)
+            if time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + self._scan_interval
+                for step in (self.repost, self.retry_reverts, self.reconcile):
+                    if self._stopping.is_set():
+                        break
+                    try:
+                        step()
+                    except Exception as exc:
+                        if step == self.repost and not isinstance(self.board, DatabaseBoard):
+                            self._board_trouble(exc)
+                        else:
+                            LOG.exception("conductor scan failed")
+            if self._wake.wait(self._poll):
+                self._wake.clear()
+
+    def _keep_loop(self) -> None:
+        """Renew every held lease every TTL/3. Nothing else runs on this thread: a slow jobboard
+        never delays a renewal (the board's claims are extended by their own thread)."""
+        period = self.leases.ttl / 3
+        while not self._keeper_stop.wait(period):
+            for claim in self.leases.held():
+                try:
+                    if not self.leases.heartbeat(claim):
+                        LOG.warning("workflow %s: conductor %s lost its lease (fence %d moved on): it stops at its "
+                                    "next step", claim.workflow_id, self.id, claim.fence)
+                except Exception as exc:     # the database is away: the step stops once the lease may run out
+                    LOG.warning("workflow %s: could not renew the lease: %s", claim.workflow_id, exc)
+
+    def _keep_board_loop(self) -> None:
+        """Extend this conductor's claims on the board (owner-checked) every TTL/3: they tell the
+        other conductors which jobs are being worked on; the lease in the database is what counts."""
+        if isinstance(self.board, DatabaseBoard):
+            return
+        period = self.leases.ttl / 3
+        while not self._keeper_stop.wait(period):
+            for claim in self.leases.held():
+                if claim.job is None or not claim.valid():
+                    continue
+                try:
+                    self.board.keep(claim.job, self.id, self.leases.ttl)
+                except Exception as exc:
+                    LOG.debug("workflow %s: could not extend the board's claim: %s", claim.workflow_id, exc)
 
 
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0][:1000] if text else type(exc).__name__
-
-
-def new_workflow_id() -> str:
-    return str(uuid.uuid4())

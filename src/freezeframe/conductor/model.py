@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from freezeframe.common.timeutil import utcnow
@@ -15,12 +15,18 @@ class Workflow(Base):
     __tablename__ = "workflows"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(30))            # "snapshot" | "backup"
+    kind: Mapped[str] = mapped_column(String(30))            # a registered kind (conductor/registry.py)
     state: Mapped[str] = mapped_column(String(40), index=True)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     last_state_change_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # The conductor running it (None while pending); liveness comes from the coordination backend.
     owner: Mapped[str | None] = mapped_column(String(255))
+    # The owner's lease (conductor/lease.py): bumped by every take-over, checked by every write
+    # a step makes; renewed by the owner every TTL/3 (the database's clock).
+    fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The host the work is bound to (host-bound kinds: only a conductor serving it claims it).
+    host: Mapped[str | None] = mapped_column(String(255), index=True)
     resource_type: Mapped[str] = mapped_column(String(30), default="server")
     resource_id: Mapped[str] = mapped_column(String(36), index=True)
     image_id: Mapped[str | None] = mapped_column(String(36))

@@ -1,7 +1,8 @@
 """`freezeframe conductor`: a conductor in its own process (scale-out).
 
-It shares the database (and the coordination backend, for liveness) with the API processes,
-claims every workflow that has no live owner — new ones and those of dead conductors — and
+It shares the database (and the coordination backend, for liveness, and the jobboard) with the
+API processes, claims every workflow the jobboard offers it — new ones and those of conductors
+whose lease ran out, only for the hosts it serves (``conductor.hosts``, default this host) — and
 runs them. Stop it with SIGTERM/SIGINT: a pause, not a failure — it takes no new work, the
 running steps stop at their next interruption point (never reverted) and its claims are
 released, within ``server.graceful_timeout``; any live conductor (or this one, restarted)
@@ -15,12 +16,9 @@ import logging
 import signal
 import threading
 
-from freezeframe.assembly import (build_authenticator, build_driver, build_runtime, build_services, conductor_id,
-                                  service_image_client)
+from freezeframe.assembly import build_authenticator, build_conductor, build_driver, build_services, service_image_client
 from freezeframe.common import logs
-from freezeframe.conductor.engine import Conductor, exit_like_kill_9
-from freezeframe.conductor.liveness import Liveness, backend_url
-from freezeframe.conductor.runtime import install as install_runtime
+from freezeframe.conductor.engine import exit_like_kill_9
 from freezeframe.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -29,14 +27,11 @@ LOG = logging.getLogger(__name__)
 def run(settings: Settings) -> None:
     logs.setup(settings.server.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    services = build_services(settings)
+    services = build_services(settings, role="conductor")
     authenticator = build_authenticator(settings)
     driver = build_driver(settings)
-    install_runtime(build_runtime(settings, services.db, driver, service_image_client(settings, authenticator)))
-    liveness = Liveness(backend_url(settings.conductor.coordination_url, settings.data_dir), conductor_id(settings))
-    conductor = Conductor(services.db, liveness, database_url=settings.database_url,
-                          max_workers=settings.conductor.workers, scan_interval=settings.conductor.scan_interval,
-                          task_timeout=settings.compute.task_timeout)
+    conductor = build_conductor(settings, services, driver, service_image_client(settings, authenticator),
+                                embedded=False)
     stop = threading.Event()
 
     def on_signal(sig: int, _frame) -> None:

@@ -13,14 +13,20 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from freezeframe.common.context import Actor
 from freezeframe.compute.drivers.base import VirtDriver
 from freezeframe.db.session import Database
 from freezeframe.images.client import GlanceClient
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from freezeframe.conductor.lease import Leases
+
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Interrupted(BaseException):
@@ -43,6 +49,24 @@ class Runtime:
     pause_seconds: float = 60.0                # ... for at most this long
     # Set when the conductor stops: every interruption point then raises Interrupted.
     stopping: threading.Event = field(default_factory=threading.Event, compare=False)
+    # This conductor's leases (conductor/lease.py): every write a step makes is fenced by them.
+    leases: Leases | None = field(default=None, compare=False)
+    # The services' functions the workflows call in process, by service ("compute": ...): a
+    # workflow writes no other service's tables, it asks that service.
+    local: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def fenced(self, workflow_id: str, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in one transaction committed only while this conductor still owns
+        the workflow (``Fenced`` otherwise: nothing is committed, nothing reverted)."""
+        if self.leases is None:
+            raise RuntimeError("this process runs no conductor: workflows cannot write")
+        return self.leases.write(workflow_id, fn)
+
+    def service(self, name: str) -> Any:
+        try:
+            return self.local[name]
+        except KeyError:
+            raise RuntimeError(f"the {name} service is not available to the workflows of this process") from None
 
     def crash_point(self, state: str) -> None:
         """Crash tests: die like kill -9 right after a workflow's move to ``state`` committed.
@@ -58,14 +82,18 @@ class Runtime:
             self.sleep(self.pause_seconds)
 
     def check_stop(self) -> None:
-        """An interruption point: raise Interrupted when the conductor is stopping."""
+        """An interruption point: raise Interrupted when the conductor is stopping, Fenced (an
+        Interrupted) when the workflow this thread runs is no longer this conductor's."""
         if self.stopping.is_set():
             raise Interrupted("the conductor is stopping")
+        if self.leases is not None:
+            self.leases.check_current()
 
     def sleep(self, seconds: float) -> None:
         """Sleep, interruptibly: Interrupted as soon as the conductor stops."""
         if self.stopping.wait(max(seconds, 0.0)):
             raise Interrupted("the conductor is stopping")
+        self.check_stop()
 
 
 _current: Runtime | None = None

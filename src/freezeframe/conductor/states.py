@@ -7,23 +7,20 @@ revert has cleaned up; a cancel ends in CANCELLED. FAILED stays while the revert
 not finish: FAILED -> FAILED records why (``failure_reason`` says "revert incomplete") and the
 conductor retries every revert step until they all succeed — never reported as done before.
 A stop (SIGTERM/SIGINT) is no transition at all: the flow pauses in its state and resumes.
+
+Declared on the one mechanism (``freezeframe.common.statemachine``); every move is also a row
+of ``workflow_events`` (the history ``GET /v1/workflows/{id}`` shows).
 """
 
 from __future__ import annotations
 
-import collections
 import enum
-import logging
-import re
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from freezeframe.common import errors
-from freezeframe.common.timeutil import utcnow
-
-LOG = logging.getLogger(__name__)
+from freezeframe.common.statemachine import Machine, Move, Numbered
+from freezeframe.conductor.model import Workflow, WorkflowEvent
 
 
 class WorkflowState(enum.StrEnum):
@@ -63,52 +60,41 @@ TRANSITIONS: frozenset[tuple[WorkflowState, WorkflowState]] = frozenset({
     (W.FAILED, W.CANCELLED),                                 # a cancel raced with a failure
 })
 
-COUNTS: collections.Counter[str] = collections.Counter()
-_UPLOAD_N = re.compile(r"^UPLOAD_(\d{1,3})_COMPLETE$")
+
+def _history(session: Session, move: Move) -> None:
+    session.add(WorkflowEvent(workflow_id=move.row_id, state=move.to, progress=move.values.get("progress"),
+                              at=move.at, detail=move.reason[:2000]))
+
+
+UPLOAD_N = Numbered(W.UPLOAD_N_COMPLETE, lowest=1, highest=99, rising=True)   # n = percent, only rising
+WORKFLOW: Machine[WorkflowState] = Machine(
+    "workflow", WorkflowState, TRANSITIONS, table=Workflow.__table__, column="state",
+    changed_at="last_state_change_at", terminal=TERMINAL, numbered=[UPLOAD_N], history=_history,
+    label="Workflow state", noun="Workflow", not_found="No workflow {id}")
+COUNTS = WORKFLOW.counts
 
 
 def parse(state: str) -> tuple[WorkflowState, int | None]:
-    """``UPLOAD_40_COMPLETE`` -> (UPLOAD_N_COMPLETE, 40); others -> (state, None)."""
-    match = _UPLOAD_N.match(state)
-    if match:
-        return W.UPLOAD_N_COMPLETE, int(match.group(1))
-    return WorkflowState(state), None
+    """``UPLOAD_40_COMPLETE`` -> (UPLOAD_N_COMPLETE, 40); others -> (state, None); ValueError
+    for a state that is none of these."""
+    return WORKFLOW.parse(state)  # type: ignore[return-value]
 
 
 def upload_state(percent: int) -> str:
-    return f"UPLOAD_{percent}_COMPLETE"
+    return UPLOAD_N.format(percent)
 
 
 def check(frm: str, to: str) -> None:
-    (f, fn), (t, tn) = parse(frm), parse(to)
-    if (f, t) not in TRANSITIONS:
-        raise errors.InvalidState(f"Workflow state transition from {frm} to {to} is not allowed")
-    if f == t == W.UPLOAD_N_COMPLETE and not (tn is not None and fn is not None and tn > fn):
-        raise errors.InvalidState(f"Upload progress cannot go from {frm} to {to}")
-    if t == W.UPLOAD_N_COMPLETE and not 0 < tn < 100:
-        raise errors.InvalidState(f"Upload percent must be between 1 and 99, not {tn}")
+    WORKFLOW.check(frm, to)
 
 
 def transition(session: Session, workflow_id: str, frm: str, to: str, *, progress: int | None = None,
                detail: str = "", values: dict[str, Any] | None = None) -> None:
-    """Persist ``frm -> to`` (compare-and-set on the row), record the event, log and count it."""
-    from freezeframe.conductor.model import Workflow, WorkflowEvent
-
-    check(frm, to)
-    now = utcnow()
-    changes: dict[str, Any] = {"state": to, "last_state_change_at": now, "updated_at": now, **(values or {})}
+    """Persist ``frm -> to`` (compare-and-set on the row), record the event, log and count it.
+    Entering FAILED keeps the state it failed from as ``last_good_state``."""
+    changes: dict[str, Any] = dict(values or {})
     if progress is not None:
         changes["progress"] = progress
-    if to in (W.FAILED,) and frm != W.FAILED:
+    if to == W.FAILED and frm != W.FAILED:
         changes.setdefault("last_good_state", frm)
-    result = session.execute(update(Workflow).where(Workflow.id == workflow_id, Workflow.state == frm)
-                             .values(**changes).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
-        current = session.get(Workflow, workflow_id, populate_existing=True)
-        if current is None:
-            raise errors.NotFound(f"No workflow {workflow_id}")
-        raise errors.InvalidState(f"Workflow {workflow_id} is {current.state}, not {frm}")
-    session.add(WorkflowEvent(workflow_id=workflow_id, state=to, progress=changes.get("progress"),
-                              at=now, detail=detail[:2000]))
-    COUNTS[f"{parse(frm)[0]}->{parse(to)[0]}"] += 1
-    LOG.info("workflow %s: %s -> %s%s", workflow_id, frm, to, f" ({detail})" if detail else "")
+    WORKFLOW.transition(session, workflow_id, frm, to, reason=detail, values=changes)

@@ -10,7 +10,7 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from freezeframe.assembly import build_authenticator, build_compute, build_services
+from freezeframe.assembly import build_authenticator, build_catalog, build_compute, build_identity, build_services
 from freezeframe.compute.api import ComputeAPI
 from freezeframe.conductor.api import WorkflowAPI
 from freezeframe.db.engine import redact
@@ -27,7 +27,8 @@ LOG = logging.getLogger(__name__)
 
 def build_app(settings: Settings) -> Starlette:
     services = build_services(settings)
-    authenticator = build_authenticator(settings)
+    identity = build_identity(settings, services.db)
+    authenticator = build_authenticator(settings, identity, serving=True)
     if settings.compute.enabled:
         build_compute(settings, services, authenticator, with_conductor=settings.conductor.enabled)
     LOG.info("database %s, store %s", redact(settings.database_url), settings.store_path)
@@ -67,6 +68,8 @@ def build_app(settings: Settings) -> Starlette:
         Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"]),
         Mount("/image", app=ImageAPI(services.images, services.data, services.members).router()),
     ]
+    if identity is not None:
+        routes += identity.routes(build_catalog(settings, services))
     if services.compute is not None and services.liveness is not None:
         routes += [
             Mount("/compute", app=ComputeAPI(services.compute, services.db).router()),

@@ -1,4 +1,9 @@
-"""Authentication: a tokens file checked on X-Auth-Token, or an explicit noauth mode.
+"""Authentication: X-Auth-Token checked against the tokens file and the token validators (the
+identity service's own tokens, or an existing Keystone's), or an explicit noauth mode.
+
+The tokens file is a dictionary lookup. A validator answers from its cache when it can
+(``cached_actor``, no I/O) and otherwise off the event loop (``actor``, awaited): the
+identity service reads its database, the Keystone validator asks Keystone.
 
 A service acting for a user (OpenStack's service-token pattern) sends its own token in
 ``X-Service-Token`` and the user's identity beside it: the user's token in ``X-Auth-Token``, or
@@ -16,7 +21,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 from freezeframe.common import errors
 from freezeframe.common.context import Actor, RequestContext, expand_roles
@@ -27,8 +32,16 @@ LOG = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Identity:
     user_id: str
-    project_id: str
+    project_id: str | None
     roles: frozenset[str]
+
+
+class TokenValidator(Protocol):
+    """Tokens the tokens file does not hold: identity.tokens.TokenService, identity.keystone."""
+
+    def cached_actor(self, token: str) -> Actor | None: ...
+
+    async def actor(self, token: str) -> Actor | None: ...
 
 
 def load_tokens(path: Path) -> dict[str, Identity]:
@@ -93,11 +106,13 @@ def _identity_from_headers(headers: dict[str, str]) -> tuple[str, str, frozenset
 
 
 class Authenticator:
-    def __init__(self, mode: str, tokens: dict[str, Identity] | None = None) -> None:
+    def __init__(self, mode: str, tokens: dict[str, Identity] | None = None,
+                 validators: Sequence[TokenValidator] = ()) -> None:
         self.mode = mode
         self.tokens = tokens or {}
+        self.validators = list(validators)
 
-    def authenticate(self, token: str | None, request_id: str, headers: dict[str, str]) -> RequestContext:
+    async def authenticate(self, token: str | None, request_id: str, headers: dict[str, str]) -> RequestContext:
         if self.mode == "noauth":
             # Development only: X-Project-Id/X-User-Id/X-Roles say who calls (default: an admin),
             # X-Service-Roles what service credential comes with it.
@@ -109,11 +124,11 @@ class Authenticator:
                                   roles=expand_roles(role_set), request_id=request_id, service_roles=service)
         service_token = headers.get("x-service-token")
         if service_token:
-            service = self.tokens.get(service_token)
+            service = await self._lookup(service_token)
             if service is None or "service" not in service.roles:
                 raise errors.NotAuthenticated("The token in X-Service-Token is not a valid service token")
             if token:
-                user = self._identity(token)
+                user = await self._identity(token)
                 user_id, project_id, roles = user.user_id, user.project_id, user.roles
             else:
                 user_id, project_id, roles = _identity_from_headers(headers)
@@ -121,12 +136,22 @@ class Authenticator:
                                   request_id=request_id, service_roles=service.roles)
         if not token:
             raise errors.NotAuthenticated("Authentication required: send a token in the X-Auth-Token header")
-        ident = self._identity(token)
+        ident = await self._identity(token)
         return RequestContext(user_id=ident.user_id, project_id=ident.project_id, roles=expand_roles(ident.roles),
                               request_id=request_id)
 
-    def _identity(self, token: str) -> Identity:
-        ident = self.tokens.get(token)
+    async def _identity(self, token: str) -> Identity:
+        ident = await self._lookup(token)
         if ident is None:
             raise errors.NotAuthenticated("The token in X-Auth-Token is not valid")
         return ident
+
+    async def _lookup(self, token: str) -> Identity | None:
+        ident = self.tokens.get(token)
+        if ident is not None:
+            return ident
+        for validator in self.validators:
+            actor = validator.cached_actor(token) or await validator.actor(token)
+            if actor is not None:
+                return Identity(actor.user_id, actor.project_id, actor.roles)
+        return None

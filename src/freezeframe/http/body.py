@@ -1,10 +1,10 @@
-"""What a request carries, parsed strictly in one place: JSON bodies (size, depth, numbers, text),
-Content-Length, and the edge checks of the URL and headers made before any routing.
+"""What a request carries, parsed strictly in one place: JSON documents (size, depth, numbers,
+text), and the edge checks of the URL and headers made before any routing.
 
-Every API (image, compute, workflow) reads its JSON bodies with :func:`json_body`, so a body
-that passes here has bounded size and depth, 64-bit integers, finite numbers and text without
-lone surrogates or NUL, keys included: nothing in it can crash a parser, a database driver or
-the response encoder further in.
+Every API reads its JSON bodies with ``freezeframe.http.request.json_body``, built on
+:func:`parse_json`, so a body that passes here has bounded size and depth, 64-bit integers,
+finite numbers and text without lone surrogates or NUL, keys included: nothing in it can crash a
+parser, a database driver or the response encoder further in.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import math
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from starlette.requests import Request
 from starlette.types import Scope
 
 from freezeframe.common import errors
-from freezeframe.common.strict import INT64_MAX, MAX_DIGITS, check_document, parse_uint, text_problem
-from freezeframe.images.patch import MEDIA_TYPES as PATCH_MEDIA_TYPES  # JSON-patch bodies are JSON too
+from freezeframe.common.strict import INT64_MAX, MAX_DIGITS, check_document, text_problem
 
 LOG = logging.getLogger(__name__)
 
@@ -72,41 +70,6 @@ def parse_json(raw: bytes | bytearray, *, max_depth: int = MAX_JSON_DEPTH) -> An
         raise errors.Invalid(f"The request body is nested too deeply (more than {max_depth} levels)") from None
     check_document(doc, max_depth=max_depth)
     return doc
-
-
-async def json_body(request: Request, allow_empty: bool = False) -> Any:
-    """The request's JSON body, checked (see :func:`parse_json`); 413 past ``MAX_JSON_BODY``."""
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype not in ("application/json", "") and not ctype.endswith("+json") and ctype not in PATCH_MEDIA_TYPES:
-        raise errors.UnsupportedMediaType(f"Unsupported Content-Type {ctype!r}: send application/json")
-    declared = content_length(request)
-    if declared is not None and declared > MAX_JSON_BODY:
-        raise errors.TooLarge(f"Request body exceeds {MAX_JSON_BODY} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_JSON_BODY:
-            raise errors.TooLarge(f"Request body exceeds {MAX_JSON_BODY} bytes")
-    if not raw:
-        if allow_empty:
-            return {}
-        raise errors.Invalid("The request body is empty; a JSON document is expected")
-    return parse_json(raw)
-
-
-def content_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    if value is None:
-        return None
-    return parse_uint("Content-Length", value.strip())
-
-
-def header_uint(request: Request, name: str, default: str | None = None, *, maximum: int = INT64_MAX) -> int | None:
-    """A header holding a non-negative integer (ASCII digits, bounded); None if absent."""
-    value = request.headers.get(name, default)
-    if value is None:
-        return None
-    return parse_uint(name, value.strip(), maximum=maximum)
 
 
 # -- the edge ---------------------------------------------------------------------------------

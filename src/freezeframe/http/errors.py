@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from freezeframe.common import errors
 from freezeframe.common.context import request_id_var
+from freezeframe.compute.drivers.base import DomainNotFound, DriverError, QuiesceFailed
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +29,12 @@ STATUS: dict[type[errors.FreezeframeError], int] = {
     errors.BackendUnavailable: 503,
     errors.Busy: 503,
 }
+# A hypervisor's error that reaches a request (most happen in workflows, which record them), as
+# Nova answers its own: no such domain is InstanceNotFound (404), a guest that cannot be frozen
+# InstanceQuiesceFailed (409). Any other is a 500, as a NovaException without a code is: a
+# refusal of the hypervisor is a fault of this host, not a load to retry later (503 means that
+# here), and its text (libvirt's, with host paths) goes to the log, not to the caller.
+DRIVER_STATUS: dict[type[Exception], int] = {DomainNotFound: 404, QuiesceFailed: 409, DriverError: 500}
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
           405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 410: "Gone", 411: "Length Required",
           413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
@@ -69,6 +76,15 @@ async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, exc.message, error_headers(exc, status))
 
 
+async def driver_error(_request: Request, exc: Exception) -> JSONResponse:
+    status = next(DRIVER_STATUS[cls] for cls in type(exc).__mro__ if cls in DRIVER_STATUS)
+    if status >= 500:
+        LOG.error("hypervisor error: %s: %s", type(exc).__name__, exc)
+        return error_response(status, "The hypervisor failed the operation; the request id identifies the error "
+                                      "in the server log")
+    return error_response(status, str(exc) or (type(exc).__doc__ or "").strip())
+
+
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, exc.detail or TITLES.get(exc.status_code, "Error"), exc.headers)
@@ -77,4 +93,6 @@ async def http_error(_request: Request, exc: Exception) -> JSONResponse:
 HANDLERS = {
     errors.FreezeframeError: domain_error,
     HTTPException: http_error,
+    DriverError: driver_error,
+    QuiesceFailed: driver_error,
 }

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from freezeframe.common import errors, pools
+from freezeframe.common import errors, pools, statemachine
 from freezeframe.images import states
 
 PATH = "/healthcheck"
@@ -137,6 +137,7 @@ class Health:
         if self.limiter is not None:
             out["requests"] = self.limiter.stats()
         out["image_transitions"] = dict(states.COUNTS)
+        out["state_transitions"] = statemachine.counts()     # every machine: {machine: {"from->to": n}}
         out["reaper"] = dict(self.services.reaper.counts)
         return out
 

@@ -17,19 +17,22 @@ from freezeframe.common import errors
 from freezeframe.common.context import new_request_id, request_id_var
 from freezeframe.http.auth import Authenticator
 from freezeframe.http.body import edge_problem, log_client_gone
-from freezeframe.http.errors import error_response, status_of
+from freezeframe.http.errors import error_headers, error_response, status_of
 
 LOG = logging.getLogger("freezeframe.access")
 _REQ_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def is_public(path: str, query_string: bytes = b"") -> bool:
-    """Version documents and the health check need no token (as in OpenStack); the detailed
-    health check does (it is for admins)."""
+def is_public(path: str, query_string: bytes = b"", method: str = "GET") -> bool:
+    """Version documents, the health check and asking the identity service for a token need no
+    token (as in OpenStack); the detailed health check does (it is for admins)."""
     stripped = path.rstrip("/")
     if stripped == "/healthcheck":
         return "detailed" not in parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
-    return stripped in ("", "/image", "/image/versions") or stripped == "/versions"
+    if stripped == "/identity/v3/auth/tokens":
+        return method == "POST"
+    return stripped in ("", "/image", "/image/versions", "/versions", "/compute", "/compute/v2.1",
+                        "/identity", "/identity/v3")
 
 
 class EdgeMiddleware:
@@ -68,12 +71,12 @@ class EdgeMiddleware:
                 await error_response(*problem)(scope, receive, send_with_id)
                 return
             path = scope["path"]
-            if not is_public(path, scope.get("query_string", b"")):
+            if not is_public(path, scope.get("query_string", b""), scope["method"]):
                 try:
-                    ctx = self.auth.authenticate(headers.get("x-auth-token"), request_id, headers)
+                    ctx = await self.auth.authenticate(headers.get("x-auth-token"), request_id, headers)
                 except errors.FreezeframeError as exc:
                     status = status_of(exc)
-                    extra = {"WWW-Authenticate": 'Token realm="freezeframe"'} if status == 401 else None
+                    extra = error_headers(exc, status)   # 401: the scheme; 503 (Keystone down): Retry-After
                     await error_response(status, exc.message, extra)(scope, receive, send_with_id)
                     return
                 scope.setdefault("state", {})["ctx"] = ctx

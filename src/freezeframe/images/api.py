@@ -11,11 +11,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
 from freezeframe.common import errors
-from freezeframe.common.context import RequestContext
 from freezeframe.common.pools import BoundedPool
 from freezeframe.common.strict import INT64_MAX, MAX_DIGITS
-from freezeframe.http.body import MAX_JSON_BODY, content_length, header_uint, json_body  # noqa: F401 (re-exported)
 from freezeframe.http.errors import error_response
+from freezeframe.http.request import content_length, ctx_of, header_uint, json_body
 from freezeframe.images import patch, schema
 from freezeframe.images.data import IMPORT_METHODS, ImageData, Resume
 from freezeframe.images.members import MemberService
@@ -26,10 +25,6 @@ STREAM_WAIT = 10.0   # seconds a download's next block may wait for a store thre
 VERSIONS = ["2.17", "2.16", "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5",
             "2.4", "2.3", "2.2", "2.1", "2.0"]
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits only: \d would take any script's
-
-
-def ctx_of(request: Request) -> RequestContext:
-    return request.scope["state"]["ctx"]
 
 
 def check_data_media_type(request: Request) -> None:
@@ -134,7 +129,7 @@ class ImageAPI:
             return error_response(415, f"Unsupported Content-Type {ctype!r} for PATCH: use "
                                        f"{' or '.join(patch.MEDIA_TYPES)}",
                                   {"Accept-Patch": ", ".join(patch.MEDIA_TYPES)})
-        changes = patch.parse(ctype, await json_body(request))
+        changes = patch.parse(ctype, await json_body(request, media_types=patch.MEDIA_TYPES))
         view = await self.images.update(ctx_of(request), request.path_params["image_id"], changes)
         return JSONResponse(view)
 

@@ -8,10 +8,7 @@ downloads are hashed while they are written and checked against the image's ``ch
 from __future__ import annotations
 
 import hashlib
-import html
 import json
-import re
-import ssl
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,17 +18,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from freezeframe.common import remote
+from freezeframe.common.httpclient import ServiceClient, looks_like_id, request_id_of
 from freezeframe.common.remote import RemoteError
-from freezeframe import __version__
 
 CHUNK_SIZE = 1 << 20  # measured: 1 MiB blocks hash and write faster than 4 MiB ones (cache)
 # Glance under uWSGI refuses chunked-encoding parts of 1 MiB and more (chunked-input-limit),
 # answering 500 "unable to receive chunked part"; parts of unknown-length uploads stay below.
 CHUNKED_PART = 512 << 10
 PAGE_SIZE = 500
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=30.0)
-MAX_MESSAGE = 2000
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 # Called with the number of bytes just sent or received.
 Progress = Callable[[int], None]
@@ -41,8 +36,7 @@ class GlanceError(RemoteError):
     """A request failed. ``status`` is None when no HTTP response was received."""
 
 
-
-class Unreachable(GlanceError):
+class Unreachable(GlanceError, remote.Unreachable):
     """No connection to the service could be made (refused, unknown host, connect timeout)."""
 
 
@@ -105,115 +99,12 @@ class Transfer:
     verified: tuple[str, ...]
 
 
-def looks_like_id(value: str) -> bool:
-    return bool(_UUID.match(value))
-
-
-def error_from(response: httpx.Response) -> GlanceError:
-    """One error from any failed response: our JSON error body, Glance's HTML, or plain text."""
-    request_id = response.headers.get("x-openstack-request-id")
-    title = response.reason_phrase or None
-    message = None
-    try:
-        text = response.text
-    except (httpx.HTTPError, UnicodeDecodeError):
-        text = ""
-    ctype = response.headers.get("content-type", "")
-    if "json" in ctype:
-        message, body_request_id = _json_message(text)
-        request_id = request_id or body_request_id
-    elif "html" in ctype or text.lstrip().startswith("<"):
-        message = _html_message(text, f"{response.status_code} {title or ''}".strip())
-    elif text.strip():
-        message = text.strip()
-    # Glance's JSON and plain-text messages keep webob's "<br /><br />" and trailing newlines.
-    message = " ".join(re.sub(r"(?i)<br\s*/?>", " ", message or "").split())
-    message = (message or title or "request failed")[:MAX_MESSAGE]
-    return GlanceError(message, status=response.status_code, request_id=request_id, title=title)
-
-
-def _json_message(text: str) -> tuple[str | None, str | None]:
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return text.strip() or None, None
-    if not isinstance(doc, dict):
-        return None, None
-    error = doc.get("error")
-    if isinstance(error, dict):  # ours, and Keystone's
-        return error.get("message") or error.get("title"), error.get("request_id")
-    for key in ("message", "detail", "title"):
-        if isinstance(doc.get(key), str):
-            return doc[key], None
-    if len(doc) == 1:  # Nova style: {"itemNotFound": {"message": ..., "code": 404}}
-        inner = next(iter(doc.values()))
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"], None
-    return None, None
-
-
-def _html_message(text: str, status_line: str) -> str | None:
-    text = re.sub(r"(?is)<(head|script|style)\b.*?</\1\s*>", " ", text)
-    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
-    if text.startswith(status_line):  # Glance repeats "404 Not Found" in an <h1>
-        text = text[len(status_line):].strip()
-    return text or None
-
-
-class GlanceClient:
+class GlanceClient(ServiceClient):
     """Glance v2 calls against one image service root (``{url}/v2/images``)."""
 
-    def __init__(self, url: str, token: str | None = None, *, verify: bool | ssl.SSLContext = True,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None,
-                 extra_headers: Mapping[str, str] | None = None) -> None:
-        headers = {"User-Agent": f"freezeframe/{__version__} httpx/{httpx.__version__}",
-                   "Accept": "application/json", **(extra_headers or {})}
-        if token:
-            headers["X-Auth-Token"] = token
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout,
-                                  transport=transport)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> GlanceClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- plumbing ----------------------------------------------------------------------------
-
-    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
-        try:
-            response = self._http.send(request, stream=stream)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise Unreachable(f"cannot reach the image service at {self.url}: {exc}") from None
-        except httpx.TransportError as exc:
-            raise GlanceError(f"{request.method} {request.url} failed: {exc or type(exc).__name__}") from None
-        if response.is_error:
-            try:
-                response.read()
-            except httpx.HTTPError:
-                pass
-            finally:
-                response.close()
-            raise error_from(response)
-        return response
-
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return self._send(self._http.build_request(method, path, **kw))
-
-    def _json(self, method: str, path: str, **kw: Any) -> Any:
-        response = self._call(method, path, **kw)
-        try:
-            return response.json()
-        except ValueError:
-            raise GlanceError(f"{method} {path}: the server's answer is not JSON",
-                              status=response.status_code,
-                              request_id=response.headers.get("x-openstack-request-id")) from None
+    service = "image"
+    error = GlanceError
+    unreachable = Unreachable
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -347,7 +238,7 @@ class GlanceClient:
         try:
             if response.status_code == 204:
                 raise GlanceError(f"image {image.id} has no data (status {image.status})",
-                                  status=204, request_id=response.headers.get("x-openstack-request-id"))
+                                  status=204, request_id=request_id_of(response))
             for block in blocks(response.iter_bytes(), CHUNK_SIZE):
                 digests.update(block)
                 sink.write(block)
@@ -363,8 +254,7 @@ class GlanceClient:
             response.close()
         transfer = Transfer(size=received, md5=hexdigests[0], hash_algo=algo,
                             hash_value=hexdigests[1] if algo else None, verified=())
-        return check_transfer(image, transfer, response.headers.get("content-md5"),
-                              response.headers.get("x-openstack-request-id"))
+        return check_transfer(image, transfer, response.headers.get("content-md5"), request_id_of(response))
 
 
 def blocks(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:

@@ -1,20 +1,15 @@
-"""The image state machine: Glance's states, one table, one transition function."""
+"""The image state machine: Glance's statuses and table, declared on the one mechanism
+(``freezeframe.common.statemachine``)."""
 
 from __future__ import annotations
 
-import collections
 import enum
-import logging
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from freezeframe.common import errors
-from freezeframe.common.timeutil import utcnow
+from freezeframe.common.statemachine import Machine
 from freezeframe.images.model import Image
-
-LOG = logging.getLogger(__name__)
 
 
 class ImageStatus(enum.StrEnum):
@@ -62,12 +57,17 @@ TRANSITIONS: frozenset[tuple[ImageStatus, ImageStatus]] = frozenset({
     (S.DEACTIVATED, S.DELETED),
 })
 
+IMAGE: Machine[ImageStatus] = Machine(
+    "image", ImageStatus, TRANSITIONS, table=Image.__table__, column="status", changed_at="status_changed_at",
+    terminal={S.DELETED}, label="Image status", noun="Image",
+    not_found="No image found with ID {id}")
+
 # How many transitions of each kind this process made (exposed on /healthcheck?detailed).
-COUNTS: collections.Counter[str] = collections.Counter()
+COUNTS = IMAGE.counts
 
 
 def allowed(frm: str, to: str) -> bool:
-    return (ImageStatus(frm), ImageStatus(to)) in TRANSITIONS
+    return IMAGE.allowed(frm, to)
 
 
 def transition(
@@ -84,26 +84,7 @@ def transition(
 
     The change is a compare-and-set on the row (``WHERE status = frm`` and, for the upload
     that owns the image, ``upload_id``), so of two racing requests exactly one wins; the loser
-    gets :class:`InvalidState` (409). The caller commits the session.
+    gets :class:`InvalidState` (409; ``LostRace``). The caller commits the session.
     """
-    if (frm, to) not in TRANSITIONS:
-        raise errors.InvalidState(f"Image status transition from {frm} to {to} is not allowed")
-    now = utcnow()
-    stmt = update(Image).where(Image.id == image_id, Image.status == frm.value)
-    if upload_id is not None:
-        stmt = stmt.where(Image.upload_id == upload_id)
-    result = session.execute(
-        stmt.values(status=to.value, status_changed_at=now, updated_at=now, **(values or {}))
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        current = session.get(Image, image_id, populate_existing=True)
-        if current is None:
-            raise errors.NotFound(f"No image found with ID {image_id}")
-        if current.status == frm.value:
-            raise errors.InvalidState(f"Image {image_id} is being changed by another request")
-        raise errors.InvalidState(
-            f"Image status transition from {current.status} to {to} is not allowed"
-        )
-    COUNTS[f"{frm}->{to}"] += 1
-    LOG.info("image %s: %s -> %s (%s)", image_id, frm, to, reason)
+    IMAGE.transition(session, image_id, frm, to, reason=reason, values=values,
+                     where={"upload_id": upload_id} if upload_id is not None else None)

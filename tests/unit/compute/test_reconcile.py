@@ -100,3 +100,21 @@ def test_a_hypervisor_that_does_not_answer_leaves_it_for_the_next_pass(db, drive
     assert server(db, "orphan")[1] == "image_uploading"
     del driver.fail_on["get_info"]
     assert [r.server_id for r in reconcile_servers(db, driver)] == ["orphan"]
+
+
+def test_vm_state_moves_only_as_its_table_allows(db, driver, tmp_path):
+    """What the hypervisor says becomes vm_state through the vm_state table: a move Nova makes
+    (paused -> stopped), else vm_state stays (Nova's power-state sync) — a build cut short is ERROR."""
+    from freezeframe.compute.drivers.base import PowerState
+    add(db, driver, tmp_path, "paused-now-off", "image_uploading", vm_state="paused", updated_at=LONG_AGO,
+        running=False)
+    add(db, driver, tmp_path, "stopped-now-paused", "image_uploading", vm_state="stopped", updated_at=LONG_AGO)
+    driver._domain("instance-stopped-now-paused").state = PowerState.PAUSED
+    add(db, driver, tmp_path, "half-built", "spawning", vm_state="building", updated_at=LONG_AGO, running=False)
+    repaired = {r.server_id: r.vm_state for r in reconcile_servers(db, driver, task_timeout=3600)}
+    assert repaired == {"paused-now-off": "stopped", "stopped-now-paused": "stopped", "half-built": "error"}
+    assert server(db, "paused-now-off") == ("stopped", None, None)
+    assert server(db, "stopped-now-paused") == ("stopped", None, None)
+    assert db.run_sync(lambda s: s.get(Instance, "stopped-now-paused").power_state) == "paused"
+    vm_state, task, fault = server(db, "half-built")
+    assert (vm_state, task) == ("error", None) and "reports domain instance-half-built shutdown" in fault

@@ -68,3 +68,31 @@ def test_one_id_one_live_process(backend):
     finally:
         child.kill()
         child.wait(10)
+
+
+def test_a_live_conductor_is_alive_again_after_a_redis_restart(tmp_path):
+    """Redis keeps nothing on disk here: a restart drops every lock, and tooz would never take
+    a live conductor's lock back. The watchdog does, within about a second."""
+    from tests.redisd import private_redis
+
+    with private_redis(tmp_path) as redis:
+        url = f"redis://127.0.0.1:{redis.port}?timeout=3"
+        member = f"holder-{time.monotonic_ns()}"
+        child = subprocess.Popen([sys.executable, "-c", HOLDER, url, member], stdout=subprocess.PIPE)
+        observer = Liveness(url, f"observer-{time.monotonic_ns()}")
+        try:
+            assert child.stdout.readline().strip() == b"up"
+            observer.start()
+            assert observer.is_alive(member) is True
+            redis.restart()
+            time.sleep(1.5)     # (the clients' first calls after the restart meet closed sockets)
+            deadline = time.monotonic() + 10
+            while not observer.is_alive(member) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for _ in range(10):         # and it stays so (without the watchdog: never again)
+                assert observer.is_alive(member) is True
+                time.sleep(0.1)
+        finally:
+            child.kill()
+            child.wait(10)
+            observer.stop()

@@ -11,6 +11,11 @@ the point in time released, the image killed then deleted, task_state None and v
 was. The upload is resumable: its upload id is the workflow id and the stream is a pure
 function of the layout, so after a crash only the bytes the image service had not kept are
 read and sent again.
+
+The workflow writes only its own records: what it changes on the server (task_state, instance
+action events) it asks of the compute service (``compute/snapshot_hooks.py``, in process, for the
+workflow's user), inside its own fenced transaction (``runtime.fenced``): a conductor that lost
+the workflow to another commits nothing.
 """
 
 from __future__ import annotations
@@ -28,16 +33,22 @@ from taskflow.patterns import linear_flow
 from freezeframe.common.context import Actor
 from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.drivers.base import DriverError
-from freezeframe.compute.model import Instance, InstanceAction, InstanceActionEvent
 from freezeframe.compute.qcow2stream import Layout, stream
-from freezeframe.compute.states import TaskState, set_task_state
+from freezeframe.compute.snapshot_hooks import SnapshotHooks, SnapshotTarget
 from freezeframe.conductor import runtime
 from freezeframe.conductor.model import Workflow
-from freezeframe.conductor.states import WorkflowState as W, parse, transition, upload_state
+from freezeframe.conductor.registry import StateTable, WorkflowKind
+from freezeframe.conductor.states import TERMINAL, WORKFLOW, WorkflowState as W, parse, transition, upload_state
 from freezeframe.images.client import GlanceError
 
 LOG = logging.getLogger(__name__)
 LAYOUT = "stream.json"      # in the workdir: the qcow2 layout, fixed when the point in time is taken
+# The importable name taskflow persists with each flow: flows persisted under it must resume.
+FACTORY = "freezeframe.conductor.workflows.snapshot.make_flow"
+SEED_000 = StateTable("seed 000 snapshot workflow", initial=W.PENDING, terminal=frozenset(TERMINAL), machine=WORKFLOW)
+# The kinds this module runs (registered by the compute service, whose work they are).
+KINDS = tuple(WorkflowKind(name, FACTORY, SEED_000, resource_type="server", host_bound=True)
+              for name in ("snapshot", "backup"))
 
 
 class Cancelled(Exception):
@@ -59,9 +70,15 @@ def images_for(wf: Workflow):
     return runtime.current().image_client(actor_of(wf))
 
 
-def _load(session, workflow_id: str) -> tuple[Workflow, Instance]:
+def compute() -> SnapshotHooks:
+    """The compute service's functions for snapshots (in process)."""
+    return runtime.current().service("compute")
+
+
+def _load(session, workflow_id: str, *, authorize: bool = True) -> tuple[Workflow, SnapshotTarget]:
+    """The workflow and its server (looked up for the workflow's user)."""
     wf = session.get(Workflow, workflow_id)
-    return wf, session.get(Instance, wf.resource_id)
+    return wf, compute().target(session, actor_of(wf), wf.resource_id, wf.kind, authorize=authorize)
 
 
 def _check_cancel(workflow_id: str) -> None:
@@ -70,34 +87,6 @@ def _check_cancel(workflow_id: str) -> None:
     runtime.current().check_stop()
     if runtime.current().db.run_sync(lambda s: s.get(Workflow, workflow_id).cancel_requested):
         raise Cancelled(f"workflow {workflow_id} was cancelled")
-
-
-def _event(session, workflow_id: str, event: str, *, finish: bool = False, result: str | None = None,
-           details: str | None = None) -> None:
-    """Record an instance-action event (os-instance-actions) for the workflow's action."""
-    action = session.query(InstanceAction).filter_by(workflow_id=workflow_id).first()
-    if action is None:
-        return
-    row = (session.query(InstanceActionEvent).filter_by(action_id=action.id, event=event)
-           .order_by(InstanceActionEvent.id.desc()).first())
-    if row is None or (row.finish_time is not None and not finish):
-        row = InstanceActionEvent(action_id=action.id, event=event, start_time=utcnow())
-        session.add(row)
-    if finish:
-        row.finish_time, row.result, row.details = utcnow(), result, details
-        if event == "conductor_snapshot_instance":
-            action.finish_time = row.finish_time
-            if result != "Success":
-                action.message = "Error"
-
-
-def _advance_task_state(session, instance_id: str, to: TaskState, allowed: tuple[TaskState, ...]) -> None:
-    inst = session.get(Instance, instance_id)
-    current = TaskState(inst.task_state) if inst.task_state else None
-    if current == to:
-        return
-    if current in allowed:
-        set_task_state(session, instance_id, current, to, reason="snapshot workflow")
 
 
 def _move(session, workflow_id: str, to: str, **kw: Any) -> None:
@@ -141,7 +130,7 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
                        values={"failure_reason": "cancelled by the user" if cancelled else reason[:2000]})
         from freezeframe.conductor.engine import without_incomplete_revert
         return without_incomplete_revert(session.get(Workflow, workflow_id).failure_reason) or reason
-    return runtime.current().db.run_sync(fail)
+    return runtime.current().fenced(workflow_id, fail)
 
 
 def _save_layout(workdir, layout: Layout) -> None:
@@ -155,17 +144,6 @@ def _load_layout(workdir) -> Layout:
         return Layout.from_json(json.loads((workdir / LAYOUT).read_text()))
     except (OSError, ValueError, KeyError) as exc:
         raise DriverError(f"the snapshot's layout is gone from {workdir}: {exc}") from exc
-
-
-def _local_snapshot_details(session, workflow_id: str) -> dict[str, Any]:
-    """What the finished local_snapshot event recorded (quiesced, frozen_seconds)."""
-    action = session.query(InstanceAction).filter_by(workflow_id=workflow_id).first()
-    row = action and (session.query(InstanceActionEvent).filter_by(action_id=action.id, event="local_snapshot")
-                      .order_by(InstanceActionEvent.id.desc()).first())
-    try:
-        return json.loads(row.details) if row is not None and row.details else {}
-    except ValueError:
-        return {}
 
 
 class Parts:
@@ -199,7 +177,7 @@ class GuardImage(task.Task):
         back to task_state None with vm_state untouched, and the fault recorded."""
         rt = runtime.current()
         reason = _record_failure(workflow_id, kwargs)
-        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
+        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id, authorize=False))
         with images_for(wf) as images:
             try:
                 images.kill(wf.image_id)
@@ -217,19 +195,13 @@ class GuardImage(task.Task):
         def revert(session) -> None:
             from sqlalchemy import select
 
-            from freezeframe.conductor.states import TERMINAL
-            inst_now = session.get(Instance, inst.id)
             # A revert retried long after (conductor/engine.py) never clears the task_state of
             # a later snapshot of the same server (after an admin's os-resetState, say).
             later = session.scalar(select(Workflow.id).where(
                 Workflow.resource_id == inst.id, Workflow.id != workflow_id,
                 Workflow.state.not_in([t.value for t in TERMINAL] + [W.FAILED.value])).limit(1))
-            if inst_now.task_state is not None and inst_now.task_state.startswith("image_") and later is None:
-                set_task_state(session, inst.id, TaskState(inst_now.task_state), None,
-                               reason="snapshot workflow reverted", values={"fault": reason[:1000]})
-            _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Error",
-                   details=reason)
-        rt.db.run_sync(revert)
+            compute().reverted(session, inst.id, workflow_id, reason, clear_task_state=later is None)
+        rt.fenced(workflow_id, revert)
 
 
 class TakeLocalSnapshot(task.Task):
@@ -247,7 +219,7 @@ class TakeLocalSnapshot(task.Task):
             # task's result was: the same point in time goes on (DriverError if it is gone).
             layout = _load_layout(workdir)
             rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir).close()
-            local = rt.db.run_sync(lambda s: _local_snapshot_details(s, workflow_id))
+            local = rt.db.run_sync(lambda s: compute().local_snapshot_details(s, workflow_id))
             return {"virtual_size": layout.virtual_size, "size": layout.size, "data_bytes": layout.data_bytes,
                     **local}
         if wf.state == W.LOCAL_SNAPSHOT_STARTED:
@@ -256,11 +228,8 @@ class TakeLocalSnapshot(task.Task):
 
         def start(session) -> None:
             _move(session, workflow_id, W.LOCAL_SNAPSHOT_STARTED, progress=0)
-            if wf.kind == "snapshot":
-                _advance_task_state(session, inst.id, TaskState.IMAGE_SNAPSHOT, (TaskState.IMAGE_SNAPSHOT_PENDING,))
-            _event(session, workflow_id, "conductor_snapshot_instance")
-            _event(session, workflow_id, "local_snapshot")
-        rt.db.run_sync(start)
+            compute().started(session, inst.id, workflow_id, wf.kind)
+        rt.fenced(workflow_id, start)
         _publish(workflow_id)
         workdir.mkdir(parents=True, exist_ok=True)
         handle = rt.driver.begin_snapshot(
@@ -279,11 +248,9 @@ class TakeLocalSnapshot(task.Task):
         def done(session) -> None:
             _move(session, workflow_id, W.LOCAL_SNAPSHOT_COMPLETE, progress=0,
                   detail=f"{consistency}; {layout.data_bytes} bytes of data in a {layout.size}-byte qcow2")
-            _advance_task_state(session, inst.id, TaskState.IMAGE_PENDING_UPLOAD,
-                                (TaskState.IMAGE_SNAPSHOT, TaskState.IMAGE_BACKUP))
-            _event(session, workflow_id, "local_snapshot", finish=True, result="Success",
-                   details=json.dumps({"quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}))
-        rt.db.run_sync(done)
+            compute().point_in_time_taken(session, inst.id, workflow_id, quiesced=handle.quiesced,
+                                          frozen_seconds=handle.frozen_seconds)
+        rt.fenced(workflow_id, done)
         _publish(workflow_id)
         return {"virtual_size": handle.virtual_size, "size": layout.size, "data_bytes": layout.data_bytes,
                 "quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}
@@ -292,7 +259,7 @@ class TakeLocalSnapshot(task.Task):
         """Thaw (if ever frozen), release the point in time, remove the workdir."""
         rt = runtime.current()
         _record_failure(workflow_id, kwargs)
-        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
+        wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id, authorize=False))
         rt.driver.end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
         shutil.rmtree(rt.workdir / workflow_id, ignore_errors=True)
 
@@ -312,9 +279,8 @@ class UploadSnapshot(task.Task):
                 state = session.get(Workflow, workflow_id).state
                 if parse(state)[0] in (W.LOCAL_SNAPSHOT_COMPLETE, W.UPLOAD_BEGIN):
                     _move(session, workflow_id, W.UPLOAD_BEGIN, progress=0)
-                _advance_task_state(session, inst.id, TaskState.IMAGE_UPLOADING, (TaskState.IMAGE_PENDING_UPLOAD,))
-                _event(session, workflow_id, "upload_image")
-            rt.db.run_sync(begin)
+                compute().upload_started(session, inst.id, workflow_id)
+            rt.fenced(workflow_id, begin)
             _publish(workflow_id)
             workdir = rt.workdir / workflow_id
             layout = _load_layout(workdir)
@@ -345,7 +311,7 @@ class UploadSnapshot(task.Task):
                         if kind == W.UPLOAD_BEGIN or (kind == W.UPLOAD_N_COMPLETE and current < percent):
                             transition(session, workflow_id, state, upload_state(percent), progress=percent,
                                        detail=f"{handed} of {size} bytes sent")
-                    rt.db.run_sync(record)
+                    rt.fenced(workflow_id, record)
                     _publish(workflow_id)
                     _check_cancel(workflow_id)
 
@@ -371,8 +337,8 @@ class UploadSnapshot(task.Task):
         def done(session) -> None:
             _move(session, workflow_id, W.UPLOAD_COMPLETE, progress=100,
                   detail=f"sent {size - offset} bytes, resumed at {offset}")
-            _event(session, workflow_id, "upload_image", finish=True, result="Success")
-        rt.db.run_sync(done)
+            compute().upload_finished(session, workflow_id)
+        rt.fenced(workflow_id, done)
         _publish(workflow_id)
 
 class Finish(task.Task):
@@ -387,13 +353,10 @@ class Finish(task.Task):
             rotate_backups(wf, inst.id, params["backup_type"], int(params["rotation"]))
 
         def done(session) -> None:
-            inst_now = session.get(Instance, inst.id)
-            if inst_now.task_state is not None:
-                set_task_state(session, inst.id, TaskState(inst_now.task_state), None, reason="snapshot done")
+            compute().finished(session, inst.id, workflow_id)
             _move(session, workflow_id, W.IMAGE_ACTIVE, progress=100)
-            _event(session, workflow_id, "conductor_snapshot_instance", finish=True, result="Success")
         _publish(workflow_id, ahead=(W.IMAGE_ACTIVE, 100))
-        rt.db.run_sync(done)
+        rt.fenced(workflow_id, done)
         rt.crash_point(W.IMAGE_ACTIVE)
 
 

@@ -4,6 +4,7 @@ from freezeframe.db.base import Base
 import freezeframe.compute.model  # noqa: F401  (registers the tables)
 import freezeframe.conductor.model  # noqa: F401
 import freezeframe.db.health  # noqa: F401
+import freezeframe.identity.model  # noqa: F401
 import freezeframe.images.model  # noqa: F401
 
 engine = context.config.attributes["engine"]

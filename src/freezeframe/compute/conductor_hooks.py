@@ -1,0 +1,99 @@
+"""What the compute service registers with the conductor: its kinds of work and its hooks.
+
+- kinds: ``snapshot`` and ``backup`` of a server (``conductor/workflows/snapshot.py``), bound to
+  the server's host;
+- reconcile hooks, called by every conductor's scan, for what compute's work holds on the host:
+  ``leftovers`` releases what a finished snapshot still holds here (its workdir with the
+  hypervisor's backup job or qemu-nbd export — e.g. after a revert that itself failed), and
+  ``servers`` repairs servers left in a transitional task_state that no live work owns
+  (``compute/reconcile.py``). Only servers of the hosts the conductor serves are looked at: the
+  hypervisor asked is this process's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from freezeframe.common.policy import Policy
+from freezeframe.compute.drivers.base import VirtDriver
+from freezeframe.compute.model import Instance
+from freezeframe.compute.snapshot_hooks import SnapshotHooks
+from freezeframe.conductor.registry import Registry, Scan
+from freezeframe.db.session import Database
+
+LOG = logging.getLogger(__name__)
+SERVICE = "compute"
+
+
+class LeftoverSweep:
+    """Release what a finished snapshot still holds on this host."""
+
+    def __init__(self, db: Database, driver: VirtDriver, workdir: Path) -> None:
+        self.db = db
+        self.driver = driver
+        self.workdir = workdir
+
+    def __call__(self, scan: Scan) -> list[str]:
+        try:
+            names = [p.name for p in self.workdir.iterdir() if p.is_dir()]
+        except FileNotFoundError:        # no snapshot ran here (yet)
+            return []
+        names = [n for n in names if n not in scan.running]
+        finished = scan.workflows.finished(names) if names else {}
+        if not finished:
+            return []
+        domains = self.db.run_sync(lambda s: {r[0]: r[1] for r in s.execute(
+            select(Instance.id, Instance.domain_name).where(Instance.id.in_(set(finished.values()))))})
+        cleaned = []
+        for workflow_id, server_id in finished.items():
+            domain = domains.get(server_id)
+            if domain is None:
+                continue
+            try:
+                self.driver.end_snapshot(domain, workflow_id, self.workdir / workflow_id)
+            except Exception as exc:   # retried at the next scan
+                LOG.warning("workflow %s: could not release its leftovers: %s", workflow_id, exc)
+                continue
+            LOG.warning("workflow %s had finished but still held a snapshot on this host: released", workflow_id)
+            cleaned.append(workflow_id)
+        return cleaned
+
+
+class ServerReconcile:
+    """Servers of this conductor's hosts left in a transitional task_state with no live owner."""
+
+    def __init__(self, db: Database, driver: VirtDriver, *, task_timeout: float,
+                 api_started_at: dt.datetime | None) -> None:
+        self.db = db
+        self.driver = driver
+        self.task_timeout = task_timeout
+        self.api_started_at = api_started_at
+
+    def __call__(self, scan: Scan) -> list[Any]:
+        from freezeframe.compute import reconcile
+        return reconcile.reconcile_servers(self.db, self.driver, task_timeout=self.task_timeout,
+                                           api_started_at=self.api_started_at, workflows=scan.workflows,
+                                           hosts=scan.hosts)
+
+
+def register(registry: Registry, *, db: Database, driver: VirtDriver, workdir: Path, task_timeout: float,
+             api_started_at: dt.datetime | None) -> None:
+    """Compute's kinds and hooks. ``api_started_at``: when the compute API of this very process
+    started (``serve``), so an operation begun before belonged to a process that is gone."""
+    from freezeframe.conductor.workflows.snapshot import KINDS
+
+    for kind in KINDS:
+        registry.add_kind(kind)
+    registry.add_hook(SERVICE, "leftovers", LeftoverSweep(db, driver, workdir))
+    registry.add_hook(SERVICE, "servers", ServerReconcile(db, driver, task_timeout=task_timeout,
+                                                          api_started_at=api_started_at))
+
+
+def local_api(policy: Policy | None) -> dict[str, Any]:
+    """What compute offers the workflows of this process (``runtime.local``)."""
+    return {SERVICE: SnapshotHooks(policy)}
