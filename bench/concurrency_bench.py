@@ -90,8 +90,9 @@ class Server:
                 conn.execute(f'CREATE DATABASE "{self.db_name}"')
             args += ["--database-url", f"{PG_ADMIN.rsplit('/', 1)[0]}/{self.db_name}"]
         env = {**os.environ, "FREEZEFRAME_STORE__FSYNC": "false", "FREEZEFRAME_COMPUTE__DRIVER": "fake",
-               "FREEZEFRAME_COMPUTE__FAKE_COPY_DELAY": "1.0",   # ~4 s per snapshot: outlasts the burst
-               "FREEZEFRAME_COMPUTE__FAKE_READ_DELAY": "0.01"}
+               "FREEZEFRAME_TESTING__ENABLED": "true",          # the fake driver's delays are test knobs
+               "FREEZEFRAME_TESTING__FAKE_COPY_DELAY": "1.0",   # ~4 s per snapshot: outlasts the burst
+               "FREEZEFRAME_TESTING__FAKE_READ_DELAY": "0.01"}
         self.log = work / f"{backend}.log"
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
