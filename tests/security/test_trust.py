@@ -274,3 +274,21 @@ def test_operator_policy_file_overrides_a_default(tmp_path):
             assert admin.post("/v2/images", json={"name": "x"}).status_code == 201
     finally:
         server.stop()
+
+
+def test_server_metadata_has_novas_limits(live_server):
+    """Keys of 1-255 and values of at most 255 characters (400), at most 128 items (403)."""
+    image = active_image(live_server)
+    with nova(live_server) as c:
+        before = len(c.get("/servers").json()["servers"])
+        for metadata, status in (({"k" * 256: "v"}, 400), ({"": "v"}, 400), ({"k": "v" * 256}, 400),
+                                 ({f"k{i}": "v" for i in range(129)}, 403), ({"k": 1}, 400)):
+            resp = c.post("/servers", json={"server": {"name": "m", "imageRef": image["id"], "flavorRef": "1",
+                                                       "metadata": metadata}})
+            assert resp.status_code == status, (list(metadata)[:1], resp.text)
+            assert resp.json()["error"]["request_id"]
+        assert len(c.get("/servers").json()["servers"]) == before          # nothing half-made
+        resp = c.post("/servers", json={"server": {"name": "m", "imageRef": image["id"], "flavorRef": "1",
+                                                   "metadata": {f"k{i}": "v" * 255 for i in range(128)}}})
+        assert resp.status_code == 202, resp.text
+        wait_server(c, resp.json()["server"]["id"], "ACTIVE")

@@ -76,6 +76,23 @@ def parse_image_ref(value: Any) -> str:
     return image_ref
 
 
+MAX_METADATA_ITEMS = 128     # Nova's metadata_items quota default
+
+
+def check_server_metadata(metadata: Any) -> dict[str, str]:
+    """A server's metadata as Nova takes it: string keys of 1-255 and values of at most 255
+    characters (400), at most 128 items (403, Nova's quota)."""
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise errors.Invalid("Invalid input for field/attribute metadata: string keys and values are required")
+    if any(not 1 <= len(k) <= 255 or len(v) > 255 for k, v in metadata.items()):
+        raise errors.Invalid("Invalid input for field/attribute metadata: keys of 1-255 and values of at most "
+                             "255 characters are required")
+    if len(metadata) > MAX_METADATA_ITEMS:
+        raise errors.Forbidden(f"Quota exceeded for metadata items: at most {MAX_METADATA_ITEMS} are allowed")
+    return dict(metadata)
+
+
 def check_snapshot_metadata(metadata: Any) -> dict[str, str]:
     """A snapshot's metadata becomes image properties: the same rules as a user's own image
     create — no core attributes (owner, visibility, ...), no reserved names — plus none of the
@@ -171,9 +188,7 @@ class ComputeService:
         if flavor is None:
             raise errors.Invalid(f"Flavor {server.get('flavorRef')!r} could not be found.")
         image_ref = parse_image_ref(server.get("imageRef"))
-        metadata = server.get("metadata", {})
-        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-            raise errors.Invalid("Invalid input for field/attribute metadata: string values are required")
+        metadata = check_server_metadata(server.get("metadata", {}))
         self.policy.authorize(ctx, "os_compute_api:servers:create")
         actor = ctx.actor
         # Every image the server boots from must be visible to the caller's project: looked up

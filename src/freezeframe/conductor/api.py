@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any, Callable
 
 from sqlalchemy import select
@@ -81,8 +83,13 @@ class WorkflowAPI:
                     stmt = stmt.where(getattr(Workflow, key) == params[key])
             return list(session.scalars(stmt))
         rows = await self.db.run(find)
-        return JSONResponse({"workflows": [workflow_view(w, self.owner_alive(w.owner), self.stall_timeout)
-                                           for w in rows]})
+        alive = await self._liveness({w.owner for w in rows})
+        return JSONResponse({"workflows": [workflow_view(w, alive[w.owner], self.stall_timeout) for w in rows]})
+
+    async def _liveness(self, owners: set[str | None]) -> dict[str | None, bool]:
+        """Each distinct owner's liveness, asked off the event loop (the coordination backend
+        may be a network round trip) and once per owner, not once per row."""
+        return await asyncio.to_thread(lambda: {owner: self.owner_alive(owner) for owner in owners})
 
     async def show(self, request: Request) -> Response:
         ctx, workflow_id = ctx_of(request), request.path_params["workflow_id"]
@@ -93,7 +100,7 @@ class WorkflowAPI:
                                           .order_by(WorkflowEvent.id)))
             return wf, events
         wf, events = await self.db.run(find)
-        body = workflow_view(wf, self.owner_alive(wf.owner), self.stall_timeout)
+        body = workflow_view(wf, (await self._liveness({wf.owner}))[wf.owner], self.stall_timeout)
         body["history"] = [{"state": e.state, "progress": e.progress, "at": isotime(e.at), "detail": e.detail}
                            for e in events]
         return JSONResponse({"workflow": body})
