@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor.model import Workflow
-from freezeframe.conductor.runtime import Interrupted
+from freezeframe.conductor.interrupts import Interrupted
 from freezeframe.db.session import Database
 
 LOG = logging.getLogger(__name__)

@@ -17,23 +17,16 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from freezeframe.common.context import Actor
 from freezeframe.compute.drivers.base import VirtDriver
+from freezeframe.conductor.interrupts import Interrupted  # noqa: F401 (the flows raise it from here)
+from freezeframe.conductor.lease import Leases
 from freezeframe.db.session import Database
 from freezeframe.images.client import GlanceClient
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from freezeframe.conductor.lease import Leases
-
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Interrupted(BaseException):
-    """The conductor is stopping (SIGTERM/SIGINT): the running step stops where it is, and is
-    *not* reverted. A BaseException on purpose: taskflow wraps only ``Exception`` in a Failure
-    (which would revert the flow), so this one leaves ``engine.run()`` with the step still
-    RUNNING in persistence — exactly what a kill -9 leaves — and the flow resumes from there."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,10 @@
+"""How a running step is stopped without being reverted (a polite stop, a lost lease)."""
+
+from __future__ import annotations
+
+
+class Interrupted(BaseException):
+    """The conductor is stopping (SIGTERM/SIGINT): the running step stops where it is, and is
+    *not* reverted. A BaseException on purpose: taskflow wraps only ``Exception`` in a Failure
+    (which would revert the flow), so this one leaves ``engine.run()`` with the step still
+    RUNNING in persistence — exactly what a kill -9 leaves — and the flow resumes from there."""
