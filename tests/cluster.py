@@ -25,64 +25,17 @@ ENDED = ("IMAGE_ACTIVE", "REVERTED", "CANCELLED")
 
 
 @dataclass
-class Cluster:
+class Deployment:
+    """What a test does through the APIs of a deployment (``server``: where its APIs answer),
+    whatever runs behind them."""
     tmp: Path
     redis: PrivateRedis
     database_url: str
     server: LiveServer
-    env: dict
-    names: tuple[str, ...] = ()
-    conductors: dict[str, subprocess.Popen] = field(default_factory=dict)
-    _started_before: dict[str, int] = field(default_factory=dict)
-
-    def start_conductors(self) -> None:
-        """Start the conductors and wait until each runs. (The fake hypervisor each process
-        simulates knows the servers booted before it started: boot first.)"""
-        for conductor_id in self.names:
-            self.start_conductor(conductor_id)
-        for conductor_id in self.names:
-            self.wait_conductor_up(conductor_id)
 
     @property
     def headers(self) -> dict:
         return {"X-Auth-Token": self.server.member_token}
-
-    def _starts(self, conductor_id: str) -> int:
-        log = self.server.data_dir / f"conductor-{conductor_id}.log"
-        return log.read_text(errors="replace").count(f"conductor {conductor_id} started") if log.exists() else 0
-
-    def start_conductor(self, conductor_id: str) -> subprocess.Popen:
-        self._started_before[conductor_id] = self._starts(conductor_id)
-        log = open(self.server.data_dir / f"conductor-{conductor_id}.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "freezeframe", "conductor", "--data-dir", str(self.server.data_dir),
-             "--database-url", self.database_url, "--image-url", self.server.image_url,
-             "--tokens-file", str(self.server.data_dir / "test-tokens.json"), "--id", conductor_id],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
-        self.conductors[conductor_id] = proc
-        return proc
-
-    def wait_conductor_up(self, conductor_id: str, timeout: float = 30) -> None:
-        log = self.server.data_dir / f"conductor-{conductor_id}.log"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.conductors[conductor_id].poll() is not None:
-                raise RuntimeError(f"conductor {conductor_id} exited:\n{log.read_text()[-3000:]}")
-            if self._starts(conductor_id) > self._started_before.get(conductor_id, 0):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"conductor {conductor_id} did not start:\n{log.read_text()[-3000:]}")
-
-    def conductor_log(self, conductor_id: str) -> str:
-        return (self.server.data_dir / f"conductor-{conductor_id}.log").read_text(errors="replace")
-
-    def kill(self, conductor_id: str) -> float:
-        """kill -9; returns the time of the kill (time.time())."""
-        proc = self.conductors[conductor_id]
-        proc.send_signal(signal.SIGKILL)
-        killed = time.time()
-        proc.wait(10)
-        return killed
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -159,6 +112,60 @@ class Cluster:
         finally:
             out.unlink(missing_ok=True)
             raw.unlink(missing_ok=True)
+
+
+@dataclass
+class Cluster(Deployment):
+    """``serve`` (API only) and ``freezeframe conductor`` processes on this machine."""
+    env: dict = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+    conductors: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _started_before: dict[str, int] = field(default_factory=dict)
+
+    def start_conductors(self) -> None:
+        """Start the conductors and wait until each runs. (The fake hypervisor each process
+        simulates knows the servers booted before it started: boot first.)"""
+        for conductor_id in self.names:
+            self.start_conductor(conductor_id)
+        for conductor_id in self.names:
+            self.wait_conductor_up(conductor_id)
+
+    def _starts(self, conductor_id: str) -> int:
+        log = self.server.data_dir / f"conductor-{conductor_id}.log"
+        return log.read_text(errors="replace").count(f"conductor {conductor_id} started") if log.exists() else 0
+
+    def start_conductor(self, conductor_id: str) -> subprocess.Popen:
+        self._started_before[conductor_id] = self._starts(conductor_id)
+        log = open(self.server.data_dir / f"conductor-{conductor_id}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "freezeframe", "conductor", "--data-dir", str(self.server.data_dir),
+             "--database-url", self.database_url, "--image-url", self.server.image_url,
+             "--tokens-file", str(self.server.data_dir / "test-tokens.json"), "--id", conductor_id],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        self.conductors[conductor_id] = proc
+        return proc
+
+    def wait_conductor_up(self, conductor_id: str, timeout: float = 30) -> None:
+        log = self.server.data_dir / f"conductor-{conductor_id}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.conductors[conductor_id].poll() is not None:
+                raise RuntimeError(f"conductor {conductor_id} exited:\n{log.read_text()[-3000:]}")
+            if self._starts(conductor_id) > self._started_before.get(conductor_id, 0):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"conductor {conductor_id} did not start:\n{log.read_text()[-3000:]}")
+
+    def conductor_log(self, conductor_id: str) -> str:
+        return (self.server.data_dir / f"conductor-{conductor_id}.log").read_text(errors="replace")
+
+    def kill(self, conductor_id: str) -> float:
+        """kill -9; returns the time of the kill (time.time())."""
+        proc = self.conductors[conductor_id]
+        proc.send_signal(signal.SIGKILL)
+        killed = time.time()
+        proc.wait(10)
+        return killed
 
     def stop(self) -> None:
         for proc in self.conductors.values():

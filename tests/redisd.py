@@ -21,18 +21,21 @@ def _free_port() -> int:
 
 
 class PrivateRedis:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, bind: str = "127.0.0.1") -> None:
         self.workdir = workdir
+        self.bind = bind            # also listens here (another network namespace's way in)
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind}:{self.port}/0"
 
     def start(self) -> None:
         log = open(self.workdir / f"redis-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", *sorted({"127.0.0.1", self.bind}),
+                                      # another namespace's clients come from the bridge (a test network)
+                                      "--protected-mode", "no" if self.bind != "127.0.0.1" else "yes", "--save", "",
                                       "--appendonly", "no", "--dir", str(self.workdir)],
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -59,11 +62,11 @@ class PrivateRedis:
 
 
 @contextlib.contextmanager
-def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
+def private_redis(workdir: Path, bind: str = "127.0.0.1") -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     pytest.importorskip("redis", reason="the redis client is a test dependency")
-    server = PrivateRedis(workdir)
+    server = PrivateRedis(workdir, bind)
     server.start()
     try:
         yield server

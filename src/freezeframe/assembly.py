@@ -13,6 +13,10 @@ from typing import Callable
 from freezeframe.common.timeutil import utcnow
 from freezeframe.compute import conductor_hooks as compute_hooks
 from freezeframe.compute.drivers.base import VirtDriver
+from freezeframe.compute.drivers.locked import LockedDriver
+from freezeframe.compute.hostclient import RemoteHost
+from freezeframe.compute.hosts import HostRegistry
+from freezeframe.compute.hostside import Hosts, LocalHost
 from freezeframe.compute.service import ComputeService
 from freezeframe.conductor import jobboard
 from freezeframe.conductor.engine import Conductor
@@ -119,44 +123,73 @@ def service_image_client(settings: Settings, authenticator: Authenticator,
     return client
 
 
-def build_runtime(settings: Settings, db, driver: VirtDriver, images, *, leases: Leases | None = None,
+def build_runtime(settings: Settings, db, images, *, leases: Leases | None = None,
                   local: dict | None = None) -> Runtime:
     """What the workflows of this process run with (conductor.runtime); the fault injection
     points come from [testing] (refused unless testing.enabled)."""
     testing = settings.testing
-    return Runtime(db=db, driver=driver, image_client=images, workdir=settings.instances_path / "_snapshots",
+    return Runtime(db=db, image_client=images, workdir=settings.instances_path / "_snapshots",
                    upload_rate=settings.conductor.upload_rate, upload_chunk=settings.conductor.upload_chunk,
                    kill_at=testing.states(testing.fault_kill_at), pause_at=testing.states(testing.fault_pause_at),
                    pause_seconds=testing.fault_pause_seconds, leases=leases, local=local or {})
 
 
-def conductor_hosts(settings: Settings, *, embedded: bool) -> frozenset[str] | None:
-    """The hosts whose host-bound work a conductor claims (None: any): conductor.hosts, else
-    any for the conductor inside `serve` and this host (compute.host) for `freezeframe conductor`."""
+def conductor_hosts(settings: Settings, hosts: Hosts) -> Callable[[], frozenset[str] | None]:
+    """The hosts whose host-bound work a conductor claims, asked at every claim: of
+    conductor.hosts (comma-separated; empty or "*": any), those it can reach now — its own
+    host, and every registered compute host that is up and answers from here."""
     names = frozenset(h.strip() for h in settings.conductor.hosts.split(",") if h.strip())
-    if "*" in names or (not names and embedded):
-        return None
-    return names or frozenset({settings.compute.host})
+    wanted = None if not names or "*" in names else names
+    return lambda: hosts.serving(wanted)
 
 
-def register_work(settings: Settings, services: Services, driver: VirtDriver, images, *,
+def host_credentials(settings: Settings, authenticator: Authenticator) -> tuple[dict, Callable[[Actor], dict]]:
+    """The headers of a call to another host's compute process: the services' own credential
+    (a call for no user), and for a user (the credential beside the user's identity)."""
+    if authenticator.mode == "noauth":
+        return {}, lambda actor: {"X-Service-Roles": "service", **acting_headers(actor)}
+    token = settings.conductor.service_token or service_token(authenticator.tokens)
+    if not token:
+        raise SettingsError("conductor.service_token: no token with role 'service' in the tokens file; add one "
+                            "(the services act for users with it) or set conductor.service_token")
+    return {"X-Auth-Token": token}, lambda actor: {"X-Service-Token": token, **acting_headers(actor)}
+
+
+def build_hosts(settings: Settings, db: Database, authenticator: Authenticator, images, *,
+                local: bool) -> Hosts:
+    """How this process reaches each server's host: its own (``local``: it runs the hypervisor
+    of compute.host, behind the per-server lock) and every other over its host API."""
+    local_host = None
+    if local:
+        try:
+            driver = LockedDriver(build_driver(settings), timeout=settings.compute.lock_timeout)
+        except Exception as exc:  # e.g. libvirt-python missing: the image service still runs
+            LOG.warning("no hypervisor here: the %s driver is unavailable: %s", settings.compute.driver, exc)
+        else:
+            local_host = LocalHost(settings.compute.host, driver, images, settings.instances_path)
+    own, acting = host_credentials(settings, authenticator)
+    return Hosts(local_host, HostRegistry(db, down_after=settings.compute.host_down_after),
+                 connect=lambda view: RemoteHost(view.name, view.url, own=own, acting=acting))
+
+
+def register_work(settings: Settings, services: Services, hosts: Hosts, images, *,
                   leases: Leases | None, api_started_at) -> None:
     """The services' kinds of work and reconcile hooks, and the runtime their workflows use."""
-    compute_hooks.register(services.registry, db=services.db, driver=driver,
+    compute_hooks.register(services.registry, db=services.db, hosts=hosts,
                            workdir=settings.instances_path / "_snapshots", task_timeout=settings.compute.task_timeout,
                            api_started_at=api_started_at)
-    install_runtime(build_runtime(settings, services.db, driver, images, leases=leases,
-                                  local=compute_hooks.local_api(services.policy)))
+    install_runtime(build_runtime(settings, services.db, images, leases=leases,
+                                  local=compute_hooks.local_api(services.policy, hosts)))
 
 
-def build_conductor(settings: Settings, services: Services, driver: VirtDriver, images, *, embedded: bool,
+def build_conductor(settings: Settings, services: Services, hosts: Hosts, images, *,
                     api_started_at=None) -> Conductor:
     """A conductor for this process: its leases, the work it runs (registered), its jobboard."""
     leases = Leases(services.db, services.liveness.member_id, settings.conductor.lease_ttl,
                     services.registry.terminal_states)
-    register_work(settings, services, driver, images, leases=leases, api_started_at=api_started_at)
+    register_work(settings, services, hosts, images, leases=leases, api_started_at=api_started_at)
     return Conductor(services.db, services.liveness, database_url=settings.database_url, registry=services.registry,
-                     leases=leases, board=services.workflows.board, hosts=conductor_hosts(settings, embedded=embedded),
+                     leases=leases, board=services.workflows.board, hosts=conductor_hosts(settings, hosts),
                      max_workers=settings.conductor.workers, scan_interval=settings.conductor.scan_interval,
                      workflows=services.workflows)
 
@@ -189,24 +222,19 @@ def conductor_id(settings: Settings, role: str = "conductor") -> str:
 
 def build_compute(settings: Settings, services: Services, authenticator: Authenticator, *,
                   with_conductor: bool) -> None:
-    """The compute service and, in the embedded default, the conductor that runs its snapshots.
-    Without a local conductor, workflows wait (owner None) for a `freezeframe conductor`."""
-    try:
-        driver = build_driver(settings)
-    except Exception as exc:  # e.g. libvirt-python missing: the image service still runs
-        LOG.warning("compute disabled: the %s driver is unavailable: %s", settings.compute.driver, exc)
-        return
+    """The compute service — with this host's hypervisor when compute.enabled, and every other
+    host's over its host API — and, in the embedded default, the conductor that runs its
+    snapshots. Without a local conductor, workflows wait (owner None) for a `freezeframe conductor`."""
     images = service_image_client(settings, authenticator, services.inprocess)
+    hosts = build_hosts(settings, services.db, authenticator, images, local=settings.compute.enabled)
     # The compute API of this process starts now: an operation begun before belonged to a
     # process that is gone (the reconcile hook repairs it at once).
     api_started_at = utcnow()
-    if with_conductor:
-        services.conductor = build_conductor(settings, services, driver, images, embedded=True,
-                                             api_started_at=api_started_at)
+    if with_conductor and hosts.local is not None:
+        services.conductor = build_conductor(settings, services, hosts, images, api_started_at=api_started_at)
     else:       # workflows wait (owner None) for a `freezeframe conductor`
-        register_work(settings, services, driver, images, leases=None, api_started_at=api_started_at)
-    services.compute = ComputeService(services.db, driver, images, settings.instances_path, services.workflows,
-                                      policy=services.policy, host=settings.compute.host,
+        register_work(settings, services, hosts, images, leases=None, api_started_at=api_started_at)
+    services.compute = ComputeService(services.db, hosts, images, services.workflows, policy=services.policy,
                                       max_concurrent_snapshots=settings.compute.max_concurrent_snapshots)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 import types
@@ -167,6 +168,18 @@ class ComputeSettings:
     # no live operation once that task_state is this old (seconds); at once for one left by an
     # earlier run of this very `serve` (compute/reconcile.py).
     task_timeout: float = 3600.0
+    # `freezeframe compute`: where the other roles reach this host's API (empty:
+    # http://<server.host>:<server.port>), its heartbeat, and when a host counts as down.
+    url: str = ""
+    heartbeat_interval: float = 5.0
+    host_down_after: float = 30.0
+    # At most one host-bound operation per server at a time; another waits this long, then 409.
+    lock_timeout: float = 30.0
+    # A point in time read from another host: NBD on TCP, TLS with credentials made for each
+    # export. export_tls = false is plain TCP: only on a network the operator trusts.
+    export_tls: bool = True
+    export_address: str = ""     # the address conductors connect to (empty: compute.url's host)
+    export_bind: str = ""        # the address qemu-nbd listens on (empty: export_address)
 
 
 @dataclass(frozen=True)
@@ -434,8 +447,15 @@ def validate(settings: Settings) -> Settings:
     if settings.conductor.jobboard_url and not settings.conductor.jobboard_url.startswith("redis://"):
         raise SettingsError(f"conductor.jobboard_url: {settings.conductor.jobboard_url!r}: empty (the database) "
                             "or redis://host:port/db")
-    if not settings.compute.host.strip():
-        raise SettingsError("compute.host: must not be empty")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$", settings.compute.host):
+        raise SettingsError(f"compute.host: {settings.compute.host!r} must be a host name (letters, digits, '.', "
+                            "'_' and '-')")
+    if settings.compute.url and not settings.compute.url.startswith(("http://", "https://")):
+        raise SettingsError(f"compute.url: {settings.compute.url!r} must start with http:// or https://")
+    if not 0 < settings.compute.heartbeat_interval < settings.compute.host_down_after:
+        raise SettingsError("compute.heartbeat_interval must be positive and below compute.host_down_after")
+    if not 0 <= settings.compute.lock_timeout <= 3600:
+        raise SettingsError("compute.lock_timeout: must be between 0 and 3600 seconds")
     knobs = settings.testing.knobs_set()
     if knobs and not settings.testing.enabled:
         raise SettingsError(f"testing.{knobs[0]}: a test-only knob (fault injection, fake driver delays), "

@@ -411,7 +411,7 @@ def test_bounded_pool_bounds_the_wait_in_seconds():
 
 def test_busy_is_503_with_retry_after():
     from freezeframe.common import errors
-    from freezeframe.http.errors import error_headers, status_of
+    from freezeframe.common.web.errors import error_headers, status_of
 
     exc = errors.Busy("full", retry_after=3)
     assert status_of(exc) == 503 and error_headers(exc, 503) == {"Retry-After": "3"}

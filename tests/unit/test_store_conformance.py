@@ -101,7 +101,7 @@ def test_data_is_flushed_behind_the_writer(tmp_path, monkeypatch):
 
 
 def test_sparse_sink_leaves_holes(tmp_path):
-    from freezeframe.compute.service import SparseSink
+    from freezeframe.compute.hostside import SparseSink
     data = os.urandom(1 << 16) + bytes(4 << 20) + os.urandom(100)
     path = tmp_path / "base"
     with open(path, "wb") as fh:

@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _conductor(args: argparse.Namespace) -> int:
-    from freezeframe.conductor.process import run
+    from freezeframe.roles import run_conductor as run
 
     flags = {"data_dir": args.data_dir, "database.url": args.database_url, "auth.mode": args.auth,
              "auth.tokens_file": args.tokens_file, "server.log_level": args.log_level,
@@ -56,6 +56,51 @@ def _conductor(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     run(settings)
     return EXIT_OK
+
+
+def _common_flags(args: argparse.Namespace) -> dict:
+    return {"data_dir": args.data_dir, "server.port": args.port, "server.host": args.host,
+            "auth.mode": args.auth, "auth.tokens_file": args.tokens_file, "database.url": args.database_url,
+            "server.log_level": args.log_level}
+
+
+def _api(args: argparse.Namespace) -> int:
+    from freezeframe import settings as settings_mod
+    from freezeframe.roles import run_api
+
+    flags = _common_flags(args)
+    if _load_settings(args.config, flags) is None:
+        return EXIT_USAGE
+    try:
+        run_api(args.config, flags, args.workers)
+    except settings_mod.SettingsError as exc:
+        print(f"freezeframe: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _compute(args: argparse.Namespace) -> int:
+    from freezeframe.roles import run_compute
+
+    flags = {**_common_flags(args), "compute.host": args.compute_host, "compute.url": args.url,
+             "compute.driver": args.driver, "endpoints.image": args.image_url,
+             "compute.export_tls": False if args.trusted_network else None}
+    settings = _load_settings(args.config, flags)
+    if settings is None:
+        return EXIT_USAGE
+    run_compute(settings)
+    return EXIT_OK
+
+
+def _role_options(parser: argparse.ArgumentParser, port_help: str, *, listen: str = "--host") -> None:
+    parser.add_argument("--config", help="TOML settings file (also FREEZEFRAME_CONFIG)")
+    parser.add_argument("--data-dir", help="where this process keeps its files")
+    parser.add_argument(listen, dest="host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=port_help)
+    parser.add_argument("--database-url", help="the deployment's database (PostgreSQL when split over hosts)")
+    parser.add_argument("--auth", choices=["tokens", "keystone", "noauth"], help="authentication mode")
+    parser.add_argument("--tokens-file", help="the deployment's tokens file (the services' own token in it)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
 def _policy(_args: argparse.Namespace) -> int:
@@ -100,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--tokens-file", help="tokens file holding a token with role 'service'")
     cond.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     cond.set_defaults(func=_conductor)
+
+    api = sub.add_parser("api", help="run the APIs only (split deployment): stateless, several worker "
+                                     "processes; conductors and compute hosts run apart")
+    _role_options(api, "port to listen on (default 9292)")
+    api.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    api.set_defaults(func=_api)
+
+    comp = sub.add_parser("compute", help="run one hypervisor host's compute process (split deployment): "
+                                          "its libvirt, the host-bound steps, a heartbeat")
+    _role_options(comp, "port of this host's API (default 9292)", listen="--listen")
+    comp.add_argument("--host", dest="compute_host", metavar="NAME",
+                      help="this compute host's name (servers record it; default the machine's host name)")
+    comp.add_argument("--url", help="where the other roles reach this host's API (default http://HOST:PORT)")
+    comp.add_argument("--driver", choices=["libvirt", "fake"], help="virt driver (default libvirt)")
+    comp.add_argument("--image-url", help="the image API (boots fetch their images from it)")
+    comp.add_argument("--trusted-network", action="store_true",
+                      help="export points in time over plain TCP (no TLS): only on a network you trust")
+    comp.set_defaults(func=_compute)
 
     pol = sub.add_parser("policy", help="print the default policy (every rule, as an oslo.policy YAML file "
                                         "to copy into auth.policy_file and change)")

@@ -1,4 +1,4 @@
-"""The domain errors. They carry no HTTP: ``freezeframe.http.errors`` maps them in one place."""
+"""The domain errors. They carry no HTTP: ``freezeframe.common.web.errors`` maps them in one place."""
 
 from __future__ import annotations
 
@@ -77,3 +77,10 @@ class Busy(BackendUnavailable):
     def __init__(self, message: str = "", retry_after: int = 1, **details: object) -> None:
         super().__init__(message, **details)
         self.retry_after = max(1, int(retry_after))
+
+
+class HostFault(FreezeframeError):
+    """The hypervisor (or another host-side component) failed the operation.
+
+    A fault of this host, not a load to retry later (that is ``BackendUnavailable``): answered
+    500, and its text (libvirt's, with host paths) goes to the log, never to the caller."""

@@ -3,11 +3,11 @@ ones to come): one service root, the default headers, timeouts, a transport, one
 turns every failure into the client's own error class.
 
 A client is used over HTTP or, inside ``freezeframe serve``, through the in-process transport
-(``freezeframe.http.inprocess``): the same code either way, only ``transport`` differs.
+(``http/inprocess.py``): the same code either way, only ``transport`` differs.
 
 Who calls: ``token`` is the caller's own token (``X-Auth-Token``). A service acting for a user
 sends its own token as ``service_token`` (``X-Service-Token``) and the user's identity beside it
-in ``extra_headers`` (``freezeframe.http.auth.acting_headers``): the receiving service applies
+in ``extra_headers`` (``acting_headers`` in ``http/auth.py``): the receiving service applies
 its normal rules to the user, the service credential only adds what only a service may do.
 """
 

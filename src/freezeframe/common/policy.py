@@ -92,6 +92,11 @@ RULES = [
     ("os_compute_api:os-flavor-manage:index", "@", "List flavors.", [("GET", "/compute/v2.1/flavors")]),
     ("freezeframe:compute:adopt", ADMIN, "Take an existing domain under management.",
      [("POST", "/compute/v2.1/os-freezeframe-adopt")]),
+    # -- compute hosts (the host API of `freezeframe compute`) -------------------------------
+    ("freezeframe:host:operate", SERVICE, "The host-bound steps on a compute host (only services call them).",
+     [("*", "/host/v1/...")]),
+    ("os_compute_api:os-services:list", ADMIN, "List the compute hosts and whether they are up.",
+     [("GET", "/compute/v2.1/os-services")]),
     # -- workflows --------------------------------------------------------------------------
     ("freezeframe:workflow:list", READER, "List workflows.", [("GET", "/v1/workflows")]),
     ("freezeframe:workflow:show", READER, "Show a workflow.", [("GET", "/v1/workflows/{id}")]),

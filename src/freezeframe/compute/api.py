@@ -12,11 +12,11 @@ from starlette.routing import Route, Router
 
 from freezeframe.common import errors
 from freezeframe.common.timeutil import isotime
+from freezeframe.common.web.microversion import APIVersion, Microversions
+from freezeframe.common.web.request import ctx_of, json_body
 from freezeframe.compute.model import Instance, InstanceAction
 from freezeframe.compute.service import FLAVORS, ComputeService
 from freezeframe.compute.states import VmState
-from freezeframe.http.microversion import APIVersion, Microversions
-from freezeframe.http.request import ctx_of, json_body
 
 VERSIONS = Microversions("compute", "X-OpenStack-Nova-API-Version", min="2.1", max="2.96")
 STATUS = {VmState.ACTIVE: "ACTIVE", VmState.STOPPED: "SHUTOFF", VmState.BUILDING: "BUILD",

@@ -1,6 +1,6 @@
 """What the compute service registers with the conductor: its kinds of work and its hooks.
 
-- kinds: ``snapshot`` and ``backup`` of a server (``conductor/workflows/snapshot.py``), bound to
+- kinds: ``snapshot`` and ``backup`` of a server (``compute/workflows/snapshot.py``), bound to
   the server's host;
 - reconcile hooks, called by every conductor's scan, for what compute's work holds on the host:
   ``leftovers`` releases what a finished snapshot still holds here (its workdir with the
@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from freezeframe.common.policy import Policy
 from freezeframe.compute.drivers.base import VirtDriver
+from freezeframe.compute.hostside import Hosts
 from freezeframe.compute.model import Instance
 from freezeframe.compute.snapshot_hooks import SnapshotHooks
 from freezeframe.conductor.registry import Registry, Scan
@@ -33,9 +34,9 @@ SERVICE = "compute"
 class LeftoverSweep:
     """Release what a finished snapshot still holds on this host."""
 
-    def __init__(self, db: Database, driver: VirtDriver, workdir: Path) -> None:
+    def __init__(self, db: Database, hosts: Hosts, workdir: Path) -> None:
         self.db = db
-        self.driver = driver
+        self.hosts = hosts
         self.workdir = workdir
 
     def __call__(self, scan: Scan) -> list[str]:
@@ -55,7 +56,7 @@ class LeftoverSweep:
             if domain is None:
                 continue
             try:
-                self.driver.end_snapshot(domain, workflow_id, self.workdir / workflow_id)
+                self.hosts.get(None).driver.end_snapshot(domain, workflow_id, self.workdir / workflow_id)
             except Exception as exc:   # retried at the next scan
                 LOG.warning("workflow %s: could not release its leftovers: %s", workflow_id, exc)
                 continue
@@ -67,33 +68,38 @@ class LeftoverSweep:
 class ServerReconcile:
     """Servers of this conductor's hosts left in a transitional task_state with no live owner."""
 
-    def __init__(self, db: Database, driver: VirtDriver, *, task_timeout: float,
+    def __init__(self, db: Database, hosts: Hosts, *, task_timeout: float,
                  api_started_at: dt.datetime | None) -> None:
         self.db = db
-        self.driver = driver
+        self.hosts = hosts
         self.task_timeout = task_timeout
         self.api_started_at = api_started_at
 
+    def _driver(self, host: str | None) -> VirtDriver:
+        return self.hosts.get(host).driver
+
     def __call__(self, scan: Scan) -> list[Any]:
         from freezeframe.compute import reconcile
-        return reconcile.reconcile_servers(self.db, self.driver, task_timeout=self.task_timeout,
+        return reconcile.reconcile_servers(self.db, self._driver, task_timeout=self.task_timeout,
                                            api_started_at=self.api_started_at, workflows=scan.workflows,
                                            hosts=scan.hosts)
 
 
-def register(registry: Registry, *, db: Database, driver: VirtDriver, workdir: Path, task_timeout: float,
+def register(registry: Registry, *, db: Database, hosts: Hosts, workdir: Path, task_timeout: float,
              api_started_at: dt.datetime | None) -> None:
     """Compute's kinds and hooks. ``api_started_at``: when the compute API of this very process
     started (``serve``), so an operation begun before belonged to a process that is gone."""
-    from freezeframe.conductor.workflows.snapshot import KINDS
+    from freezeframe.compute.workflows.snapshot import KINDS
 
     for kind in KINDS:
         registry.add_kind(kind)
-    registry.add_hook(SERVICE, "leftovers", LeftoverSweep(db, driver, workdir))
-    registry.add_hook(SERVICE, "servers", ServerReconcile(db, driver, task_timeout=task_timeout,
+    if hosts.local is not None:     # what snapshots left on this process's host
+        registry.add_hook(SERVICE, "leftovers", LeftoverSweep(db, hosts, workdir))
+    registry.add_hook(SERVICE, "servers", ServerReconcile(db, hosts, task_timeout=task_timeout,
                                                           api_started_at=api_started_at))
 
 
-def local_api(policy: Policy | None) -> dict[str, Any]:
-    """What compute offers the workflows of this process (``runtime.local``)."""
-    return {SERVICE: SnapshotHooks(policy)}
+def local_api(policy: Policy | None, hosts: Hosts) -> dict[str, Any]:
+    """What compute offers the workflows of this process (``runtime.local``): its snapshot
+    functions, and each server's host's driver they run with."""
+    return {SERVICE: SnapshotHooks(hosts, policy)}

@@ -31,6 +31,8 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from typing import Callable
+
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -86,11 +88,14 @@ def orphaned(session: Session, inst: Instance, *, task_timeout: float, api_start
     return None
 
 
-def reconcile_servers(db: Database, driver: VirtDriver, *, task_timeout: float = 3600.0,
+def reconcile_servers(db: Database, driver: VirtDriver | Callable[[str | None], VirtDriver], *,
+                      task_timeout: float = 3600.0,
                       api_started_at: dt.datetime | None = None, workflows: Workflows | None = None,
                       hosts: frozenset[str] | None = None) -> list[Repair]:
     """One pass over the servers (of ``hosts``, None: any; ``driver`` is their hypervisor) in a
-    transitional task_state; returns what was repaired."""
+    transitional task_state; returns what was repaired. ``driver``: their hypervisor, or a
+    function giving each host's (``Hosts``: a host that is down is skipped, for now)."""
+    driver_for = (lambda _host: driver) if isinstance(driver, VirtDriver) else driver
     now = utcnow()
     states = [t.value for t in SNAPSHOT_TASKS | OPERATION_TASKS]
     workflows = workflows or Workflows(db)
@@ -104,13 +109,13 @@ def reconcile_servers(db: Database, driver: VirtDriver, *, task_timeout: float =
             why = orphaned(session, inst, task_timeout=task_timeout, api_started_at=api_started_at, now=now,
                            workflows=workflows)
             if why:
-                found.append((inst.id, inst.task_state, inst.domain_name, inst.updated_at, why))
+                found.append((inst.id, inst.task_state, inst.domain_name, inst.updated_at, why, inst.host))
         return found
 
     repairs = []
-    for server_id, task, domain, seen_at, why in db.run_sync(candidates):
+    for server_id, task, domain, seen_at, why, host in db.run_sync(candidates):
         try:
-            info = driver.get_info(domain)
+            info = driver_for(host).get_info(domain)
             vm_state, power, fault = VM_STATE_OF.get(info.state, VmState.ERROR), info.state.value, None
             if vm_state == VmState.ERROR:
                 fault = f"{why}; the hypervisor reports domain {domain} {info.state}"

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import tempfile
-import threading
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import select
@@ -20,12 +15,12 @@ from sqlalchemy.orm import Session
 
 from freezeframe.common import errors
 from freezeframe.common.context import Actor, RequestContext
-from freezeframe.common.paths import safe_join
 from freezeframe.common.policy import Policy
 from freezeframe.common.pools import BoundedPool
 from freezeframe.common.strict import INT32_MAX, is_uuid, parse_uint, shown
 from freezeframe.common.timeutil import utcnow
-from freezeframe.compute.drivers.base import DomainNotFound, GuestSpec, PowerState, VirtDriver
+from freezeframe.compute.drivers.base import DomainNotFound, PowerState
+from freezeframe.compute.hostside import BootRequest, Hosts
 from freezeframe.compute.model import Instance, InstanceAction
 from freezeframe.compute.states import TaskState, VmState, set_task_state, set_vm_state
 from freezeframe.conductor.service import Workflows
@@ -123,15 +118,12 @@ def check_name(value: Any, what: str = "name") -> str:
 
 
 class ComputeService:
-    def __init__(self, db: Database, driver: VirtDriver, images_for: Callable[[Actor], GlanceClient],
-                 instances_path: Path, workflows: Workflows, *, policy: Policy, host: str,
-                 max_concurrent_snapshots: int = 5) -> None:
+    def __init__(self, db: Database, hosts: Hosts, images_for: Callable[[Actor], GlanceClient],
+                 workflows: Workflows, *, policy: Policy, max_concurrent_snapshots: int = 5) -> None:
         self.db = db
-        self.driver = driver
+        self.hosts = hosts                     # each server's host: this one, or another over its host API
         self.images_for = images_for           # the image API, acting for a user (their rights)
-        self.instances_path = instances_path
         self.workflows = workflows             # the conductor: long work is handed to it (submit)
-        self.host = host                       # this compute host: its servers record it
         self.policy = policy
         self.max_concurrent_snapshots = max_concurrent_snapshots
         # Blocking work of requests (calls to the image service, the hypervisor) on a pool of
@@ -139,12 +131,16 @@ class ComputeService:
         self.pool = BoundedPool("compute", workers=8, queue=16)
         # Spawns (image download, boot) run after the 202, on their own bounded pool.
         self.spawner = BoundedPool("compute-spawn", workers=2, queue=32, serves_requests=False)
-        self._base_locks: dict[str, threading.Lock] = {}
-        self._base_guard = threading.Lock()
 
-    @property
-    def base_dir(self) -> Path:
-        return self.instances_path / "_base"
+    async def _host_of(self, ctx: RequestContext, server_id: str):
+        """The server's host's side, for a server the caller may see; a Conflict (409) saying
+        so when that host is down."""
+        inst = await self.db.run(lambda s: self._get(s, ctx, server_id))
+        return await self.pool.run(self.hosts.get, inst.host)
+
+    def _driver(self, host: str | None):
+        """The server's host's driver (blocking: the host registry; a Conflict when it is down)."""
+        return self.hosts.get(host).driver
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -203,10 +199,11 @@ class ComputeService:
                                          "required")
                 boot_files[key] = await self.pool.run(self._image_for_boot, actor, ref, f"the image's {key}")
         server_id = str(uuid.uuid4())
+        host = await self.pool.run(self.hosts.choose)
         inst = Instance(id=server_id, name=name, project_id=ctx.project_id, user_id=ctx.user_id,
                         vm_state=VmState.BUILDING, task_state=TaskState.SPAWNING, flavor_id=flavor.id,
                         vcpus=flavor.vcpus, memory_mb=flavor.ram, root_gb=flavor.disk, image_ref=image.id,
-                        domain_name=f"instance-{server_id}", host=self.host, metadata_json=json.dumps(metadata),
+                        domain_name=f"instance-{server_id}", host=host, metadata_json=json.dumps(metadata),
                         guest_agent=image.properties.get("hw_qemu_guest_agent", "no").lower() in ("yes", "true"),
                         system_metadata=json.dumps({f"image_{k}": v for k, v in image.properties.items()
                                                     if k not in NOT_INHERITED
@@ -237,31 +234,6 @@ class ComputeService:
             raise errors.Invalid(f"Image {image_ref} ({what}) is not active.")
         return image
 
-    def _base_lock(self, image_id: str) -> threading.Lock:
-        with self._base_guard:
-            return self._base_locks.setdefault(image_id, threading.Lock())
-
-    def _cached(self, actor: Actor, image) -> Path:
-        """Download an image once into the local base cache (as the server's user: they may see
-        it). Only the image's canonical id names the file; concurrent spawns of the same image
-        download it once; a partial download never takes the final name."""
-        base = safe_join(self.base_dir, image.id)
-        with self._base_lock(image.id):
-            if base.exists():
-                return base
-            self.base_dir.mkdir(parents=True, exist_ok=True)
-            fd, partial = tempfile.mkstemp(dir=self.base_dir, prefix=f".{image.id}.", suffix=".part")
-            try:
-                with self.images_for(actor) as images, os.fdopen(fd, "wb") as fh:
-                    sink = SparseSink(fh)
-                    images.download(image, sink)
-                    sink.close()
-                os.replace(partial, base)
-            except BaseException:
-                Path(partial).unlink(missing_ok=True)
-                raise
-        return base
-
     def _spawn_failed(self, server_id: str, exc: BaseException) -> None:
         fault = str(exc)[:1000]
         self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawn failed",
@@ -270,21 +242,15 @@ class ComputeService:
 
     def _spawn(self, server_id: str, actor: Actor, image, boot_files: dict[str, Any]) -> None:
         try:
-            base = self._cached(actor, image)
-            disk_dir = safe_join(self.instances_path, server_id)
-            disk_dir.mkdir(parents=True, exist_ok=True)
-            disk = disk_dir / "disk"
-            fmt = "qcow2" if image.disk_format == "qcow2" else "raw"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base), str(disk)],
-                           check=True, capture_output=True)
-            kernel = self._cached(actor, boot_files["kernel_id"]) if "kernel_id" in boot_files else None
-            initrd = self._cached(actor, boot_files["ramdisk_id"]) if "ramdisk_id" in boot_files else None
             inst = self.db.run_sync(lambda s: s.get(Instance, server_id))
-            spec = GuestSpec(name=inst.domain_name, uuid=server_id, vcpus=inst.vcpus, memory_mb=inst.memory_mb,
-                             root_disk=disk, kernel=kernel, initrd=initrd,
-                             cmdline=image.properties.get("os_command_line"), guest_agent=inst.guest_agent)
-            info = self.driver.spawn(spec)
-            values = {"power_state": info.state.value, "root_disk": str(disk),
+            req = BootRequest(server_id=server_id, domain_name=inst.domain_name, vcpus=inst.vcpus,
+                              memory_mb=inst.memory_mb, image_id=image.id,
+                              kernel_id=boot_files["kernel_id"].id if "kernel_id" in boot_files else None,
+                              ramdisk_id=boot_files["ramdisk_id"].id if "ramdisk_id" in boot_files else None,
+                              cmdline=image.properties.get("os_command_line"), guest_agent=inst.guest_agent)
+            booted = self.hosts.get(inst.host).boot(actor, req, image)
+            info = booted.info
+            values = {"power_state": info.state.value, "root_disk": booted.root_disk,
                       "root_target": info.disks[0].target if info.disks else "vda"}
             self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawned",
                                                       vm_state=VmState.ACTIVE, vm_from=VmState.BUILDING,
@@ -300,16 +266,20 @@ class ComputeService:
         if not isinstance(adopt, dict):
             raise errors.Invalid("Invalid input: the body must be {\"adopt\": {\"domain\": ...}}")
         domain = check_name(adopt.get("domain"), "domain")
+        host = adopt.get("host")
+        if host is not None and not isinstance(host, str):
+            raise errors.Invalid("Invalid input for field/attribute host: a compute host's name is required")
+        host = host or await self.pool.run(self.hosts.choose)
         try:
-            info = await self.pool.run(self.driver.get_info, domain)
+            info = await self.pool.run(lambda: self._driver(host).get_info(domain))
         except DomainNotFound:
-            raise errors.NotFound(f"No domain named {domain!r} on this host") from None
+            raise errors.NotFound(f"No domain named {domain!r} on host {host}") from None
         if not info.disks:
             raise errors.Invalid(f"Domain {domain!r} has no disk to snapshot")
         inst = Instance(id=info.uuid, name=domain, project_id=ctx.project_id, user_id=ctx.user_id,
                         vm_state=_VM_STATE[info.state], task_state=None, power_state=info.state.value,
                         flavor_id="adopted", vcpus=info.vcpus, memory_mb=info.memory_mb,
-                        root_gb=max(1, info.disks[0].virtual_size >> 30), domain_name=domain, host=self.host,
+                        root_gb=max(1, info.disks[0].virtual_size >> 30), domain_name=domain, host=host,
                         root_disk=str(info.disks[0].path), root_target=info.disks[0].target, adopted=True,
                         guest_agent=(adopt.get("guest_agent") is True))
 
@@ -329,10 +299,10 @@ class ComputeService:
             if inst.task_state is None:
                 set_task_state(session, server_id, None, TaskState.DELETING, reason="delete")
             return inst
+        await self._host_of(ctx, server_id)        # its host is up (else 409: nothing changed)
         inst = await self.db.run(begin)
-        if not inst.adopted:
-            await self.pool.run(self.driver.destroy, inst.domain_name, wait=30)
-            await self.pool.run(_rmtree, safe_join(self.instances_path, inst.id), wait=30)
+        await self.pool.run(lambda: self.hosts.get(inst.host).remove(inst.domain_name, inst.id,
+                                                                     adopted=inst.adopted), wait=30)
         await self.db.run(lambda s: set_task_state(s, server_id, TaskState.DELETING, None, reason="deleted",
                                                    vm_state=VmState.DELETED))
 
@@ -348,9 +318,11 @@ class ComputeService:
                                       f"vm_state {inst.vm_state}")
             set_task_state(session, server_id, None, task_state, reason="power")
             return inst
+        await self._host_of(ctx, server_id)        # its host is up (else 409: nothing changed)
         inst = await self.db.run(begin)
         try:
-            await self.pool.run(self.driver.power_on if on else self.driver.power_off, inst.domain_name, wait=30)
+            driver = await self.pool.run(self._driver, inst.host, wait=30)
+            await self.pool.run(driver.power_on if on else driver.power_off, inst.domain_name, wait=30)
             vm_state: VmState | None = VmState.ACTIVE if on else VmState.STOPPED
             values = {"power_state": (PowerState.RUNNING if on else PowerState.SHUTDOWN).value}
         except Exception as exc:
@@ -385,12 +357,13 @@ class ComputeService:
         params["quiesce"] = image_props.get("hw_qemu_guest_agent", "no").lower() in ("yes", "true") or inst.guest_agent
         params["require_quiesce"] = image_props.get("os_require_quiesce", "no").lower() in ("yes", "true")
         if params["require_quiesce"] and inst.vm_state == VmState.ACTIVE:
-            agent = await self.pool.run(self.driver.agent_available, inst.domain_name)
+            agent = await self.pool.run(lambda: self._driver(inst.host).agent_available(inst.domain_name))
             if not agent:
                 raise errors.Conflict(f"Instance {server_id} requires quiesce (os_require_quiesce) but its guest "
                                       "agent does not answer; no snapshot was taken")
         task_to = TaskState.IMAGE_BACKUP if kind == "backup" else TaskState.IMAGE_SNAPSHOT_PENDING
-        host = inst.host or self.host
+        host = inst.host or self.hosts.choose()
+        await self.pool.run(self.hosts.get, host)     # its host is up (else 409: nothing is created)
 
         def claim(session: Session) -> None:
             """One compare-and-set decides which of concurrent snapshots of a server wins,
@@ -475,31 +448,3 @@ class ComputeService:
             LOG.warning("server %s: os-resetState by %s: vm_state %s -> %s, task_state %s -> None", server_id,
                         ctx.user_id, inst.vm_state, state, inst.task_state)
         await self.db.run(reset)
-
-_ZEROS = bytes(64 << 10)
-
-
-class SparseSink:
-    """A file sink that leaves 64 KiB runs of zeros as holes: a base image cached sparse lets
-    QEMU see them as unallocated, so snapshots of servers booted from it skip them too."""
-
-    def __init__(self, fh) -> None:
-        self.fh = fh
-
-    def write(self, block: bytes) -> int:
-        step = len(_ZEROS)
-        for pos in range(0, len(block), step):
-            piece = block[pos:pos + step]
-            if piece == _ZEROS[:len(piece)]:
-                self.fh.seek(len(piece), 1)
-            else:
-                self.fh.write(piece)
-        return len(block)
-
-    def close(self) -> None:
-        self.fh.truncate(self.fh.tell())
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)

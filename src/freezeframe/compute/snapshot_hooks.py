@@ -8,6 +8,7 @@ workflow's fenced transaction (a conductor that lost the workflow commits neithe
 
 The server is looked up for the workflow's user (``actor``): their project, and the compute
 policy of the action they asked for (createImage / createBackup), as for their own API call.
+The hypervisor a workflow drives is the one ``driver_for`` gives for the server's host.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from freezeframe.common import errors
 from freezeframe.common.context import Actor, RequestContext
 from freezeframe.common.policy import Policy
 from freezeframe.common.timeutil import utcnow
+from freezeframe.compute.drivers.base import VirtDriver
+from freezeframe.compute.hostside import Hosts
 from freezeframe.compute.model import Instance, InstanceAction, InstanceActionEvent
 from freezeframe.compute.states import TaskState, set_task_state
 
@@ -40,8 +43,17 @@ class SnapshotTarget:
 
 
 class SnapshotHooks:
-    def __init__(self, policy: Policy | None = None) -> None:
+    def __init__(self, hosts: Hosts | VirtDriver, policy: Policy | None = None) -> None:
+        # each server's host (hostside.Hosts); a bare driver: every server is on it (tests)
+        self.hosts = hosts
         self.policy = policy
+
+    def driver_for(self, host: str | None) -> VirtDriver:
+        """The virt driver of ``host``: this process's, or that host's over its host API (a
+        Conflict when the host is down: the step fails and is retried or reverted)."""
+        if isinstance(self.hosts, VirtDriver):
+            return self.hosts
+        return self.hosts.get(host).driver
 
     def target(self, session: Session, actor: Actor, server_id: str, kind: str, *,
                authorize: bool = True) -> SnapshotTarget:

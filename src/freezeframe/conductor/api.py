@@ -16,10 +16,10 @@ from freezeframe.common.context import RequestContext
 from freezeframe.common.policy import Policy
 from freezeframe.common.strict import is_uuid, parse_uint
 from freezeframe.common.timeutil import isotime, utcnow
+from freezeframe.common.web.request import ctx_of
 from freezeframe.conductor.model import Workflow, WorkflowEvent
 from freezeframe.conductor.states import TERMINAL, WorkflowState, parse
 from freezeframe.db.session import Database
-from freezeframe.http.request import ctx_of
 
 
 def workflow_view(wf: Workflow, owner_alive: bool, stall_timeout: float) -> dict[str, Any]:

@@ -12,7 +12,9 @@ runs twice. The database is the truth: each scan posts again whatever unfinished
 fresh lease holds and the board lost (a Redis restart).
 
 Running a workflow: ``load_from_factory`` (the kind's factory, by its importable name) the first
-time or ``load_from_detail`` after a crash or a take-over: taskflow skips the tasks that
+time or ``load_from_detail`` after a crash or a take-over — the factory name persisted with the
+flow resolved through the registry first, so a flow persisted under a factory's old name (its
+module moved) resumes with the current one: taskflow skips the tasks that
 completed and re-runs the one that was running, which is why every task is idempotent. A flow
 that fails is reverted by taskflow (each task's ``revert``), and the workflow ends REVERTED (or
 CANCELLED when a user asked for it) — only once the revert has really cleaned up: a revert that
@@ -41,7 +43,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import taskflow.engines
 from sqlalchemy import update
@@ -98,7 +100,8 @@ def without_incomplete_revert(reason: str | None) -> str | None:
 
 class Conductor:
     def __init__(self, db: Database, liveness: Liveness, *, database_url: str, registry: Registry,
-                 leases: Leases, board: Board | None = None, hosts: frozenset[str] | None = None,
+                 leases: Leases, board: Board | None = None,
+                 hosts: frozenset[str] | None | Callable[[], frozenset[str] | None] = None,
                  max_workers: int = 5, scan_interval: float = 5.0, workflows: Workflows | None = None) -> None:
         self.db = db
         self.liveness = liveness
@@ -108,7 +111,9 @@ class Conductor:
         self.registry = registry
         self.leases = leases
         self.board = board or DatabaseBoard(db, registry, leases.ttl)
-        self.hosts = hosts
+        # The hosts whose host-bound work this conductor claims (None: any): fixed, or asked
+        # afresh at every claim (the hosts it can reach now: never work for one it cannot).
+        self._hosts = hosts
         self.workflows = workflows or Workflows(db, registry, self.board, liveness.is_alive, leases.ttl)
         self.backend = tf_backends.fetch({"connection": normalize_url(database_url)})
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="ff-flow")
@@ -152,7 +157,8 @@ class Conductor:
         self._board_keeper.start()
         self._scanner.start()
         LOG.info("conductor %s started (jobboard %s, lease %gs, hosts %s)", self.id,
-                 type(self.board).__name__, self.leases.ttl, "any" if self.hosts is None else sorted(self.hosts))
+                 type(self.board).__name__, self.leases.ttl,
+                 "those it reaches" if callable(self._hosts) else "any" if self._hosts is None else sorted(self._hosts))
 
     @property
     def stopping(self) -> bool:
@@ -239,6 +245,10 @@ class Conductor:
         return released
 
     # -- taking work -------------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> frozenset[str] | None:
+        return self._hosts() if callable(self._hosts) else self._hosts
 
     def claim_work(self) -> list[str]:
         """Take what the board offers (within this conductor's hosts and kinds) and run it.
@@ -363,6 +373,7 @@ class Conductor:
         with contextlib.closing(self.backend.get_connection()) as conn:
             book = conn.get_logbook(wf.logbook_id)
         flow_detail = book.find(wf.flow_detail_id)
+        current_factory(self.registry, flow_detail)
         LOG.info("workflow %s: resuming flow %s from state %s", wf.id, wf.flow_detail_id, wf.state)
         return taskflow.engines.load_from_detail(flow_detail, backend=self.backend, engine="serial")
 
@@ -548,6 +559,24 @@ class Conductor:
                     self.board.keep(claim.job, self.id, self.leases.ttl)
                 except Exception as exc:
                     LOG.debug("workflow %s: could not extend the board's claim: %s", claim.workflow_id, exc)
+
+
+def current_factory(registry: Registry, flow_detail: Any) -> str | None:
+    """Point a persisted flow at the current name of its factory (``Registry.factory``) before
+    taskflow imports it to rebuild the flow: a name the registry knows as an alias (the module
+    moved) is replaced in ``flow_detail.meta`` (taskflow saves it with the flow's next state);
+    a name no kind declares is ``UnknownFactory``. Returns the name the flow resumes with (None
+    when nothing was persisted: taskflow refuses that flow itself)."""
+    meta = flow_detail.meta if isinstance(flow_detail.meta, dict) else {}
+    factory = meta.get("factory")
+    if not isinstance(factory, dict) or not factory.get("name"):
+        return None
+    persisted = factory["name"]
+    current = registry.factory(persisted)
+    if current != persisted:
+        LOG.info("flow %s: its factory %s is now %s", flow_detail.uuid, persisted, current)
+        flow_detail.meta = {**meta, "factory": {**factory, "name": current}}
+    return current
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,15 +4,17 @@ The conductor is service-neutral: it knows no flow and no other service's table.
 registers
 
 - its **workflow kinds** (``WorkflowKind``): the importable name of the flow factory (taskflow
-  persists that name with each flow and imports it again to resume after a crash, so a name
-  once used must stay importable), the kind's state table, the type of resource it works on
-  and whether the work is bound to the host its resource lives on (then only a conductor that
-  serves that host claims it);
+  persists that name with each flow; the conductor resumes a flow after a crash through the
+  registry, so a factory that moves keeps its old names as ``aliases`` and the flows persisted
+  under them resume with the current one), the kind's state table, the type of resource it
+  works on and whether the work is bound to the host its resource lives on (then only a
+  conductor that serves that host claims it);
 - its **reconcile hooks**: what the service's work may leave on a host (a point in time held
   by a hypervisor, a server left in a transitional state) is released or repaired by the
   service's own hook, which every conductor's scan calls. The conductor sweeps nothing itself.
 
-Unknown kinds are refused when work is submitted (``UnknownKind``), never at run time.
+Unknown kinds are refused when work is submitted (``UnknownKind``), never at run time; a flow
+persisted under a factory name no kind declares is not resumed (``UnknownFactory``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ LOG = logging.getLogger(__name__)
 
 class UnknownKind(errors.Invalid):
     """No workflow kind of that name is registered."""
+
+
+class UnknownFactory(LookupError):
+    """A persisted flow names a factory that no registered kind declares (nor has as an alias)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class WorkflowKind:
     states: StateTable
     resource_type: str | None = None      # the one type of resource it works on (None: any)
     host_bound: bool = False              # claimed only by a conductor that serves its host
+    # Names the factory had before (a module moved): flows persisted under them resume with it.
+    aliases: tuple[str, ...] = ()
 
     def make_flow(self, **kwargs: Any) -> Any:
         return resolve(self.factory)(**kwargs)
@@ -98,6 +106,18 @@ class Registry:
         if any(h.service == service and h.name == name for h in self.hooks):
             raise ValueError(f"reconcile hook {service}.{name} is already registered")
         self.hooks.append(Hook(service, name, run))
+
+    def factory(self, persisted: str) -> str:
+        """The current name of the factory a flow was persisted under: a kind's own, or the one
+        that has it as an alias (``UnknownFactory`` if none)."""
+        for kind in self.kinds.values():
+            if persisted == kind.factory:
+                return kind.factory
+        for kind in self.kinds.values():
+            if persisted in kind.aliases:
+                return kind.factory
+        known = ", ".join(sorted({k.factory for k in self.kinds.values()})) or "none"
+        raise UnknownFactory(f"no registered workflow kind has the flow factory {persisted!r} (registered: {known})")
 
     def kind(self, name: str) -> WorkflowKind:
         try:

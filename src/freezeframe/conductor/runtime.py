@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from freezeframe.common.context import Actor
-from freezeframe.compute.drivers.base import VirtDriver
 from freezeframe.conductor.interrupts import Interrupted  # noqa: F401 (the flows raise it from here)
 from freezeframe.conductor.lease import Leases
 from freezeframe.db.session import Database
-from freezeframe.images.client import GlanceClient
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -32,8 +30,9 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Runtime:
     db: Database
-    driver: VirtDriver
-    image_client: Callable[[Actor], GlanceClient]   # a client acting for a user (with the service credential)
+    # The image API acting for a user (with the service credential): a typed client
+    # (``images.client.GlanceClient``), used as a context manager.
+    image_client: Callable[[Actor], Any]
     workdir: Path                              # where local snapshots live while they upload
     upload_rate: int = 0                       # bytes/s per upload, 0 = unlimited
     upload_chunk: int = 16 << 20               # bytes per part of a resumable upload
@@ -45,7 +44,8 @@ class Runtime:
     # This conductor's leases (conductor/lease.py): every write a step makes is fenced by them.
     leases: Leases | None = field(default=None, compare=False)
     # The services' functions the workflows call in process, by service ("compute": ...): a
-    # workflow writes no other service's tables, it asks that service.
+    # workflow writes no other service's tables, it asks that service (and the hypervisor it
+    # drives is the one compute gives it).
     local: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def fenced(self, workflow_id: str, fn: Callable[[Session], T]) -> T:

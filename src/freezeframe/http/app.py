@@ -11,10 +11,10 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from freezeframe.assembly import build_authenticator, build_catalog, build_compute, build_identity, build_services
+from freezeframe.common.web.errors import HANDLERS
 from freezeframe.compute.api import ComputeAPI
 from freezeframe.conductor.api import WorkflowAPI
 from freezeframe.db.engine import redact
-from freezeframe.http.errors import HANDLERS
 from freezeframe.http.health import PATH as HEALTH_PATH
 from freezeframe.http.health import Health
 from freezeframe.http.limits import Limiter, LimitMiddleware
@@ -29,8 +29,7 @@ def build_app(settings: Settings) -> Starlette:
     services = build_services(settings)
     identity = build_identity(settings, services.db)
     authenticator = build_authenticator(settings, identity, serving=True)
-    if settings.compute.enabled:
-        build_compute(settings, services, authenticator, with_conductor=settings.conductor.enabled)
+    build_compute(settings, services, authenticator, with_conductor=settings.conductor.enabled)
     LOG.info("database %s, store %s", redact(settings.database_url), settings.store_path)
 
     limiter = Limiter(settings.server.max_in_flight)

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from freezeframe.common import pools
-from freezeframe.http.errors import error_response
+from freezeframe.common.web.errors import error_response
 
 EXEMPT = ("/healthcheck",)
 

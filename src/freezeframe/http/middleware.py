@@ -15,9 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freezeframe.common import errors
 from freezeframe.common.context import new_request_id, request_id_var
+from freezeframe.common.web.body import edge_problem, log_client_gone
+from freezeframe.common.web.errors import error_headers, error_response, status_of
 from freezeframe.http.auth import Authenticator
-from freezeframe.http.body import edge_problem, log_client_gone
-from freezeframe.http.errors import error_headers, error_response, status_of
 
 LOG = logging.getLogger("freezeframe.access")
 _REQ_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

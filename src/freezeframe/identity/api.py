@@ -19,7 +19,7 @@ from starlette.routing import Route, Router
 
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
-from freezeframe.http.request import ctx_of, json_body
+from freezeframe.common.web.request import ctx_of, json_body
 from freezeframe.identity.catalog import Catalog
 from freezeframe.identity.config import DOMAIN, IdentityFile, Project
 from freezeframe.identity.tokens import Token, TokenService

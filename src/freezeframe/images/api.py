@@ -13,8 +13,8 @@ from starlette.routing import Route, Router
 from freezeframe.common import errors
 from freezeframe.common.pools import BoundedPool
 from freezeframe.common.strict import INT64_MAX, MAX_DIGITS
-from freezeframe.http.errors import error_response
-from freezeframe.http.request import content_length, ctx_of, header_uint, json_body
+from freezeframe.common.web.errors import error_response
+from freezeframe.common.web.request import content_length, ctx_of, header_uint, json_body
 from freezeframe.images import patch, schema
 from freezeframe.images.data import IMPORT_METHODS, ImageData, Resume
 from freezeframe.images.members import MemberService

@@ -4,12 +4,12 @@ board claim is worth nothing without the lease."""
 
 import pytest
 
+from freezeframe.compute.workflows import snapshot
 from freezeframe.conductor.engine import Conductor
 from freezeframe.conductor.jobboard import DatabaseBoard, RedisBoard
 from freezeframe.conductor.lease import Leases
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import Registry
-from freezeframe.conductor.workflows import snapshot
 from tests.redisd import private_redis
 
 TTL = 3.0

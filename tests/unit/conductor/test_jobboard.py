@@ -7,10 +7,10 @@ import time
 import pytest
 from sqlalchemy import update
 
+from freezeframe.compute.workflows import snapshot
 from freezeframe.conductor.jobboard import DatabaseBoard, RedisBoard, fetch, redis_conf, serves
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import Registry, StateTable, WorkflowKind
-from freezeframe.conductor.workflows import snapshot
 from tests.redisd import private_redis
 
 TTL = 3.0
@@ -21,7 +21,7 @@ def registry():
     registry = Registry()
     for kind in snapshot.KINDS:
         registry.add_kind(kind)
-    registry.add_kind(WorkflowKind("report", "freezeframe.conductor.workflows.snapshot.make_flow",
+    registry.add_kind(WorkflowKind("report", "freezeframe.compute.workflows.snapshot.make_flow",
                                    StateTable("report", "PENDING", frozenset({"DONE"}))))   # not host-bound
     return registry
 

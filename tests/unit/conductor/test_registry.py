@@ -4,14 +4,14 @@ conductor calls each service's reconcile hooks and knows nothing of their tables
 import pytest
 
 from freezeframe.common import errors
+from freezeframe.compute.workflows import snapshot
 from freezeframe.conductor.registry import Registry, Scan, StateTable, UnknownKind, WorkflowKind, resolve
-from freezeframe.conductor.workflows import snapshot
 
 DEMO_STATES = StateTable("demo", initial="NEW", terminal=frozenset({"DONE", "GONE"}))
 
 
 def demo_kind(**kw) -> WorkflowKind:
-    return WorkflowKind(**{"name": "demo", "factory": "freezeframe.conductor.workflows.snapshot.make_flow",
+    return WorkflowKind(**{"name": "demo", "factory": "freezeframe.compute.workflows.snapshot.make_flow",
                            "states": DEMO_STATES, "resource_type": "thing", **kw})
 
 
@@ -45,11 +45,17 @@ def test_terminal_states_and_host_bound_kinds_of_every_kind():
 
 
 def test_flows_persisted_under_the_old_factory_name_still_resolve():
-    """taskflow imports the factory name it persisted with the flow: the name snapshots were
-    persisted under before the registry existed must stay importable, and is the kinds' name."""
+    """taskflow persists the factory name with the flow: the snapshot kinds declare the name
+    they were persisted under before their module moved (conductor -> compute) as an alias,
+    and the registry resolves it to today's importable name (tests/unit/conductor/
+    test_factory_aliases.py resumes such a flow)."""
     old = "freezeframe.conductor.workflows.snapshot.make_flow"
-    assert resolve(old) is snapshot.make_flow
-    assert {k.factory for k in snapshot.KINDS} == {old}
+    assert {k.factory for k in snapshot.KINDS} == {"freezeframe.compute.workflows.snapshot.make_flow"}
+    assert all(old in k.aliases for k in snapshot.KINDS)
+    registry = Registry()
+    for kind in snapshot.KINDS:
+        registry.add_kind(kind)
+    assert resolve(registry.factory(old)) is snapshot.make_flow
     flow = snapshot.KINDS[0].make_flow(workflow_id="w", kind="snapshot")
     assert [atom.name for atom in flow] == ["guard_image", "take_local_snapshot", "upload_snapshot", "finish"]
     with pytest.raises(ValueError):

@@ -8,10 +8,10 @@ import pytest
 from freezeframe.common import errors
 from freezeframe.common.context import Actor
 from freezeframe.compute.model import Instance, InstanceAction
+from freezeframe.compute.workflows import snapshot
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import Registry, UnknownKind
 from freezeframe.conductor.service import Workflows
-from freezeframe.conductor.workflows import snapshot
 
 ACTOR = Actor("bob", "project-a", frozenset({"member", "reader"}))
 

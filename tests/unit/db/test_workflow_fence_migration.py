@@ -1,15 +1,15 @@
 """Migration 0005: a deployment upgraded with workflows in flight (rows without host, fence or
-lease; flows persisted under today's factory name) resumes them (SQLite and PostgreSQL)."""
+lease; flows persisted under the factory name of then) resumes them (SQLite and PostgreSQL)."""
 
 import datetime as dt
 
 import pytest
 from sqlalchemy import text
 
+from freezeframe.compute.workflows import snapshot
 from freezeframe.conductor.lease import Leases
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import Registry
-from freezeframe.conductor.workflows import snapshot
 from freezeframe.db.engine import make_engine, make_sessionmaker
 from freezeframe.db.migrate import downgrade, upgrade
 from freezeframe.db.session import Database
@@ -58,7 +58,7 @@ def test_rows_from_before_the_upgrade_are_backfilled_and_resume(engine):
     registry = Registry()
     for kind in snapshot.KINDS:          # flows persisted under the factory name used before
         registry.add_kind(kind)
-    assert registry.kind(wf.kind).factory == "freezeframe.conductor.workflows.snapshot.make_flow"
+    assert registry.factory("freezeframe.conductor.workflows.snapshot.make_flow") == registry.kind(wf.kind).factory
     # Its conductor, restarted on the new release, takes it back at once; another waits a TTL.
     assert Leases(db, "other", 60, registry.terminal_states).acquire("in-flight") == (None, "held")
     claim, why = Leases(db, "old-conductor", 60, registry.terminal_states).acquire("in-flight")

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
+from freezeframe.common import errors
 from freezeframe.compute.nbd import Extent
+from freezeframe.compute.nbdexport import Source
 
 
 class PowerState(enum.StrEnum):
@@ -86,15 +88,18 @@ class SnapshotReader(Protocol):
     def close(self) -> None: ...
 
 
-class QuiesceFailed(Exception):
+# The drivers' errors are domain errors (``common/errors.py``), mapped as Nova answers its own:
+# no such domain is InstanceNotFound (404), a guest that cannot be frozen InstanceQuiesceFailed
+# (409); any other is a host fault (500, its text logged, not shown to the caller).
+class QuiesceFailed(errors.Conflict):
     """The guest agent could not freeze the guest's filesystems (it was thawed again)."""
 
 
-class DriverError(Exception):
+class DriverError(errors.HostFault):
     """The hypervisor refused or failed an operation."""
 
 
-class DomainNotFound(DriverError):
+class DomainNotFound(errors.NotFound, DriverError):
     """No such domain on this host."""
 
 
@@ -154,3 +159,9 @@ class VirtDriver(abc.ABC):
         """Release the point in time (end the backup job / export), make sure the guest is
         thawed, remove ``workdir``. Idempotent, and works in a new process after a crash (it
         needs only what the workflow persisted)."""
+
+    @abc.abstractmethod
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path) -> Source:
+        """Where the point in time ``begin_snapshot`` made is served on this host (a local NBD
+        export, or a file), so the host API can export it to a conductor on another host
+        (``compute/nbdexport.py``). DriverError when it no longer exists."""

@@ -29,6 +29,7 @@ from freezeframe.compute.drivers.base import (
     QuiesceFailed, SnapshotHandle, VirtDriver,
 )
 from freezeframe.compute.nbd import Extent
+from freezeframe.compute.nbdexport import FileSource
 
 CHUNK = 1 << 20
 RECORD = "fake-snapshot.json"
@@ -307,6 +308,13 @@ class FakeDriver(VirtDriver):
         if name not in self.host.domains:
             raise DriverError(f"snapshot {snapshot_id} is gone: domain {name} was destroyed")
         return FileReader(workdir / f"{handle.disk}.raw", read_delay=self.read_delay)
+
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path) -> FileSource:
+        workdir = Path(workdir).absolute()
+        handle = self._record(workdir)
+        if handle is None or handle.snapshot_id != snapshot_id or name not in self.host.domains:
+            raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
+        return FileSource(str(workdir / f"{handle.disk}.raw"), "raw")
 
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         self._maybe_fail("end_snapshot")

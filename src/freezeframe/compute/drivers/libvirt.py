@@ -38,6 +38,7 @@ from freezeframe.compute.drivers.base import (
     DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
     QuiesceFailed, SnapshotHandle, VirtDriver,
 )
+from freezeframe.compute.nbdexport import NbdSource
 from freezeframe.compute.nbd import NbdClient, NbdError
 
 LOG = logging.getLogger(__name__)
@@ -515,6 +516,12 @@ class LibvirtDriver(VirtDriver):
             return NbdClient(rec.socket, rec.export)
         except NbdError as exc:
             raise DriverError(f"reading snapshot {snapshot_id}: {exc}") from exc
+
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path) -> NbdSource:
+        rec = _Record.load(Path(workdir).absolute())
+        if rec is None or rec.snapshot_id != snapshot_id or rec.phase != "running":
+            raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
+        return NbdSource(rec.socket, rec.export)
 
     # -- the backup job -----------------------------------------------------------------------
     def _our_backup_job(self, dom: libvirt.virDomain, workdir: Path) -> dict | None:

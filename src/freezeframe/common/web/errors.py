@@ -10,7 +10,6 @@ from starlette.responses import JSONResponse
 
 from freezeframe.common import errors
 from freezeframe.common.context import request_id_var
-from freezeframe.compute.drivers.base import DomainNotFound, DriverError, QuiesceFailed
 
 LOG = logging.getLogger(__name__)
 
@@ -28,13 +27,13 @@ STATUS: dict[type[errors.FreezeframeError], int] = {
     errors.RangeNotSatisfiable: 416,
     errors.BackendUnavailable: 503,
     errors.Busy: 503,
+    # A fault of this host (the hypervisor's, most often in workflows, which record it; here the
+    # ones that reach a request): a 500, as a NovaException without a code is — not a load to
+    # retry later (503 means that here) — and its text (libvirt's, with host paths) goes to the
+    # log, not to the caller. The virt drivers' errors are host faults, but for no such domain
+    # (a NotFound: 404) and a guest that cannot be frozen (a Conflict: 409), as Nova answers.
+    errors.HostFault: 500,
 }
-# A hypervisor's error that reaches a request (most happen in workflows, which record them), as
-# Nova answers its own: no such domain is InstanceNotFound (404), a guest that cannot be frozen
-# InstanceQuiesceFailed (409). Any other is a 500, as a NovaException without a code is: a
-# refusal of the hypervisor is a fault of this host, not a load to retry later (503 means that
-# here), and its text (libvirt's, with host paths) goes to the log, not to the caller.
-DRIVER_STATUS: dict[type[Exception], int] = {DomainNotFound: 404, QuiesceFailed: 409, DriverError: 500}
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
           405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 410: "Gone", 411: "Length Required",
           413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
@@ -71,18 +70,13 @@ async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if isinstance(exc, errors.Busy):
         LOG.warning("busy: %s", exc.message)   # load shedding, not a fault
-    elif status >= 500:
-        LOG.error("%s: %s", type(exc).__name__, exc.message)
-    return error_response(status, exc.message, error_headers(exc, status))
-
-
-async def driver_error(_request: Request, exc: Exception) -> JSONResponse:
-    status = next(DRIVER_STATUS[cls] for cls in type(exc).__mro__ if cls in DRIVER_STATUS)
-    if status >= 500:
+    elif status >= 500 and isinstance(exc, errors.HostFault):
         LOG.error("hypervisor error: %s: %s", type(exc).__name__, exc)
         return error_response(status, "The hypervisor failed the operation; the request id identifies the error "
                                       "in the server log")
-    return error_response(status, str(exc) or (type(exc).__doc__ or "").strip())
+    elif status >= 500:
+        LOG.error("%s: %s", type(exc).__name__, exc.message)
+    return error_response(status, exc.message, error_headers(exc, status))
 
 
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -93,6 +87,4 @@ async def http_error(_request: Request, exc: Exception) -> JSONResponse:
 HANDLERS = {
     errors.FreezeframeError: domain_error,
     HTTPException: http_error,
-    DriverError: driver_error,
-    QuiesceFailed: driver_error,
 }

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freezeframe.common import errors
 from freezeframe.common.strict import is_uint_text, shown
-from freezeframe.http.errors import HANDLERS, domain_error
+from freezeframe.common.web.errors import HANDLERS, domain_error
 
 STANDARD_HEADER = "OpenStack-API-Version"
 IRONIC_RANGE_HEADERS = ("X-OpenStack-Ironic-API-Minimum-Version", "X-OpenStack-Ironic-API-Maximum-Version")
@@ -140,7 +140,7 @@ class Microversions:
     def wrap(self, app: ASGIApp, handlers: dict[Any, Any] | None = None) -> ASGIApp:
         """``app`` (a service's routes) negotiating once per request: the version is stored for
         :meth:`parse`, and every answer — errors included, a refused version too — carries
-        :meth:`headers`. ``handlers``: the error map (``freezeframe.http.errors.HANDLERS``), applied
+        :meth:`headers`. ``handlers``: the error map (``freezeframe.common.web.errors.HANDLERS``), applied
         inside so the errors pass through here."""
         return _Negotiated(ExceptionMiddleware(app, handlers=HANDLERS if handlers is None else handlers), self)
 

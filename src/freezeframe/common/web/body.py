@@ -1,7 +1,7 @@
 """What a request carries, parsed strictly in one place: JSON documents (size, depth, numbers,
 text), and the edge checks of the URL and headers made before any routing.
 
-Every API reads its JSON bodies with ``freezeframe.http.request.json_body``, built on
+Every API reads its JSON bodies with ``freezeframe.common.web.request.json_body``, built on
 :func:`parse_json`, so a body that passes here has bounded size and depth, 64-bit integers,
 finite numbers and text without lone surrogates or NUL, keys included: nothing in it can crash a
 parser, a database driver or the response encoder further in.

@@ -1,6 +1,6 @@
 """What an API handler reads from a request, in one place for every API: who calls (the
 context the edge authenticated), the JSON body, Content-Length and numeric headers — all parsed
-strictly (``freezeframe.http.body``, ``freezeframe.common.strict``)."""
+strictly (``freezeframe.common.web.body``, ``freezeframe.common.strict``)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from starlette.requests import Request
 from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
 from freezeframe.common.strict import INT64_MAX, parse_uint
-from freezeframe.http.body import MAX_JSON_BODY, parse_json
+from freezeframe.common.web.body import MAX_JSON_BODY, parse_json
 
 
 def ctx_of(request: Request) -> RequestContext:
-    """The caller, as the edge (``freezeframe.http.middleware``) authenticated it."""
+    """The caller, as the edge (``http/middleware.py``) authenticated it."""
     try:
         return request.scope["state"]["ctx"]
     except KeyError:    # a public path has no caller: a route there must not ask for one

@@ -7,9 +7,9 @@ from starlette.routing import Route
 
 from freezeframe.common.context import RequestContext
 from freezeframe.compute.drivers.base import DomainNotFound, DriverError, QuiesceFailed
-from freezeframe.http.errors import HANDLERS
-from freezeframe.http.request import content_length, ctx_of, header_uint, json_body
-from tests.unit.http.asgi import request
+from freezeframe.common.web.errors import HANDLERS
+from freezeframe.common.web.request import content_length, ctx_of, header_uint, json_body
+from tests.unit.common.web.asgi import request
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 

@@ -10,9 +10,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, Router
 
 from freezeframe.common import errors
-from freezeframe.http.errors import HANDLERS
-from freezeframe.http.microversion import IRONIC_RANGE_HEADERS, APIVersion, Microversions
-from tests.unit.http.asgi import request
+from freezeframe.common.web.errors import HANDLERS
+from freezeframe.common.web.microversion import IRONIC_RANGE_HEADERS, APIVersion, Microversions
+from tests.unit.common.web.asgi import request
 
 NOVA = Microversions("compute", "X-OpenStack-Nova-API-Version", min="2.1", max="2.96")
 CINDER = Microversions("volume", None, min="3.0", max="3.71")

@@ -3,7 +3,8 @@
     TakeLocalSnapshot -> UploadSnapshot -> Finish      (one linear flow, persisted)
 
 TakeLocalSnapshot establishes the point in time (the driver's backup job / export) and fixes the
-qcow2 layout from its data ranges (``stream.json`` in the workdir); UploadSnapshot reads those
+qcow2 layout from its data ranges (kept with the workflow's record, so that a conductor on
+any host can go on with it); UploadSnapshot reads those
 ranges and streams the qcow2 straight into the image service — the disk is never copied
 locally. Every task is idempotent (a resumed flow re-runs the task that was running when its
 conductor died) and has a real revert, so a flow that cannot finish leaves: the guest thawed,
@@ -15,14 +16,14 @@ read and sent again.
 The workflow writes only its own records: what it changes on the server (task_state, instance
 action events) it asks of the compute service (``compute/snapshot_hooks.py``, in process, for the
 workflow's user), inside its own fenced transaction (``runtime.fenced``): a conductor that lost
-the workflow to another commits nothing.
+the workflow to another commits nothing. The hypervisor it drives is the one compute gives it for
+the server's host (``SnapshotHooks.driver_for``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from typing import Any, Iterator
@@ -32,7 +33,7 @@ from taskflow.patterns import linear_flow
 
 from freezeframe.common.context import Actor
 from freezeframe.common.timeutil import isotime, utcnow
-from freezeframe.compute.drivers.base import DriverError
+from freezeframe.compute.drivers.base import DriverError, VirtDriver
 from freezeframe.compute.qcow2stream import Layout, stream
 from freezeframe.compute.snapshot_hooks import SnapshotHooks, SnapshotTarget
 from freezeframe.conductor import runtime
@@ -42,17 +43,25 @@ from freezeframe.conductor.states import TERMINAL, WORKFLOW, WorkflowState as W,
 from freezeframe.images.client import GlanceError
 
 LOG = logging.getLogger(__name__)
-LAYOUT = "stream.json"      # in the workdir: the qcow2 layout, fixed when the point in time is taken
+LAYOUT = "layout"           # in the workflow's params: the qcow2 layout, fixed when the point in time is taken
 # The importable name taskflow persists with each flow: flows persisted under it must resume.
-FACTORY = "freezeframe.conductor.workflows.snapshot.make_flow"
+FACTORY = "freezeframe.compute.workflows.snapshot.make_flow"
+# Where this module lived before (conductor/workflows/snapshot.py): the flows persisted then still
+# carry that name, and resume under FACTORY (the registry resolves it: ``WorkflowKind.aliases``).
+OLD_FACTORY = "freezeframe.conductor.workflows.snapshot.make_flow"
 SEED_000 = StateTable("seed 000 snapshot workflow", initial=W.PENDING, terminal=frozenset(TERMINAL), machine=WORKFLOW)
 # The kinds this module runs (registered by the compute service, whose work they are).
-KINDS = tuple(WorkflowKind(name, FACTORY, SEED_000, resource_type="server", host_bound=True)
+KINDS = tuple(WorkflowKind(name, FACTORY, SEED_000, resource_type="server", host_bound=True,
+                           aliases=(OLD_FACTORY,))
               for name in ("snapshot", "backup"))
 
 
 class Cancelled(Exception):
     """The user cancelled the workflow (DELETE /v1/workflows/{id})."""
+
+
+# Cancelled as a failure persisted before this module moved names it (taskflow keeps the name).
+OLD_CANCELLED = "freezeframe.conductor.workflows.snapshot.Cancelled"
 
 
 def actor_of(wf: Workflow) -> Actor:
@@ -73,6 +82,11 @@ def images_for(wf: Workflow):
 def compute() -> SnapshotHooks:
     """The compute service's functions for snapshots (in process)."""
     return runtime.current().service("compute")
+
+
+def driver_of(inst: SnapshotTarget) -> VirtDriver:
+    """The hypervisor of the server's host, as the compute service gives it."""
+    return compute().driver_for(inst.host)
 
 
 def _load(session, workflow_id: str, *, authorize: bool = True) -> tuple[Workflow, SnapshotTarget]:
@@ -125,7 +139,7 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
     def fail(session) -> str:
         wf = session.get(Workflow, workflow_id)
         if parse(wf.state)[0] not in (W.FAILED, W.REVERTED, W.CANCELLED):
-            cancelled = any(f is not None and f.check(Cancelled) for f in failures.values())
+            cancelled = any(f is not None and f.check(Cancelled, OLD_CANCELLED) for f in failures.values())
             transition(session, workflow_id, wf.state, W.FAILED, detail=reason,
                        values={"failure_reason": "cancelled by the user" if cancelled else reason[:2000]})
         from freezeframe.conductor.engine import without_incomplete_revert
@@ -133,17 +147,23 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
     return runtime.current().fenced(workflow_id, fail)
 
 
-def _save_layout(workdir, layout: Layout) -> None:
-    tmp = workdir / (LAYOUT + ".tmp")
-    tmp.write_text(json.dumps(layout.to_json()))
-    os.replace(tmp, workdir / LAYOUT)
+def _save_layout(session, workflow_id: str, layout: Layout) -> None:
+    """Keep the layout with the workflow (in its fenced transaction): whichever conductor
+    resumes it, on whichever host, streams the very same qcow2."""
+    wf = session.get(Workflow, workflow_id)
+    wf.params = json.dumps({**json.loads(wf.params or "{}"), LAYOUT: layout.to_json()})
 
 
-def _load_layout(workdir) -> Layout:
+def _load_layout(workflow_id: str) -> Layout:
+    rt = runtime.current()
+    wf = rt.db.run_sync(lambda s: s.get(Workflow, workflow_id))
     try:
-        return Layout.from_json(json.loads((workdir / LAYOUT).read_text()))
-    except (OSError, ValueError, KeyError) as exc:
-        raise DriverError(f"the snapshot's layout is gone from {workdir}: {exc}") from exc
+        params = json.loads(wf.params or "{}")
+        if LAYOUT not in params:       # a flow in flight since before layouts were kept here
+            return Layout.from_json(json.loads((rt.workdir / workflow_id / "stream.json").read_text()))
+        return Layout.from_json(params[LAYOUT])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DriverError(f"workflow {workflow_id} has no layout of its point in time: {exc}") from exc
 
 
 class Parts:
@@ -217,14 +237,14 @@ class TakeLocalSnapshot(task.Task):
         if wf.state == W.LOCAL_SNAPSHOT_COMPLETE:
             # Resumed after the point in time was taken and its layout saved, but before this
             # task's result was: the same point in time goes on (DriverError if it is gone).
-            layout = _load_layout(workdir)
-            rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir).close()
+            layout = _load_layout(workflow_id)
+            driver_of(inst).open_snapshot(inst.domain_name, workflow_id, workdir).close()
             local = rt.db.run_sync(lambda s: compute().local_snapshot_details(s, workflow_id))
             return {"virtual_size": layout.virtual_size, "size": layout.size, "data_bytes": layout.data_bytes,
                     **local}
         if wf.state == W.LOCAL_SNAPSHOT_STARTED:
             # Resumed: whatever the dead conductor had started is cleaned and redone.
-            rt.driver.end_snapshot(inst.domain_name, workflow_id, workdir)
+            driver_of(inst).end_snapshot(inst.domain_name, workflow_id, workdir)
 
         def start(session) -> None:
             _move(session, workflow_id, W.LOCAL_SNAPSHOT_STARTED, progress=0)
@@ -232,22 +252,23 @@ class TakeLocalSnapshot(task.Task):
         rt.fenced(workflow_id, start)
         _publish(workflow_id)
         workdir.mkdir(parents=True, exist_ok=True)
-        handle = rt.driver.begin_snapshot(
+        driver = driver_of(inst)
+        handle = driver.begin_snapshot(
             inst.domain_name, inst.root_target, workflow_id, workdir,
             quiesce=params.get("quiesce", False), require_quiesce=params.get("require_quiesce", False))
-        reader = rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir)
+        reader = driver.open_snapshot(inst.domain_name, workflow_id, workdir)
         try:
             extents = reader.extents()
         finally:
             reader.close()
         layout = Layout.from_extents(reader.size, [(e.offset, e.length) for e in extents if not e.zero])
-        _save_layout(workdir, layout)
         _check_cancel(workflow_id)
         consistency = f"frozen {handle.frozen_seconds:.3f}s" if handle.quiesced else "crash-consistent"
 
         def done(session) -> None:
             _move(session, workflow_id, W.LOCAL_SNAPSHOT_COMPLETE, progress=0,
                   detail=f"{consistency}; {layout.data_bytes} bytes of data in a {layout.size}-byte qcow2")
+            _save_layout(session, workflow_id, layout)
             compute().point_in_time_taken(session, inst.id, workflow_id, quiesced=handle.quiesced,
                                           frozen_seconds=handle.frozen_seconds)
         rt.fenced(workflow_id, done)
@@ -260,7 +281,7 @@ class TakeLocalSnapshot(task.Task):
         rt = runtime.current()
         _record_failure(workflow_id, kwargs)
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id, authorize=False))
-        rt.driver.end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
+        driver_of(inst).end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
         shutil.rmtree(rt.workdir / workflow_id, ignore_errors=True)
 
 
@@ -283,7 +304,7 @@ class UploadSnapshot(task.Task):
             rt.fenced(workflow_id, begin)
             _publish(workflow_id)
             workdir = rt.workdir / workflow_id
-            layout = _load_layout(workdir)
+            layout = _load_layout(workflow_id)
             size = layout.size
             if image.status == "queued" and image.disk_format != "qcow2":
                 images.set_properties(image_id, {"disk_format": "qcow2"})
@@ -315,7 +336,7 @@ class UploadSnapshot(task.Task):
                     _publish(workflow_id)
                     _check_cancel(workflow_id)
 
-            reader = rt.driver.open_snapshot(inst.domain_name, workflow_id, workdir)
+            reader = driver_of(inst).open_snapshot(inst.domain_name, workflow_id, workdir)
             try:
                 data = Parts(stream(layout, reader, offset))
                 at = offset
@@ -346,7 +367,7 @@ class Finish(task.Task):
         rt = runtime.current()
         rt.check_stop()
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
-        rt.driver.end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
+        driver_of(inst).end_snapshot(inst.domain_name, workflow_id, rt.workdir / workflow_id)
         shutil.rmtree(rt.workdir / workflow_id, ignore_errors=True)
         params = json.loads(wf.params)
         if wf.kind == "backup":

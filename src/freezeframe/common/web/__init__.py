@@ -1,0 +1,1 @@
+"""HTTP pieces every service API shares: request parsing, strict bodies, microversions, the error map."""

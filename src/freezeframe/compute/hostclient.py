@@ -1,0 +1,143 @@
+"""Another host's compute process, reached over its host API (``compute/hostapi.py``).
+
+``RemoteDriver`` is the virt driver interface over that API, so the workflows and the compute
+API drive a server on another host exactly as one on theirs; ``RemoteHost`` adds the boot of a
+new server there. The point in time is read where it is, over NBD on TCP with the TLS
+credentials the host made for that export (never copied to the conductor's host).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import httpx
+
+from freezeframe.common import errors
+from freezeframe.common.context import Actor
+from freezeframe.common.httpclient import ServiceClient
+from freezeframe.common.remote import RemoteError, Unreachable
+from freezeframe.compute import hostwire, nbdexport
+from freezeframe.compute.drivers.base import (DomainInfo, DomainNotFound, DriverError, GuestSpec, QuiesceFailed,
+                                              SnapshotHandle, SnapshotReader, VirtDriver)
+from freezeframe.compute.hostside import Booted, BootRequest
+from freezeframe.compute.nbd import NbdError
+
+TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=60.0, pool=30.0)
+
+
+def open_export(info: dict) -> SnapshotReader:
+    """A reader of a point in time another host exports (NBD on TCP, TLS when it says so)."""
+    try:
+        return nbdexport.open_client(info)
+    except (NbdError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise DriverError(f"cannot read the point in time exported at {info.get('host')}:{info.get('port')}: "
+                          f"{exc}") from None
+
+
+class HostError(RemoteError):
+    pass
+
+
+class HostUnreachable(Unreachable):
+    pass
+
+
+class HostClient(ServiceClient):
+    service = "compute host"
+    error = HostError
+    unreachable = HostUnreachable
+
+    own: Mapping[str, str] = {}       # the service's own credential (calls made for no user)
+
+    def call(self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kw: Any) -> Any:
+        """One call (with ``headers``: a call made for a user, else the service's own), its failure as the driver's own errors (so a workflow or an API answer is
+        the same as with a local driver): 404 no such domain, 409 busy or quiesce, else DriverError."""
+        try:
+            response = self._call(method, hostwire.PREFIX + path, headers=headers or self.own, **kw)
+        except HostUnreachable as exc:
+            raise DriverError(f"compute host at {self.url} is unreachable: {exc.message}") from None
+        except HostError as exc:
+            if exc.status == 404:
+                raise DomainNotFound(exc.message) from None
+            if exc.status == 409 and "quiesce" in exc.message.lower():
+                raise QuiesceFailed(exc.message) from None
+            if exc.status == 409:
+                raise errors.Conflict(exc.message) from None
+            if exc.status == 400:
+                raise errors.Invalid(exc.message) from None
+            raise DriverError(f"compute host at {self.url}: {exc.message}") from None
+        return response.json() if response.content else None
+
+
+class RemoteDriver(VirtDriver):
+    name = "remote"
+
+    def __init__(self, client: HostClient, *, open_export: Callable[[dict], SnapshotReader]) -> None:
+        self.client = client
+        self.open_export = open_export       # export info -> a reader (nbd over TLS)
+
+    def spawn(self, spec: GuestSpec) -> DomainInfo:
+        raise DriverError("a remote host boots servers from a BootRequest (RemoteHost.boot), not a local spec")
+
+    def destroy(self, name: str) -> None:
+        raise DriverError("a remote host removes servers with RemoteHost.remove")
+
+    def power_on(self, name: str) -> None:
+        self.client.call("POST", f"/domains/{hostwire.domain_name(name)}/action", json={"op": "power_on"})
+
+    def power_off(self, name: str, timeout: float = 30.0) -> None:
+        self.client.call("POST", f"/domains/{hostwire.domain_name(name)}/action",
+                         json={"op": "power_off", "timeout": timeout})
+
+    def get_info(self, name: str) -> DomainInfo:
+        return hostwire.domain_from_json(self.client.call("GET", f"/domains/{hostwire.domain_name(name)}"))
+
+    def list_domains(self) -> list[DomainInfo]:
+        return [hostwire.domain_from_json(d) for d in self.client.call("GET", "/domains")["domains"]]
+
+    def agent_available(self, name: str, timeout: float = 2.0) -> bool:
+        doc = self.client.call("POST", f"/domains/{hostwire.domain_name(name)}/action",
+                               json={"op": "agent_available", "timeout": timeout})
+        return bool(doc["result"])
+
+    def begin_snapshot(self, name: str, disk: str, snapshot_id: str, workdir: Path, *,
+                       quiesce: bool, require_quiesce: bool, max_frozen: float = 1.0) -> SnapshotHandle:
+        doc = self.client.call("PUT", f"/snapshots/{hostwire.snapshot_id(snapshot_id)}",
+                               json={"domain": name, "disk": disk, "quiesce": quiesce,
+                                     "require_quiesce": require_quiesce, "max_frozen": max_frozen})
+        return hostwire.handle_from_json(doc, workdir)
+
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> SnapshotReader:
+        info = self.client.call("POST", f"/snapshots/{hostwire.snapshot_id(snapshot_id)}/export",
+                                json={"domain": name})
+        return self.open_export(info)
+
+    def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
+        self.client.call("DELETE", f"/snapshots/{hostwire.snapshot_id(snapshot_id)}",
+                         params={"domain": hostwire.domain_name(name)})
+
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path):
+        raise DriverError("a remote point in time is read through open_snapshot")
+
+
+class RemoteHost:
+    """Another host's side (``hostside.HostSide``) over its host API."""
+
+    def __init__(self, name: str, url: str, *, own: Mapping[str, str],
+                 acting: Callable[[Actor], Mapping[str, str]],
+                 open_export: Callable[[dict], SnapshotReader] = open_export, transport: httpx.BaseTransport | None = None) -> None:
+        self.name = name
+        self.acting = acting          # the headers of a call made for a user (service credential + user)
+        self.client = HostClient(url, timeout=TIMEOUT, transport=transport)
+        self.client.own = own
+        self.driver = RemoteDriver(self.client, open_export=open_export)
+
+    def boot(self, actor: Actor, req: BootRequest, image=None) -> Booted:
+        doc = self.client.call("POST", f"/servers/{req.server_id}/boot", json=req.to_json(),
+                               headers=self.acting(actor))
+        return Booted(hostwire.domain_from_json(doc["info"]), doc["root_disk"])
+
+    def remove(self, domain_name: str, server_id: str, *, adopted: bool) -> None:
+        self.client.call("DELETE", f"/servers/{hostwire.snapshot_id(server_id)}",
+                         params={"domain": hostwire.domain_name(domain_name), "adopted": "1" if adopted else "0"})

@@ -1,0 +1,53 @@
+"""The host API's words: driver values to JSON and back, and the checks on what names a domain
+or a point in time (nothing unvalidated reaches a path, a libvirt call or a command line)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from freezeframe.common import errors
+from freezeframe.common.strict import is_uuid
+from freezeframe.compute.drivers.base import DiskInfo, DomainInfo, PowerState, SnapshotHandle
+
+PREFIX = "/host/v1"
+_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+def domain_name(value: Any) -> str:
+    if not isinstance(value, str) or not _DOMAIN.match(value):
+        raise errors.Invalid(f"Invalid domain name {value!r}: letters, digits, '.', '_' and '-' only")
+    return value
+
+
+def snapshot_id(value: Any) -> str:
+    if not isinstance(value, str) or not is_uuid(value):
+        raise errors.Invalid(f"Invalid snapshot id {value!r}: a UUID is required")
+    return value.lower()
+
+
+def domain_to_json(info: DomainInfo) -> dict[str, Any]:
+    return {"name": info.name, "uuid": info.uuid, "state": info.state.value, "vcpus": info.vcpus,
+            "memory_mb": info.memory_mb,
+            "disks": [{"target": d.target, "path": str(d.path), "format": d.format,
+                       "virtual_size": d.virtual_size} for d in info.disks]}
+
+
+def domain_from_json(doc: dict[str, Any]) -> DomainInfo:
+    return DomainInfo(name=doc["name"], uuid=doc["uuid"], state=PowerState(doc["state"]), vcpus=doc["vcpus"],
+                      memory_mb=doc["memory_mb"],
+                      disks=tuple(DiskInfo(d["target"], Path(d["path"]), d["format"], d["virtual_size"])
+                                  for d in doc["disks"]))
+
+
+def handle_to_json(handle: SnapshotHandle) -> dict[str, Any]:
+    return {"snapshot_id": handle.snapshot_id, "domain": handle.domain, "disk": handle.disk,
+            "virtual_size": handle.virtual_size, "quiesced": handle.quiesced,
+            "frozen_seconds": handle.frozen_seconds}
+
+
+def handle_from_json(doc: dict[str, Any], workdir: Path) -> SnapshotHandle:
+    return SnapshotHandle(snapshot_id=doc["snapshot_id"], domain=doc["domain"], disk=doc["disk"],
+                          virtual_size=doc["virtual_size"], workdir=workdir, quiesced=doc["quiesced"],
+                          frozen_seconds=doc["frozen_seconds"])
