@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from freezeframe.common import logs
 from freezeframe.conductor.engine import exit_like_kill_9
@@ -48,6 +48,7 @@ def compute_app(settings: Settings) -> Starlette:
     from freezeframe.assembly import build_authenticator, build_driver, service_image_client
     from freezeframe.common.policy import Policy
     from freezeframe.common.web.errors import HANDLERS
+    from freezeframe.common.web.mount import PublicPaths
     from freezeframe.compute import nbdexport
     from freezeframe.compute.drivers.locked import LockedDriver
     from freezeframe.compute.hostapi import HostAPI
@@ -96,11 +97,11 @@ def compute_app(settings: Settings) -> Starlette:
         from starlette.responses import PlainTextResponse
         return PlainTextResponse("OK")
 
-    app = Starlette(routes=[Route("/healthcheck", alive, methods=["GET", "HEAD"]),
-                            Mount("/host/v1", app=api.router())],
+    host_api = api.mounted()
+    app = Starlette(routes=[Route("/healthcheck", alive, methods=["GET", "HEAD"]), *host_api.routes()],
                     exception_handlers=HANDLERS, lifespan=lifespan)
-    app.add_middleware(EdgeMiddleware, authenticator=authenticator,
-                       max_header_bytes=settings.server.max_header_bytes)
+    app.add_middleware(EdgeMiddleware, authenticator=authenticator, max_header_bytes=settings.server.max_header_bytes,
+                       public=PublicPaths([host_api]))
     return app
 
 
@@ -116,7 +117,7 @@ def run_compute(settings: Settings) -> None:
 def api_app() -> Starlette:
     """uvicorn's factory for `freezeframe api` (each worker process builds its own app)."""
     from freezeframe import settings as settings_mod
-    from freezeframe.http.app import build_app
+    from freezeframe.app import build_app
 
     doc = json.loads(os.environ[SETTINGS_ENV])
     settings = settings_mod.load(doc.get("config"), flags=doc.get("flags") or {})

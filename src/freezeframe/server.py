@@ -27,7 +27,7 @@ import uvicorn
 
 from freezeframe.common import logs
 from freezeframe.conductor.engine import Conductor, exit_like_kill_9
-from freezeframe.http.app import build_app
+from freezeframe.app import build_app
 from freezeframe.settings import Settings
 
 LOG = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from starlette.routing import Route, Router
 
 from freezeframe.common import errors
 from freezeframe.common.timeutil import isotime
+from freezeframe.common.web.mount import Mounted, Public
 from freezeframe.common.web.microversion import APIVersion, Microversions
 from freezeframe.common.web.request import ctx_of, json_body
 from freezeframe.compute.model import Instance, InstanceAction
@@ -59,6 +60,10 @@ class ComputeAPI:
         self.compute = compute
         self.db = db
 
+    def mounted(self) -> Mounted:
+        """The compute API (Nova v2.1) at /compute; its version documents need no token."""
+        return Mounted("compute", "/compute", self.router(), public=(Public(""), Public("/v2.1")))
+
     def router(self) -> Router:
         s = "/v2.1/servers/{server_id}"
         return Router(routes=[
@@ -77,7 +82,12 @@ class ComputeAPI:
             Route("/v2.1/flavors/detail", self.flavors, methods=["GET"]),
             Route("/v2.1/flavors/{flavor_id}", self.flavor, methods=["GET"]),
             Route("/v2.1/os-freezeframe-adopt", self.adopt, methods=["POST"]),
+            Route("/v2.1/os-services", self.services, methods=["GET"]),
         ])
+
+    async def services(self, request: Request) -> Response:
+        """Nova's compute services: one nova-compute per compute host, up or down by its heartbeat."""
+        return JSONResponse({"services": await self.compute.services(ctx_of(request))})
 
     @staticmethod
     def _base(request: Request) -> str:

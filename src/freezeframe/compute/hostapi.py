@@ -29,6 +29,7 @@ from starlette.routing import Route, Router
 from freezeframe.common import errors
 from freezeframe.common.policy import Policy
 from freezeframe.common.pools import BoundedPool
+from freezeframe.common.web.mount import Mounted
 from freezeframe.common.web.request import ctx_of, json_body
 from freezeframe.compute import hostwire
 from freezeframe.compute.hostside import BootRequest, LocalHost
@@ -45,6 +46,10 @@ class HostAPI:
         self.export = export            # (source, workdir, export name) -> how to read it
         self.unexport = unexport
         self.pool = BoundedPool("host", workers=8, queue=32)
+
+    def mounted(self) -> Mounted:
+        """The host API at /host/v1 (services only)."""
+        return Mounted("host", "/host/v1", self.router())
 
     def router(self) -> Router:
         return Router(routes=[

@@ -35,6 +35,10 @@ def open_export(info: dict) -> SnapshotReader:
                           f"{exc}") from None
 
 
+class HostUnavailable(DriverError):
+    """The host's compute process does not answer (it is restarting, or the network is down)."""
+
+
 class HostError(RemoteError):
     pass
 
@@ -56,7 +60,7 @@ class HostClient(ServiceClient):
         try:
             response = self._call(method, hostwire.PREFIX + path, headers=headers or self.own, **kw)
         except HostUnreachable as exc:
-            raise DriverError(f"compute host at {self.url} is unreachable: {exc.message}") from None
+            raise HostUnavailable(f"compute host at {self.url} is unreachable: {exc.message}") from None
         except HostError as exc:
             if exc.status == 404:
                 raise DomainNotFound(exc.message) from None

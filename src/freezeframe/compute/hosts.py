@@ -25,6 +25,10 @@ from freezeframe.db.session import Database
 LOG = logging.getLogger(__name__)
 
 
+class HostDown(errors.Conflict):
+    """The server's host is down, disabled or unknown: its host-bound work cannot go there now."""
+
+
 class ComputeHost(Base):
     __tablename__ = "compute_hosts"
 
@@ -91,12 +95,12 @@ class HostRegistry:
         """The host, or a Conflict (409) saying why host-bound work cannot go there now."""
         view = self.get(name)
         if view is None:
-            raise errors.Conflict(f"The server's host {name!r} is not a registered compute host; start "
+            raise HostDown(f"The server's host {name!r} is not a registered compute host; start "
                                   f"`freezeframe compute --host {name}` there")
         if view.disabled:
-            raise errors.Conflict(f"The server's host {name!r} is disabled")
+            raise HostDown(f"The server's host {name!r} is disabled")
         if not view.up:
-            raise errors.Conflict(f"The server's host {name!r} is down (last heartbeat "
+            raise HostDown(f"The server's host {name!r} is down (last heartbeat "
                                   f"{isotime(view.heartbeat_at)}); retry when it is back")
         return view
 

@@ -27,7 +27,7 @@ from freezeframe.common.context import Actor
 from freezeframe.common.paths import safe_join
 from freezeframe.common.strict import is_uuid
 from freezeframe.compute.drivers.base import DomainInfo, DriverError, GuestSpec, VirtDriver
-from freezeframe.compute.hosts import HostRegistry, HostView
+from freezeframe.compute.hosts import HostDown, HostRegistry, HostView
 
 LOG = logging.getLogger(__name__)
 _ZEROS = bytes(64 << 10)
@@ -183,7 +183,7 @@ class Hosts:
         if self.local is not None and (name is None or name == self.local.name):
             return self.local
         if self.registry is None or self.connect is None or name is None:
-            raise errors.Conflict(f"The server's host {name!r} is not this host, and this process reaches no "
+            raise HostDown(f"The server's host {name!r} is not this host, and this process reaches no "
                                   "other compute host")
         view = self.registry.require_up(name)
         with self._guard:
@@ -195,7 +195,7 @@ class Hosts:
     def reachable(self, name: str | None) -> bool:
         try:
             self.get(name)
-        except errors.Conflict:
+        except HostDown:
             return False
         return True
 

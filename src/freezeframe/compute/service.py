@@ -132,6 +132,20 @@ class ComputeService:
         # Spawns (image download, boot) run after the 202, on their own bounded pool.
         self.spawner = BoundedPool("compute-spawn", workers=2, queue=32, serves_requests=False)
 
+    async def services(self, ctx: RequestContext) -> list[dict[str, Any]]:
+        """The compute hosts as Nova lists its nova-compute services (os-services): this
+        process's own host, and every registered one with its heartbeat."""
+        self.policy.authorize(ctx, "os_compute_api:os-services:list")
+        views = await self.pool.run(self.hosts.registry.all) if self.hosts.registry is not None else []
+        found = [{"binary": "nova-compute", "host": v.name, "zone": "nova", "status": "disabled" if v.disabled else
+                  "enabled", "state": "up" if v.up else "down", "updated_at": v.heartbeat_at.isoformat(),
+                  "disabled_reason": None, "forced_down": False, "id": v.name} for v in views]
+        if self.hosts.local is not None and all(s["host"] != self.hosts.local.name for s in found):
+            found.insert(0, {"binary": "nova-compute", "host": self.hosts.local.name, "zone": "nova",
+                             "status": "enabled", "state": "up", "updated_at": utcnow().isoformat(),
+                             "disabled_reason": None, "forced_down": False, "id": self.hosts.local.name})
+        return found
+
     async def _host_of(self, ctx: RequestContext, server_id: str):
         """The server's host's side, for a server the caller may see; a Conflict (409) saying
         so when that host is down."""

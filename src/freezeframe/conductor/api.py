@@ -16,6 +16,7 @@ from freezeframe.common.context import RequestContext
 from freezeframe.common.policy import Policy
 from freezeframe.common.strict import is_uuid, parse_uint
 from freezeframe.common.timeutil import isotime, utcnow
+from freezeframe.common.web.mount import Mounted
 from freezeframe.common.web.request import ctx_of
 from freezeframe.conductor.model import Workflow, WorkflowEvent
 from freezeframe.conductor.states import TERMINAL, WorkflowState, parse
@@ -46,6 +47,10 @@ class WorkflowAPI:
         self.owner_alive = owner_alive
         self.stall_timeout = stall_timeout
         self.policy = policy
+
+    def mounted(self) -> Mounted:
+        """The workflow API at /v1 (every call with a token)."""
+        return Mounted("workflows", "/v1", self.router())
 
     def router(self) -> Router:
         return Router(routes=[

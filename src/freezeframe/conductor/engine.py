@@ -58,6 +58,7 @@ from freezeframe.conductor.lease import Claim, Fenced, Leases
 from freezeframe.conductor.liveness import Liveness
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import Registry, Scan, UnknownKind, WorkflowKind
+from freezeframe.conductor.interrupts import HostAway
 from freezeframe.conductor.runtime import Interrupted
 from freezeframe.conductor.service import Workflows
 from freezeframe.conductor.states import WorkflowState, transition
@@ -320,6 +321,11 @@ class Conductor:
             if claim.job is not None:
                 with contextlib.suppress(Exception):
                     self.board.give_up(claim.job, self.id)
+        except HostAway as exc:
+            self._let_go(claim)
+            self._backoff[workflow_id] = time.monotonic() + 2 * self._scan_interval
+            LOG.warning("workflow %s paused: %s; resumed by a conductor that reaches the host once it is back",
+                        workflow_id, exc)
         except Interrupted:
             self._paused(claim)
         except Exception:

@@ -8,3 +8,9 @@ class Interrupted(BaseException):
     *not* reverted. A BaseException on purpose: taskflow wraps only ``Exception`` in a Failure
     (which would revert the flow), so this one leaves ``engine.run()`` with the step still
     RUNNING in persistence — exactly what a kill -9 leaves — and the flow resumes from there."""
+
+
+class HostAway(Interrupted):
+    """The host a host-bound step needs is down, or unreachable from this conductor: the step
+    stops where it is (nothing reverted, as after a kill -9), the claim is given back, and a
+    conductor that reaches the host resumes it once it is back."""

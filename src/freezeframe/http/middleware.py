@@ -17,27 +17,18 @@ from freezeframe.common import errors
 from freezeframe.common.context import new_request_id, request_id_var
 from freezeframe.common.web.body import edge_problem, log_client_gone
 from freezeframe.common.web.errors import error_headers, error_response, status_of
+from freezeframe.common.web.mount import PublicPaths
 from freezeframe.http.auth import Authenticator
 
 LOG = logging.getLogger("freezeframe.access")
 _REQ_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def is_public(path: str, query_string: bytes = b"", method: str = "GET") -> bool:
-    """Version documents, the health check and asking the identity service for a token need no
-    token (as in OpenStack); the detailed health check does (it is for admins)."""
-    stripped = path.rstrip("/")
-    if stripped == "/healthcheck":
-        return "detailed" not in parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
-    if stripped == "/identity/v3/auth/tokens":
-        return method == "POST"
-    return stripped in ("", "/image", "/image/versions", "/versions", "/compute", "/compute/v2.1",
-                        "/identity", "/identity/v3")
-
-
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_header_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_header_bytes: int,
+                 public: PublicPaths) -> None:
         self.app = app
+        self.public = public          # what needs no token: the mounted services say
         self.auth = authenticator
         self.max_header_bytes = max_header_bytes
 
@@ -71,7 +62,8 @@ class EdgeMiddleware:
                 await error_response(*problem)(scope, receive, send_with_id)
                 return
             path = scope["path"]
-            if not is_public(path, scope.get("query_string", b""), scope["method"]):
+            detailed = "detailed" in parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            if not self.public(path, scope["method"], detailed):
                 try:
                     ctx = await self.auth.authenticate(headers.get("x-auth-token"), request_id, headers)
                 except errors.FreezeframeError as exc:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import Route
+
+from freezeframe.common.web.mount import Mounted, Public
 
 from freezeframe.db.session import Database
+from freezeframe.identity.api import ISSUE_PATH as ISSUE
 from freezeframe.identity.api import IdentityAPI
 from freezeframe.identity.catalog import Catalog
 from freezeframe.identity.config import IdentityFile, write_default
@@ -41,11 +44,14 @@ class IdentityService:
         return cls(file, TokenService(db, file, expiration=token_expiration, cache_ttl=cache_ttl),
                    generated=generate, passwords=passwords)
 
-    def routes(self, catalog: Catalog) -> list[BaseRoute]:
-        """What `serve` mounts: the API under /identity, and /identity itself answered without
-        a redirect (it is the auth_url clients are given)."""
+    def mounted(self, catalog: Catalog) -> Mounted:
+        """The identity API under /identity, and /identity itself answered without a redirect
+        (it is the auth_url clients are given); version documents and asking for a token need
+        no token."""
         api = IdentityAPI(self.tokens, self.file, catalog)
-        return [Route(MOUNT, api.versions, methods=["GET"]), Mount(MOUNT, app=api.router())]
+        return Mounted("identity", MOUNT, api.router(), stop=self.close,
+                       public=(Public(""), Public("/v3"), Public(ISSUE, frozenset({"POST"}))),
+                       extra_routes=[Route(MOUNT, api.versions, methods=["GET"])])
 
     def close(self) -> None:
         self.tokens.close()

@@ -13,6 +13,7 @@ from starlette.routing import Route, Router
 from freezeframe.common import errors
 from freezeframe.common.pools import BoundedPool
 from freezeframe.common.strict import INT64_MAX, MAX_DIGITS
+from freezeframe.common.web.mount import Mounted, Public
 from freezeframe.common.web.errors import error_response
 from freezeframe.common.web.request import content_length, ctx_of, header_uint, json_body
 from freezeframe.images import patch, schema
@@ -40,6 +41,10 @@ class ImageAPI:
         self.images = images
         self.data = data
         self.members = members
+
+    def mounted(self) -> Mounted:
+        """The image API (Glance v2) at /image; its version documents need no token."""
+        return Mounted("image", "/image", self.router(), public=(Public(""), Public("/versions")))
 
     def router(self) -> Router:
         r = "/v2/images/{image_id}"

@@ -36,7 +36,10 @@ from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.drivers.base import DriverError, VirtDriver
 from freezeframe.compute.qcow2stream import Layout, stream
 from freezeframe.compute.snapshot_hooks import SnapshotHooks, SnapshotTarget
+from freezeframe.compute.hostclient import HostUnavailable
+from freezeframe.compute.hosts import HostDown
 from freezeframe.conductor import runtime
+from freezeframe.conductor.interrupts import HostAway
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import StateTable, WorkflowKind
 from freezeframe.conductor.states import TERMINAL, WORKFLOW, WorkflowState as W, parse, transition, upload_state
@@ -84,9 +87,30 @@ def compute() -> SnapshotHooks:
     return runtime.current().service("compute")
 
 
+class _OnHost:
+    """A host's driver for a step: the host down or its compute process away is not the
+    step's failure but a pause (``HostAway``: nothing reverted; resumed once it is back)."""
+
+    def __init__(self, driver: VirtDriver) -> None:
+        self._driver = driver
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._driver, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except (HostDown, HostUnavailable) as exc:
+                raise HostAway(exc.message) from None
+        return call
+
+
 def driver_of(inst: SnapshotTarget) -> VirtDriver:
     """The hypervisor of the server's host, as the compute service gives it."""
-    return compute().driver_for(inst.host)
+    try:
+        return _OnHost(compute().driver_for(inst.host))
+    except HostDown as exc:
+        raise HostAway(exc.message) from None
 
 
 def _load(session, workflow_id: str, *, authorize: bool = True) -> tuple[Workflow, SnapshotTarget]:

@@ -1,4 +1,5 @@
-"""Build the ASGI application: every service mounted under its path, one edge, one error map."""
+"""Build the ASGI application of `serve` and `freezeframe api`: the list of services it mounts
+(each brings its routes, its public paths, its start and stop), one edge, one error map."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import logging
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from freezeframe.assembly import build_authenticator, build_catalog, build_compute, build_identity, build_services
 from freezeframe.common.web.errors import HANDLERS
 from freezeframe.compute.api import ComputeAPI
 from freezeframe.conductor.api import WorkflowAPI
+from freezeframe.common.web.mount import Public, PublicPaths
 from freezeframe.db.engine import redact
 from freezeframe.http.health import PATH as HEALTH_PATH
 from freezeframe.http.health import Health
@@ -23,6 +25,8 @@ from freezeframe.images.api import ImageAPI
 from freezeframe.settings import Settings
 
 LOG = logging.getLogger(__name__)
+# The process's own paths that need no token (the root version document, as OpenStack's).
+ROOT_PUBLIC = (Public(""), Public("/versions"))
 
 
 def build_app(settings: Settings) -> Starlette:
@@ -57,24 +61,25 @@ def build_app(settings: Settings) -> Starlette:
                     await loop.run_in_executor(None, services.conductor.stop)
             elif services.liveness is not None:
                 await loop.run_in_executor(None, services.liveness.stop)
+            for m in mounted:
+                if m.stop is not None:
+                    m.stop()
             services.inprocess.unbind()
             await services.reaper.stop()
             await services.data.close()
             health.close()
             services.db.close()
 
-    routes = [
-        Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"]),
-        Mount("/image", app=ImageAPI(services.images, services.data, services.members).router()),
-    ]
+    mounted = [ImageAPI(services.images, services.data, services.members).mounted()]
     if identity is not None:
-        routes += identity.routes(build_catalog(settings, services))
+        mounted.append(identity.mounted(build_catalog(settings, services)))
     if services.compute is not None and services.liveness is not None:
-        routes += [
-            Mount("/compute", app=ComputeAPI(services.compute, services.db).router()),
-            Mount("/v1", app=WorkflowAPI(services.db, services.liveness.is_alive,
-                                         settings.conductor.stall_timeout, policy=services.policy).router()),
-        ]
+        mounted += [ComputeAPI(services.compute, services.db).mounted(),
+                    WorkflowAPI(services.db, services.liveness.is_alive, settings.conductor.stall_timeout,
+                                policy=services.policy).mounted()]
+    routes = [Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"])]
+    for m in mounted:
+        routes += m.routes()
     app = Starlette(
         routes=routes,
         exception_handlers=HANDLERS,
@@ -82,6 +87,6 @@ def build_app(settings: Settings) -> Starlette:
     )
     app.state.services = services
     app.add_middleware(LimitMiddleware, limiter=limiter)       # inside the edge: refusals are logged
-    app.add_middleware(EdgeMiddleware, authenticator=authenticator,
-                       max_header_bytes=settings.server.max_header_bytes)
+    app.add_middleware(EdgeMiddleware, authenticator=authenticator, max_header_bytes=settings.server.max_header_bytes,
+                       public=PublicPaths(mounted, own=ROOT_PUBLIC))
     return app
