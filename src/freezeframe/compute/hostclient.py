@@ -20,6 +20,7 @@ from freezeframe.common.remote import RemoteError, Unreachable
 from freezeframe.compute import hostwire, nbdexport
 from freezeframe.compute.drivers.base import (DomainInfo, DomainNotFound, DriverError, GuestSpec, QuiesceFailed,
                                               SnapshotHandle, SnapshotReader, VirtDriver)
+from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostside import Booted, BootRequest
 from freezeframe.compute.nbd import NbdError
 
@@ -64,6 +65,8 @@ class HostClient(ServiceClient):
         except HostError as exc:
             if exc.status == 404:
                 raise DomainNotFound(exc.message) from None
+            if exc.status == 409 and " is busy: " in exc.message:
+                raise HostBusy(exc.message) from None
             if exc.status == 409 and "quiesce" in exc.message.lower():
                 raise QuiesceFailed(exc.message) from None
             if exc.status == 409:

@@ -10,7 +10,8 @@ from freezeframe.common import errors
 from freezeframe.compute import hostwire
 from freezeframe.compute.drivers.fake import FakeDriver
 from freezeframe.compute.drivers.locked import HostBusy, LockedDriver
-from freezeframe.compute.hosts import ComputeHost, HostRegistry
+from freezeframe.compute.hostclient import HostUnavailable
+from freezeframe.compute.hosts import ComputeHost, HostDown, HostRegistry
 from freezeframe.compute.hostside import Hosts
 
 
@@ -95,3 +96,30 @@ def test_domain_names_are_checked_before_any_use(bad):
 def test_snapshot_ids_must_be_uuids(bad):
     with pytest.raises(errors.Invalid):
         hostwire.snapshot_id(bad)
+
+
+@pytest.mark.parametrize("trouble", [HostBusy("vm-a is busy: power off ..."), HostDown("host 'hb' is down"),
+                                     HostUnavailable("compute host at http://hb is unreachable")])
+def test_a_workflow_step_pauses_when_its_host_cannot_take_it_now(trouble):
+    """A busy server, a host down, a compute process away: the step pauses (HostAway, an
+    Interrupted: taskflow reverts nothing) instead of failing the snapshot."""
+    from freezeframe.compute.workflows.snapshot import _OnHost
+    from freezeframe.conductor.interrupts import HostAway, Interrupted
+
+    class Driver:
+        def end_snapshot(self, *args):
+            raise trouble
+    with pytest.raises(HostAway) as caught:
+        _OnHost(Driver()).end_snapshot("vm-a", "id", "/tmp/x")
+    assert isinstance(caught.value, Interrupted) and not isinstance(caught.value, Exception)
+
+
+def test_other_driver_errors_still_fail_the_step():
+    from freezeframe.compute.drivers.base import DriverError
+    from freezeframe.compute.workflows.snapshot import _OnHost
+
+    class Driver:
+        def begin_snapshot(self, *args):
+            raise DriverError("backup job failed")
+    with pytest.raises(DriverError):
+        _OnHost(Driver()).begin_snapshot("vm-a")

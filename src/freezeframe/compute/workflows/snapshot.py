@@ -36,6 +36,7 @@ from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.drivers.base import DriverError, VirtDriver
 from freezeframe.compute.qcow2stream import Layout, stream
 from freezeframe.compute.snapshot_hooks import SnapshotHooks, SnapshotTarget
+from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostclient import HostUnavailable
 from freezeframe.compute.hosts import HostDown
 from freezeframe.conductor import runtime
@@ -88,8 +89,9 @@ def compute() -> SnapshotHooks:
 
 
 class _OnHost:
-    """A host's driver for a step: the host down or its compute process away is not the
-    step's failure but a pause (``HostAway``: nothing reverted; resumed once it is back)."""
+    """A host's driver for a step: the host down, its compute process away or the server busy
+    with another host-bound operation is not the step's failure but a pause (``HostAway``:
+    nothing reverted; resumed once the host can take it)."""
 
     def __init__(self, driver: VirtDriver) -> None:
         self._driver = driver
@@ -100,7 +102,7 @@ class _OnHost:
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return method(*args, **kwargs)
-            except (HostDown, HostUnavailable) as exc:
+            except (HostDown, HostUnavailable, HostBusy) as exc:
                 raise HostAway(exc.message) from None
         return call
 
