@@ -53,7 +53,10 @@ def compute_app(settings: Settings) -> Starlette:
     from freezeframe.compute.drivers.locked import LockedDriver
     from freezeframe.compute.hostapi import HostAPI
     from freezeframe.compute.hosts import Heartbeat, HostRegistry
-    from freezeframe.compute.hostside import LocalHost
+    from freezeframe.compute.conductor_hooks import LeftoverSweep
+    from freezeframe.compute.hostside import Hosts, LocalHost
+    from freezeframe.conductor.registry import Scan
+    from freezeframe.conductor.service import Workflows
     from freezeframe.db.engine import make_engine, make_sessionmaker
     from freezeframe.db.migrate import upgrade
     from freezeframe.db.session import Database
@@ -71,25 +74,41 @@ def compute_app(settings: Settings) -> Starlette:
     bind = settings.compute.export_bind or advertise
 
     def export(source, workdir, name: str) -> dict:
-        return nbdexport.start_export(source, workdir=workdir / "export", bind=bind, advertise=advertise,
+        return nbdexport.start_export(source, workdir=workdir / nbdexport.EXPORT_DIR, bind=bind, advertise=advertise,
                                       export_name=name, tls=settings.compute.export_tls).to_dict()
 
     def unexport(workdir) -> None:
-        nbdexport.stop_export(workdir / "export")
+        nbdexport.stop_export(workdir / nbdexport.EXPORT_DIR)
 
     api = HostAPI(host, Policy(settings.policy_path), settings.instances_path / "_snapshots", export, unexport)
     heartbeat = Heartbeat(HostRegistry(db, down_after=settings.compute.host_down_after), settings.compute.host,
                           url, driver.name, settings.compute.heartbeat_interval)
+    # What finished snapshots still hold here (a point in time, its export): released at start
+    # and every minute — e.g. after this process was killed while a workflow ended elsewhere.
+    sweep = LeftoverSweep(db, Hosts(host), settings.instances_path / "_snapshots")
+    stopping = threading.Event()
+
+    def sweeper() -> None:
+        while True:
+            try:
+                sweep(Scan(conductor_id=f"compute-{settings.compute.host}", running=frozenset(), hosts=None,
+                           workflows=Workflows(db)))
+            except Exception as exc:     # the database away: next time
+                LOG.warning("compute host %s: leftover sweep failed: %s", settings.compute.host, exc)
+            if stopping.wait(60):
+                return
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         heartbeat.start()
+        threading.Thread(target=sweeper, name="leftover-sweep", daemon=True).start()
         LOG.info("compute host %s (%s driver) serving its host API at %s; NBD exports on %s (%s)",
                  settings.compute.host, driver.name, url, bind, "TLS" if settings.compute.export_tls else
                  "plain TCP: a trusted network")
         try:
             yield
         finally:
+            stopping.set()
             heartbeat.stop()
             db.close()
 

@@ -47,6 +47,7 @@ CLOCK_SKEW = datetime.timedelta(minutes=10)     # hosts' clocks differ; QEMU rej
 PORT_TRIES = 8
 START_TIMEOUT = 60
 
+EXPORT_DIR = "export"       # in a point in time's workdir: its export to another host, if any
 INFO_FILE = "export.json"
 PID_FILE = "qemu-nbd.pid"
 LOG_FILE = "qemu-nbd.log"

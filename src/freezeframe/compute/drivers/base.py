@@ -156,8 +156,8 @@ class VirtDriver(abc.ABC):
 
     @abc.abstractmethod
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
-        """Release the point in time (end the backup job / export), make sure the guest is
-        thawed, remove ``workdir``. Idempotent, and works in a new process after a crash (it
+        """Release the point in time (end the backup job / export, and any export of it to
+        another host under ``workdir/export``), make sure the guest is thawed, remove ``workdir``. Idempotent, and works in a new process after a crash (it
         needs only what the workflow persisted)."""
 
     @abc.abstractmethod

@@ -29,7 +29,7 @@ from freezeframe.compute.drivers.base import (
     QuiesceFailed, SnapshotHandle, VirtDriver,
 )
 from freezeframe.compute.nbd import Extent
-from freezeframe.compute.nbdexport import FileSource
+from freezeframe.compute.nbdexport import EXPORT_DIR, FileSource, stop_export
 
 CHUNK = 1 << 20
 RECORD = "fake-snapshot.json"
@@ -319,6 +319,7 @@ class FakeDriver(VirtDriver):
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         self._maybe_fail("end_snapshot")
         workdir = Path(workdir).absolute()
+        stop_export(workdir / EXPORT_DIR)       # whatever served it to another host goes first
         with self.host.lock:
             dom = self.host.domains.get(name)
             if dom is not None and dom.frozen:

@@ -38,7 +38,7 @@ from freezeframe.compute.drivers.base import (
     DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
     QuiesceFailed, SnapshotHandle, VirtDriver,
 )
-from freezeframe.compute.nbdexport import NbdSource
+from freezeframe.compute.nbdexport import EXPORT_DIR, NbdSource, stop_export
 from freezeframe.compute.nbd import NbdClient, NbdError
 
 LOG = logging.getLogger(__name__)
@@ -579,6 +579,7 @@ class LibvirtDriver(VirtDriver):
     # -- end --------------------------------------------------------------------------------------
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         workdir = Path(workdir).absolute()
+        stop_export(workdir / EXPORT_DIR)       # whatever served it to another host goes first
         rec = _Record.load(workdir)
         try:
             dom = self._dom(name)
