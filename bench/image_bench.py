@@ -4,7 +4,7 @@
     image_bench.py --target ours=http://127.0.0.1:9400/image,pid=123,store=/data/images \
                    --target glance=http://127.0.0.1:9292,pid=456,store=/tmp/glance-peer/images,close=1 \
                    [--baseline glance] [--sizes 1G,4G] [--reps 3] [--sparse 20G:2G | --skip-sparse] \
-                   [--creates 200] [--clients 1,8] [--json-out bench/results/latest.json]
+                   [--creates 200] [--clients 1,8] [--runs 1] [--json-out bench/results/latest.json]
 
 A target is ``NAME=URL[,pid=PID][,store=DIR][,close=1][,tests=dense+sparse+creates][,checks=0]``:
 URL is the image API root (clients call URL/v2/images); pid is the server process whose RSS and
@@ -24,6 +24,9 @@ shared machine spreads over all of them:
 3. sparse: a SIZE file holding DATA bytes of random data in spread-out extents; upload time and
    the on-disk size (st_blocks * 512) of the stored image file;
 4. metadata creates/s: --creates POST /v2/images sequentially and with --clients threads, p50/p99;
+   with --runs N the whole creates phase is repeated N times (targets rotated from run to run):
+   the figures are the medians over the runs, and the ratio to the baseline is taken within each
+   run (same machine noise) and its median reported and checked;
 5. peak RSS (and PSS) of the server process tree, sampled every 0.1 s during each upload; the
    figure checked is the one during the upload of the largest dense size (4G by default).
 
@@ -542,6 +545,39 @@ def creates_run(t: Target, n: int, clients: int) -> dict[str, Any]:
                 max_ms=max(lat) * 1000, over_50ms=sum(x > 0.05 for x in lat), over_100ms=sum(x > 0.1 for x in lat))
 
 
+def summarize_creates(args: argparse.Namespace, targets: list[Target],
+                      runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """t.result["creates"]["c<N>"]: medians over the runs (per_s, p50/p90/p99), worst max/p99, the
+    runs themselves, and for each target the ratio to the baseline within each run and its median."""
+    base = runs.get(args.baseline, {})
+    for t in targets:
+        for key, rs in runs[t.name].items():
+            agg: dict[str, Any] = dict(
+                n=args.creates, clients=rs[0]["clients"], runs_ok=len(rs),
+                per_s=median([r["per_s"] for r in rs]),
+                p50_ms=median([r["p50_ms"] for r in rs]), p90_ms=median([r["p90_ms"] for r in rs]),
+                p99_ms=median([r["p99_ms"] for r in rs]), p99_ms_worst=max(r["p99_ms"] for r in rs),
+                max_ms=max(r["max_ms"] for r in rs), over_50ms=median([r["over_50ms"] for r in rs]),
+                over_50ms_total=sum(r["over_50ms"] for r in rs),
+                errors=[e for r in rs for e in r["errors"]][:10], runs=rs)
+            if len(rs) == 1:
+                agg.update({k: v for k, v in rs[0].items() if k != "run"})
+                agg["runs"] = rs
+            if t.name != args.baseline and base.get(key):
+                by_run = {r["run"]: r["per_s"] for r in base[key]}
+                ratios = [r["per_s"] / by_run[r["run"]] for r in rs if by_run.get(r["run"])]
+                agg["vs_baseline_runs"] = ratios
+                agg["vs_baseline_median"] = median(ratios)
+            t.result.setdefault("creates", {})[key] = agg
+    if args.runs > 1:
+        for key in (f"c{c}" for c in args.client_counts):
+            log(f"creates, {key[1:]} client(s), {args.runs} runs: " + "; ".join(
+                f"{t.name} {fmt(t.result.get('creates', {}).get(key, {}).get('per_s'))}/s"
+                + (f" ({', '.join(fmt(x, 2) for x in t.result['creates'][key].get('vs_baseline_runs', []))}x)"
+                   if t.result.get("creates", {}).get(key, {}).get("vs_baseline_runs") else "")
+                for t in targets))
+
+
 def guarded(t: Target, what: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -605,16 +641,22 @@ def build_rows(args: argparse.Namespace, targets: list[Target], ceilings: dict[s
         row("sparse stored on disk", "MB", "lower", lambda t: t.result["sparse"]["on_disk"] / MB)
         row("sparse on disk / data", "x", "lower", lambda t: t.result["sparse"]["on_disk_ratio"])
         row("peak RSS during sparse upload", "MB", "lower", lambda t: t.result["sparse"]["peak_rss_MB"])
+    med = f" (median of {args.runs})" if args.runs > 1 else ""
     for clients in args.client_counts:
         key = f"c{clients}"
-        row(f"creates/s, {clients} client{'s' if clients > 1 else ''}", "1/s", "higher",
+        row(f"creates/s{med}, {clients} client{'s' if clients > 1 else ''}", "1/s", "higher",
             lambda t: t.result["creates"][key]["per_s"])
         row(f"create p50, {clients} client{'s' if clients > 1 else ''}", "ms", "lower",
             lambda t: t.result["creates"][key]["p50_ms"])
-        row(f"create p99, {clients} client{'s' if clients > 1 else ''}", "ms", "lower",
+        row(f"create p99{med}, {clients} client{'s' if clients > 1 else ''}", "ms", "lower",
             lambda t: t.result["creates"][key]["p99_ms"])
         row(f"creates > 50 ms, {clients} client{'s' if clients > 1 else ''}", f"of {args.creates}", "lower",
             lambda t: t.result["creates"][key]["over_50ms"])
+        if args.runs > 1:
+            row(f"create p99 worst run, {clients} client{'s' if clients > 1 else ''}", "ms", "lower",
+                lambda t: t.result["creates"][key]["p99_ms_worst"])
+            row(f"creates/s / {args.baseline} in the same run (median), {clients} client{'s' if clients > 1 else ''}",
+                "x", "higher", lambda t: t.result["creates"][key]["vs_baseline_median"], ratio=False)
     base = args.baseline
     for r in rows:
         b = r["values"].get(base)
@@ -713,12 +755,21 @@ def evaluate(args: argparse.Namespace, targets: list[Target], ceilings: dict[str
             for clients in args.client_counts:
                 key = f"c{clients}"
                 v, bv = g(t, "creates", key, "per_s"), g(base, "creates", key, "per_s")
-                check(t, f"creates/s with {clients} client(s) >= {CREATES_VS_BASELINE:.0f}x {args.baseline}", v,
-                      bv * CREATES_VS_BASELINE if bv else None, ">=", f"{fmt(v)} vs {fmt(bv)} /s")
+                if args.runs > 1:
+                    ratios = g(t, "creates", key, "vs_baseline_runs") or []
+                    ratio = g(t, "creates", key, "vs_baseline_median")
+                    check(t, f"creates/s with {clients} client(s) >= {CREATES_VS_BASELINE:.0f}x {args.baseline} "
+                             f"(median of the {args.runs} same-run ratios)", ratio, CREATES_VS_BASELINE, ">=",
+                          f"runs {', '.join(fmt(x, 2) for x in ratios)}x; medians {fmt(v)} vs {fmt(bv)} /s")
+                else:
+                    check(t, f"creates/s with {clients} client(s) >= {CREATES_VS_BASELINE:.0f}x {args.baseline}", v,
+                          bv * CREATES_VS_BASELINE if bv else None, ">=", f"{fmt(v)} vs {fmt(bv)} /s")
             conc = max(args.client_counts)
             p99 = g(t, "creates", f"c{conc}", "p99_ms")
-            check(t, f"create p99 with {conc} clients <= {CREATE_P99_MAX_MS:.0f} ms", p99, CREATE_P99_MAX_MS, "<=",
-                  f"{fmt(p99)} ms")
+            worst = g(t, "creates", f"c{conc}", "p99_ms_worst")
+            check(t, f"create p99 with {conc} clients <= {CREATE_P99_MAX_MS:.0f} ms"
+                     + (f" (median of {args.runs} runs)" if args.runs > 1 else ""), p99, CREATE_P99_MAX_MS, "<=",
+                  f"{fmt(p99)} ms" + (f", worst run {fmt(worst)} ms" if args.runs > 1 else ""))
         errs = t.result.get("errors") or []
         checks.append(dict(target=t.name, check="all phases ran, data verified (size, hashes, download)",
                            value=len(errs), limit=0, result="PASS" if not errs else "FAIL",
@@ -756,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-creates", action="store_true")
     ap.add_argument("--creates", type=int, default=200, help="POST /v2/images per run (default 200)")
     ap.add_argument("--clients", default="1,8", help="client thread counts for the creates (default 1,8)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat the creates phase N times; medians, ratios to the baseline within each run")
     ap.add_argument("--tmp", default=tempfile.gettempdir(), help="where the big temporary files go")
     ap.add_argument("--json-out", help="write all results here")
     ap.add_argument("--markdown-out", help="write the results table (markdown) here")
@@ -766,8 +819,8 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = args.target
     if len({t.name for t in targets}) != len(targets):
         ap.error("target names must be unique")
-    if args.reps < 1 or args.creates < 1:
-        ap.error("--reps and --creates must be >= 1")
+    if args.reps < 1 or args.creates < 1 or args.runs < 1:
+        ap.error("--reps, --creates and --runs must be >= 1")
     args.size_labels = [] if args.skip_dense else [s.strip() for s in args.sizes.split(",") if s.strip()]
     sizes = {label: parse_size(label) for label in args.size_labels}
     args.size_labels.sort(key=lambda label: sizes[label])
@@ -787,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         started_at=started.isoformat(timespec="seconds"), machine=machine_info(),
         meta=dict(m.split("=", 1) for m in args.meta if "=" in m),
         args=dict(sizes=args.size_labels, reps=args.reps, sparse=None if args.skip_sparse else args.sparse,
-                  creates=args.creates, clients=args.client_counts, baseline=args.baseline),
+                  creates=args.creates, clients=args.client_counts, runs=args.runs, baseline=args.baseline),
         targets={t.name: dict(url=t.url, pid=t.pid, store=t.store, close=t.close, tests=list(t.tests)) for t in targets},
         units=dict(MB="1e6 bytes", throughput="MB/s", rss="MB (1e6 bytes), summed over the process tree"),
     )
@@ -882,19 +935,23 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep_files:
                 os.remove(path)
 
-        # 4. creates
-        for clients in args.client_counts:
-            for t in targets:
-                if "creates" not in t.tests:
-                    continue
-                r = guarded(t, f"creates c{clients}", lambda: creates_run(t, args.creates, clients))
-                if r:
-                    t.result.setdefault("creates", {})[f"c{clients}"] = r
-                    log(f"{t.name:>14} creates x{args.creates}, {clients} client(s): {r['per_s']:.1f}/s, "
-                        f"p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                        f"max {r['max_ms']:.0f} ms, >50ms: {r['over_50ms']}, errors {len(r['errors'])}")
-                    if r["errors"]:
-                        t.result.setdefault("errors", []).append(f"creates c{clients}: {r['errors'][:3]}")
+        # 4. creates (--runs times, the targets in a rotating order from run to run)
+        create_targets = [t for t in targets if "creates" in t.tests]
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in create_targets}
+        for run in range(args.runs):
+            for clients in args.client_counts:
+                for t in rotated(create_targets, run):
+                    r = guarded(t, f"creates c{clients} run{run}", lambda: creates_run(t, args.creates, clients))
+                    if r:
+                        r["run"] = run
+                        runs[t.name].setdefault(f"c{clients}", []).append(r)
+                        log(f"{t.name:>14} creates x{args.creates}, {clients} client(s), run {run}: "
+                            f"{r['per_s']:.1f}/s, p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, "
+                            f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.0f} ms, >50ms: {r['over_50ms']}, "
+                            f"errors {len(r['errors'])}")
+                        if r["errors"]:
+                            t.result.setdefault("errors", []).append(f"creates c{clients}: {r['errors'][:3]}")
+        summarize_creates(args, create_targets, runs)
     except KeyboardInterrupt:
         log("interrupted; reporting what was measured")
         results["interrupted"] = True
