@@ -18,8 +18,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from freezeframe.common import errors
 from freezeframe.common.timeutil import isotime, utcnow
-from freezeframe.conductor.lease import db_now   # the database's clock judges every host's heartbeat
 from freezeframe.db.base import Base
+from freezeframe.db.clock import db_now    # the database's clock judges every host's heartbeat
 from freezeframe.db.session import Database
 
 LOG = logging.getLogger(__name__)

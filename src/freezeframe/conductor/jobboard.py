@@ -120,7 +120,7 @@ class DatabaseBoard(Board):
         host_bound = self.registry.host_bound_kinds()
 
         def find(session) -> list[Offer]:
-            from freezeframe.conductor.lease import db_now
+            from freezeframe.db.clock import db_now
             cutoff = db_now(session) - dt.timedelta(seconds=self.ttl)
             stmt = (select(Workflow.id, Workflow.kind, Workflow.host)
                     .where(Workflow.state.not_in(terminal),

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.interrupts import Interrupted
+from freezeframe.db.clock import db_now
 from freezeframe.db.session import Database
 
 LOG = logging.getLogger(__name__)
@@ -44,18 +45,6 @@ T = TypeVar("T")
 
 class Fenced(Interrupted):
     """This conductor no longer owns the workflow: stop where it is, revert nothing."""
-
-
-def db_now(session: Session) -> dt.datetime:
-    """The database's clock (naive UTC) where several hosts share it; this host's with SQLite."""
-    if session.get_bind().dialect.name == "postgresql":
-        return session.execute(select(_pg_clock())).scalar_one()
-    return utcnow()
-
-
-def _pg_clock():
-    from sqlalchemy import func
-    return func.timezone("UTC", func.clock_timestamp())
 
 
 @dataclass

@@ -151,7 +151,7 @@ class Workflows:
         ended = self._terminal()
 
         def find(s: Session) -> list[tuple[str, str, str | None]]:
-            from freezeframe.conductor.lease import db_now
+            from freezeframe.db.clock import db_now
             cutoff = db_now(s) - dt.timedelta(seconds=self.lease_ttl)
             rows = s.execute(select(Workflow.id, Workflow.kind, Workflow.host).where(
                 Workflow.state.not_in(ended),
