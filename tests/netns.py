@@ -157,6 +157,15 @@ class Lab:
         _sh("ip", "netns", "exec", self.ns(host), "ip", "route", "del", "blackhole", f"{self.hosts[unreachable]}/32",
             check=False)
 
+    def processes(self, host: str) -> dict[int, list[str]]:
+        """What runs in ``host``'s namespace: pid -> argv (a process that ended meanwhile is left out)."""
+        found = {}
+        for pid in _sh("ip", "netns", "pids", self.ns(host), check=False).stdout.split():
+            with contextlib.suppress(OSError, ValueError):
+                argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+                found[int(pid)] = [a.decode(errors="replace") for a in argv if a]
+        return found
+
     def spawn(self, host: str, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         """``python -m freezeframe ARGS`` on ``host`` (its output appended to ``log``)."""
         fh = open(log, "ab")
@@ -222,10 +231,15 @@ class Split(Deployment):
     lab: Lab | None = None
     env: dict = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # A host's data dir when not <tmp>/<host> (a libvirt host's must be traversable by QEMU's user).
+    data_dirs: dict[str, Path] = field(default_factory=dict)
 
     @property
     def tokens(self) -> Path:
         return self.tmp / "tokens.json"
+
+    def data_dir(self, host: str) -> Path:
+        return Path(self.data_dirs.get(host, self.tmp / host))
 
     def log(self, name: str) -> Path:
         return self.tmp / f"{name}.log"
@@ -234,7 +248,7 @@ class Split(Deployment):
         return self.log(name).read_text(errors="replace") if self.log(name).exists() else ""
 
     def _common(self, host: str) -> list[str]:
-        return ["--data-dir", str(self.tmp / host), "--database-url", self.database_url,
+        return ["--data-dir", str(self.data_dir(host)), "--database-url", self.database_url,
                 "--tokens-file", str(self.tokens)]
 
     def start_api(self, host: str = "api", workers: int = 2) -> LiveServer:
@@ -242,7 +256,7 @@ class Split(Deployment):
         proc = self.lab.spawn(host, ["api", *self._common(host), "--host", address, "--port", str(API_PORT),
                                      "--workers", str(workers)], self.log(host), self.env)
         self.procs[host] = proc
-        self.server = LiveServer(url=f"http://{address}:{API_PORT}", data_dir=self.tmp / host, process=proc,
+        self.server = LiveServer(url=f"http://{address}:{API_PORT}", data_dir=self.data_dir(host), process=proc,
                                  log_path=self.log(host))
         self._wait_http(host, f"{self.server.url}/healthcheck")
         return self.server
