@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
+from urllib.parse import urlsplit
 
 from tooz import coordination
 
 LOG = logging.getLogger(__name__)
+DEFAULT_PORTS = {"redis": 6379, "rediss": 6379}
 WATCH_EVERY = 1.0
 
 
@@ -42,6 +45,7 @@ class Liveness:
         self._watchdog: threading.Thread | None = None
 
     def start(self) -> None:
+        self._reachable()
         self._coord.start(start_heart=True)
         self._own_lock = self._coord.get_lock(self._lock_name(self.member_id))
         if not self._own_lock.acquire(blocking=5):
@@ -50,6 +54,19 @@ class Liveness:
             self._watchdog = threading.Thread(target=self._watch, name="ff-liveness-watchdog", daemon=True)
             self._watchdog.start()
         LOG.info("conductor %s alive in %s", self.member_id, self.url.split("?")[0])
+
+    def _reachable(self, timeout: float = 5.0) -> None:
+        """Fail at once, saying why, when a network backend does not answer: tooz (and the redis
+        client under it) retry a refused connection for minutes before giving up."""
+        parts = urlsplit(self.url)
+        if parts.scheme in ("file", "") or not parts.hostname:
+            return
+        try:
+            socket.create_connection((parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme, 0)),
+                                     timeout=timeout).close()
+        except OSError as exc:
+            raise RuntimeError(f"the coordination backend {parts.scheme}://{parts.hostname}:{parts.port} does not "
+                               f"answer ({exc}); conductor.coordination_url") from None
 
     def stop(self) -> None:
         self._stopped.set()

@@ -96,3 +96,28 @@ def test_a_live_conductor_is_alive_again_after_a_redis_restart(tmp_path):
             child.kill()
             child.wait(10)
             observer.stop()
+
+
+# A backend that does not answer is a clear error at once (tooz alone retries for minutes).
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]      # nothing listens there once closed
+
+
+def test_an_unreachable_redis_is_a_clear_error_at_once():
+    port = _closed_port()
+    liveness = Liveness(f"redis://127.0.0.1:{port}?timeout=3", "c-test")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"redis://127.0.0.1:{port} does not answer"):
+        liveness.start()
+    assert time.monotonic() - started < 10
+
+
+def test_the_file_backend_needs_no_network(tmp_path):
+    liveness = Liveness(f"file://{tmp_path}", "c-file")
+    liveness.start()
+    try:
+        assert liveness.is_alive("c-file")
+    finally:
+        liveness.stop()
