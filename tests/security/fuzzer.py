@@ -118,6 +118,7 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("compute", "GET", "/compute/v2.1/flavors/detail", headers=_MV),
     Endpoint("compute", "GET", "/compute/v2.1/flavors/{flavor_id}", headers=_MV),
     Endpoint("compute", "POST", "/compute/v2.1/os-freezeframe-adopt", body="adopt", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/os-services", headers=_MV),
     Endpoint("workflow", "GET", "/v1/workflows", query=WORKFLOW_KEYS),
     Endpoint("workflow", "GET", "/v1/workflows/{workflow_id}"),
     Endpoint("workflow", "DELETE", "/v1/workflows/{workflow_id}"),
