@@ -192,13 +192,6 @@ class Hosts:
                 side = self._remote[(view.name, view.url)] = self.connect(view)
             return side
 
-    def reachable(self, name: str | None) -> bool:
-        try:
-            self.get(name)
-        except HostDown:
-            return False
-        return True
-
     def serving(self, names: frozenset[str] | None = None) -> frozenset[str]:
         """The hosts whose host-bound work this process can drive now (of ``names``; None:
         any): its own, and every registered host that is up and whose host API answers from

@@ -376,7 +376,7 @@ class ComputeService:
                 raise errors.Conflict(f"Instance {server_id} requires quiesce (os_require_quiesce) but its guest "
                                       "agent does not answer; no snapshot was taken")
         task_to = TaskState.IMAGE_BACKUP if kind == "backup" else TaskState.IMAGE_SNAPSHOT_PENDING
-        host = inst.host or self.hosts.choose()
+        host = inst.host or await self.pool.run(self.hosts.choose)
         await self.pool.run(self.hosts.get, host)     # its host is up (else 409: nothing is created)
 
         def claim(session: Session) -> None:

@@ -43,7 +43,8 @@ def test_hosts_route_to_the_local_host_or_refuse_a_down_one(db):
     registry = HostRegistry(db, down_after=30)
     hosts = Hosts(Local(), registry, connect=lambda view: ("remote", view.name))
     assert hosts.get("here") is hosts.local and hosts.get(None) is hosts.local
-    assert not hosts.reachable("there")
+    with pytest.raises(HostDown, match="'there' is not a registered compute host"):
+        hosts.get("there")
     registry.heartbeat("there", "http://192.0.2.1:1", "fake")
     assert hosts.get("there") == ("remote", "there")
     assert hosts.get("there") is hosts.get("there")       # one client per host
