@@ -183,6 +183,32 @@ class ComputeSettings:
 
 
 @dataclass(frozen=True)
+class VolumeSettings:
+    # The volume service (Cinder v3 at /volume/v3) in `serve`, with its driver on this host.
+    enabled: bool = True
+    # "qcow2file" (volume files and qcow2 overlays on a share directory, RemoteFS style) or
+    # "fake" (workflow tests only).
+    driver: str = "qcow2file"
+    # The share the qcow2file driver keeps volumes on (empty: <data_dir>/volumes). Compute
+    # hosts open attached volumes at the same path (a split deployment mounts it there).
+    share_path: str = ""
+    # The name of this volume host (volumes record it; their file work runs here).
+    host: str = field(default_factory=socket.gethostname)
+    availability_zone: str = "nova"
+    default_type: str = "__DEFAULT__"
+    # How long the volume manager waits for compute's part of an assisted snapshot (seconds;
+    # Cinder's 600 and 7200): past it, the snapshot ends error (create) / error_deleting
+    # (delete) with the reason, and what the begin made is removed.
+    assisted_create_timeout: float = 600.0
+    assisted_delete_timeout: float = 7200.0
+    # While waiting, the workflow is looked at again this often even without a wake-up (a
+    # report from another process wakes it at once in the same process; else at this pace).
+    assisted_recheck: float = 2.0
+    # The largest volume (GiB) a request may ask for.
+    max_size: int = 16384
+
+
+@dataclass(frozen=True)
 class ConductorSettings:
     # Run the conductor inside `serve` (the embedded default).
     enabled: bool = True
@@ -264,6 +290,7 @@ class Settings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     endpoints: EndpointSettings = field(default_factory=EndpointSettings)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
+    volume: VolumeSettings = field(default_factory=VolumeSettings)
     conductor: ConductorSettings = field(default_factory=ConductorSettings)
     testing: TestingSettings = field(default_factory=TestingSettings)
 
@@ -278,6 +305,10 @@ class Settings:
     @property
     def instances_path(self) -> Path:
         return Path(self.compute.instances_path) if self.compute.instances_path else self.data_dir / "instances"
+
+    @property
+    def volumes_path(self) -> Path:
+        return Path(self.volume.share_path) if self.volume.share_path else self.data_dir / "volumes"
 
     @property
     def policy_path(self) -> Path:
@@ -308,7 +339,7 @@ class Settings:
 
 
 # Where `serve` mounts each API (the endpoint catalog's defaults).
-LOCAL_PATHS = {"image": "/image", "compute": "/compute/v2.1", "identity": "/identity"}
+LOCAL_PATHS = {"image": "/image", "compute": "/compute/v2.1", "identity": "/identity", "volume": "/volume/v3"}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -456,6 +487,14 @@ def validate(settings: Settings) -> Settings:
         raise SettingsError("compute.heartbeat_interval must be positive and below compute.host_down_after")
     if not 0 <= settings.compute.lock_timeout <= 3600:
         raise SettingsError("compute.lock_timeout: must be between 0 and 3600 seconds")
+    if settings.volume.driver not in ("qcow2file", "fake"):
+        raise SettingsError(f"volume.driver: must be 'qcow2file' or 'fake', got {settings.volume.driver!r}")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$", settings.volume.host):
+        raise SettingsError(f"volume.host: {settings.volume.host!r} must be a host name (letters, digits, '.', "
+                            "'_' and '-')")
+    for name in ("assisted_create_timeout", "assisted_delete_timeout", "assisted_recheck"):
+        if not 0 < getattr(settings.volume, name) <= 86400:
+            raise SettingsError(f"volume.{name}: must be between 0 and 86400 seconds")
     knobs = settings.testing.knobs_set()
     if knobs and not settings.testing.enabled:
         raise SettingsError(f"testing.{knobs[0]}: a test-only knob (fault injection, fake driver delays), "

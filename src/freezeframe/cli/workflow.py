@@ -2,7 +2,7 @@
 
 ``watch`` (and ``server image create --wait``) polls the workflow four times a second: a live
 progress bar on stderr when it is a terminal, one line per state change otherwise. It exits 0
-when the workflow reaches IMAGE_ACTIVE and 1 when it ends REVERTED or CANCELLED, or stays FAILED
+when the workflow reaches IMAGE_ACTIVE (COMPLETE for a volume workflow) and 1 when it ends REVERTED or CANCELLED, or stays FAILED
 (its revert stalled), printing the failure reason. Once the service has answered, a restart of
 it does not end the watch: the polls ride through it (``cli/ride.py``), saying so, for up to
 5 minutes.

@@ -20,9 +20,9 @@ from freezeframe.common.remote import RemoteError
 MICROVERSION = "2.45"
 EVENT_DETAILS_MICROVERSION = "2.84"
 WORKFLOW_HEADER = "X-Freezeframe-Workflow-Id"
-SUCCEEDED = "IMAGE_ACTIVE"
+SUCCEEDED = frozenset({"IMAGE_ACTIVE", "COMPLETE"})     # a snapshot's, a volume workflow's
 # Where a workflow stops for good; FAILED normally moves on to REVERTED once the revert is done.
-TERMINAL = frozenset({"IMAGE_ACTIVE", "REVERTED", "CANCELLED"})
+TERMINAL = SUCCEEDED | {"REVERTED", "CANCELLED"}
 FAILED = "FAILED"
 
 
@@ -109,7 +109,7 @@ class Workflow:
 
     @property
     def succeeded(self) -> bool:
-        return self.state == SUCCEEDED
+        return self.state in SUCCEEDED
 
     @classmethod
     def from_json(cls, doc: Any) -> Workflow:

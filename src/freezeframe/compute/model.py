@@ -68,3 +68,31 @@ class InstanceActionEvent(Base):
     finish_time: Mapped[dt.datetime | None] = mapped_column(DateTime)
     result: Mapped[str | None] = mapped_column(String(20))
     details: Mapped[str | None] = mapped_column(Text)
+
+
+class BlockDeviceMapping(Base):
+    """A server's disks other than its root image disk, with Nova's BDM v2 words: an attached
+    volume (``source_type`` volume, ``destination_type`` volume), or a local disk
+    (``destination_type`` local). ``connection_info`` is the volume service's, refreshed
+    after an online snapshot so a stop/start opens the active file."""
+    __tablename__ = "block_device_mappings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_uuid: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    device_name: Mapped[str] = mapped_column(String(20))          # "vdb" (the guest's target)
+    source_type: Mapped[str] = mapped_column(String(20))          # volume | image | blank | snapshot
+    destination_type: Mapped[str] = mapped_column(String(20))     # volume | local
+    boot_index: Mapped[int | None] = mapped_column(Integer)
+    volume_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    attachment_id: Mapped[str | None] = mapped_column(String(36))
+    volume_size: Mapped[int | None] = mapped_column(Integer)
+    disk_path: Mapped[str | None] = mapped_column(Text)           # a local disk's file on the host
+    connection_info: Mapped[str | None] = mapped_column(Text)     # JSON
+    tag: Mapped[str | None] = mapped_column(String(255))
+    delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
+    # attaching -> attached; detaching -> (row deleted)
+    status: Mapped[str] = mapped_column(String(20), default="attaching")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("ux_bdm_instance_device", "instance_uuid", "device_name", unique=True),)

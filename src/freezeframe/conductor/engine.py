@@ -58,7 +58,7 @@ from freezeframe.conductor.lease import Claim, Fenced, Leases
 from freezeframe.conductor.liveness import Liveness
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import Registry, Scan, UnknownKind, WorkflowKind
-from freezeframe.conductor.interrupts import HostAway
+from freezeframe.conductor.interrupts import HostAway, Waiting
 from freezeframe.conductor.runtime import Interrupted
 from freezeframe.conductor.service import Workflows
 from freezeframe.conductor.states import WorkflowState, transition
@@ -144,7 +144,7 @@ class Conductor:
         with exclusive(self.db.engine, TASKFLOW_LOCK), contextlib.closing(self.backend.get_connection()) as conn:
             conn.upgrade()      # (concurrent upgrades of taskflow's schema race on PostgreSQL)
         self.liveness.start()
-        self.board.listen(self._wake.set)
+        self.board.listen(self._posted)
         try:
             self.board.connect()
         except Exception as exc:    # the board comes later: the scan keeps trying
@@ -160,6 +160,12 @@ class Conductor:
         LOG.info("conductor %s started (jobboard %s, lease %gs, hosts %s)", self.id,
                  type(self.board).__name__, self.leases.ttl,
                  "those it reaches" if callable(self._hosts) else "any" if self._hosts is None else sorted(self._hosts))
+
+    def _posted(self, workflow_id: str) -> None:
+        """A post from this process: look now — also at a workflow put off until then (one
+        waiting for another service's report is woken by it)."""
+        self._backoff.pop(workflow_id, None)
+        self._wake.set()
 
     @property
     def stopping(self) -> bool:
@@ -321,6 +327,10 @@ class Conductor:
             if claim.job is not None:
                 with contextlib.suppress(Exception):
                     self.board.give_up(claim.job, self.id)
+        except Waiting as exc:
+            self._let_go(claim)
+            self._backoff[workflow_id] = time.monotonic() + max(0.0, exc.retry_in)
+            LOG.info("workflow %s waits: %s (looked at again in %.1fs, or when woken)", workflow_id, exc, exc.retry_in)
         except HostAway as exc:
             self._let_go(claim)
             self._backoff[workflow_id] = time.monotonic() + 2 * self._scan_interval

@@ -59,15 +59,16 @@ class Board(abc.ABC):
     url: str = ""
 
     def __init__(self) -> None:
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[str], None]] = []
 
-    def listen(self, callback: Callable[[], None]) -> None:
-        """``callback()`` after each post from this process (a local conductor looks at once)."""
+    def listen(self, callback: Callable[[str], None]) -> None:
+        """``callback(workflow_id)`` after each post from this process (a local conductor looks
+        at once, also at a workflow it had put off: a post wakes a waiting workflow)."""
         self._listeners.append(callback)
 
-    def _notify(self) -> None:
+    def _notify(self, workflow_id: str) -> None:
         for callback in self._listeners:
-            callback()
+            callback(workflow_id)
 
     def connect(self) -> None:
         """Ready the board (idempotent)."""
@@ -113,7 +114,7 @@ class DatabaseBoard(Board):
         self.batch = batch
 
     def post(self, workflow_id: str, kind: str, host: str | None) -> None:
-        self._notify()
+        self._notify(workflow_id)
 
     def offers(self, owner: str, hosts: frozenset[str] | None) -> Iterator[Offer]:
         terminal = list(self.registry.terminal_states())
@@ -172,7 +173,7 @@ class RedisBoard(Board):
         if board._client.set(guard, b"1", nx=True, ex=POST_GUARD_SECONDS):
             board.post(f"workflow-{workflow_id}", details={"workflow_id": workflow_id, "kind": kind, "host": host})
             LOG.debug("workflow %s posted on %s", workflow_id, redact(self.url))
-        self._notify()
+        self._notify(workflow_id)
 
     def offers(self, owner: str, hosts: frozenset[str] | None) -> Iterator[Offer]:
         host_bound = self.registry.host_bound_kinds()

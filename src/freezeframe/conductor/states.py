@@ -8,6 +8,10 @@ not finish: FAILED -> FAILED records why (``failure_reason`` says "revert incomp
 conductor retries every revert step until they all succeed — never reported as done before.
 A stop (SIGTERM/SIGINT) is no transition at all: the flow pauses in its state and resumes.
 
+Workflows that make no image (the volume service's: create a volume, create or delete a volume
+snapshot) walk PENDING -> RUNNING (each step, its detail naming it) [-> WAITING -> RUNNING: waiting
+for another service's report, with a deadline] -> COMPLETE, and fail and revert as above.
+
 Declared on the one mechanism (``freezeframe.common.statemachine``); every move is also a row
 of ``workflow_events`` (the history ``GET /v1/workflows/{id}`` shows).
 """
@@ -34,12 +38,17 @@ class WorkflowState(enum.StrEnum):
     FAILED = "FAILED"
     REVERTED = "REVERTED"
     CANCELLED = "CANCELLED"
+    # Workflows that make no image (volumes: create, snapshot create/delete) walk these; what
+    # they do is in each step's detail and on their resource's own status.
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"                         # for another service's report, with a deadline
+    COMPLETE = "COMPLETE"
 
 
 W = WorkflowState
 _RUNNING = (W.PENDING, W.LOCAL_SNAPSHOT_STARTED, W.LOCAL_SNAPSHOT_COMPLETE, W.UPLOAD_BEGIN,
-            W.UPLOAD_N_COMPLETE, W.UPLOAD_COMPLETE)
-TERMINAL = frozenset({W.IMAGE_ACTIVE, W.REVERTED, W.CANCELLED})
+            W.UPLOAD_N_COMPLETE, W.UPLOAD_COMPLETE, W.RUNNING, W.WAITING)
+TERMINAL = frozenset({W.IMAGE_ACTIVE, W.COMPLETE, W.REVERTED, W.CANCELLED})
 
 TRANSITIONS: frozenset[tuple[WorkflowState, WorkflowState]] = frozenset({
     (W.PENDING, W.LOCAL_SNAPSHOT_STARTED),                   # the conductor took the job
@@ -50,6 +59,9 @@ TRANSITIONS: frozenset[tuple[WorkflowState, WorkflowState]] = frozenset({
     (W.UPLOAD_BEGIN, W.UPLOAD_COMPLETE),                     # tiny images jump straight
     (W.UPLOAD_N_COMPLETE, W.UPLOAD_COMPLETE),
     (W.UPLOAD_COMPLETE, W.IMAGE_ACTIVE),
+    # workflows that make no image: steps run, may wait for a report, and complete
+    (W.PENDING, W.RUNNING), (W.RUNNING, W.RUNNING), (W.RUNNING, W.WAITING), (W.WAITING, W.WAITING),
+    (W.WAITING, W.RUNNING), (W.RUNNING, W.COMPLETE), (W.PENDING, W.COMPLETE),
     # a resumed flow repeats the step that was running when its conductor died
     (W.LOCAL_SNAPSHOT_STARTED, W.LOCAL_SNAPSHOT_STARTED),
     (W.UPLOAD_BEGIN, W.UPLOAD_BEGIN),

@@ -61,9 +61,9 @@ def test_the_database_board_offers_what_no_fresh_lease_holds(db, registry):
     db.run_sync(add)
     board = DatabaseBoard(db, registry, TTL)
     woken = []
-    board.listen(lambda: woken.append(1))
+    board.listen(lambda workflow_id: woken.append(workflow_id))
     board.post("new-a", "snapshot", "host-a")
-    assert woken == [1]
+    assert woken == ["new-a"]
     assert {o.workflow_id for o in board.offers("c1", None)} == {"new-a", "new-b", "report", "mine", "dead"}
     assert {o.workflow_id for o in board.offers("c1", frozenset({"host-a"}))} == {"new-a", "report", "mine", "dead"}
     db.run_sync(lambda s: s.execute(update(Workflow).values(host=None).where(Workflow.id == "new-b")))

@@ -19,13 +19,15 @@ SEED_HAPPY_PATH = ["LOCAL_SNAPSHOT_STARTED", "LOCAL_SNAPSHOT_COMPLETE", "UPLOAD_
                    "UPLOAD_COMPLETE", "IMAGE_ACTIVE"]
 ERROR_PATH = ["FAILED", "REVERTED", "CANCELLED"]
 RUNNING = ["PENDING", "LOCAL_SNAPSHOT_STARTED", "LOCAL_SNAPSHOT_COMPLETE", "UPLOAD_BEGIN", "UPLOAD_<n>_COMPLETE",
-           "UPLOAD_COMPLETE"]
+           "UPLOAD_COMPLETE", "RUNNING", "WAITING"]
+# Workflows that make no image (the volume service's) run steps, may wait for a report, complete.
+NO_IMAGE = ["RUNNING", "WAITING", "COMPLETE"]
 
 
 def test_states_are_the_seeds_words():
-    words = ["PENDING", *(w.replace("%s", "<n>") for w in SEED_HAPPY_PATH), *ERROR_PATH]
+    words = ["PENDING", *(w.replace("%s", "<n>") for w in SEED_HAPPY_PATH), *ERROR_PATH, *NO_IMAGE]
     assert [str(s) for s in WorkflowState] == words
-    assert {str(s) for s in TERMINAL} == {"IMAGE_ACTIVE", "REVERTED", "CANCELLED"}
+    assert {str(s) for s in TERMINAL} == {"IMAGE_ACTIVE", "COMPLETE", "REVERTED", "CANCELLED"}
 
 
 def test_the_table():
@@ -36,6 +38,8 @@ def test_the_table():
                  ("LOCAL_SNAPSHOT_STARTED", "LOCAL_SNAPSHOT_STARTED"), ("UPLOAD_BEGIN", "UPLOAD_BEGIN")}  # resumed
     expected |= {(s, "FAILED") for s in RUNNING} | {(s, "CANCELLED") for s in RUNNING}
     expected |= {("FAILED", "FAILED"), ("FAILED", "REVERTED"), ("FAILED", "CANCELLED")}
+    expected |= {("PENDING", "RUNNING"), ("RUNNING", "RUNNING"), ("RUNNING", "WAITING"), ("WAITING", "WAITING"),
+                 ("WAITING", "RUNNING"), ("RUNNING", "COMPLETE"), ("PENDING", "COMPLETE")}
     assert {(str(f), str(t)) for f, t in TRANSITIONS} == expected
     assert WORKFLOW.transitions == TRANSITIONS
     assert not any(f in TERMINAL for f, _ in TRANSITIONS)
@@ -61,7 +65,7 @@ def test_invalid_moves_are_clear():
     with pytest.raises(errors.InvalidState, match=r"Workflow state transition from IMAGE_ACTIVE to FAILED is not "
                                                   r"allowed \(IMAGE_ACTIVE is final\)"):
         check("IMAGE_ACTIVE", "FAILED")
-    with pytest.raises(errors.InvalidState, match=r"from PENDING only to CANCELLED, FAILED, LOCAL_SNAPSHOT_STARTED"):
+    with pytest.raises(errors.InvalidState, match=r"from PENDING only to CANCELLED, COMPLETE, FAILED, LOCAL_SNAPSHOT_STARTED, RUNNING"):
         check("PENDING", "UPLOAD_BEGIN")
 
 

@@ -13,7 +13,7 @@ import abc
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from freezeframe.common import errors
 from freezeframe.compute.nbd import Extent
@@ -74,6 +74,22 @@ class SnapshotHandle:
     workdir: Path
     quiesced: bool            # the guest's filesystems were frozen at the point in time
     frozen_seconds: float     # how long they were frozen (0 when not quiesced)
+
+
+@dataclass(frozen=True)
+class VolumeDisk:
+    """A volume as a disk of a domain: opened as a file, its serial the volume id (as Nova's
+    libvirt driver does with an NFS/RemoteFS volume)."""
+    volume_id: str
+    target: str               # guest device, e.g. "vdb"
+    path: Path                # the active file (the export + connection_info's name)
+    format: str               # "raw" or "qcow2"
+
+
+@dataclass(frozen=True)
+class VolumeJob:
+    """Progress of compute's part of an assisted volume snapshot: called with (done, total)."""
+    report: "Callable[[int, int], None]"
 
 
 class SnapshotReader(Protocol):
@@ -165,3 +181,45 @@ class VirtDriver(abc.ABC):
         """Where the point in time ``begin_snapshot`` made is served on this host (a local NBD
         export, or a file), so the host API can export it to a conductor on another host
         (``compute/nbdexport.py``). DriverError when it no longer exists."""
+
+    # -- volumes (seed 002) -------------------------------------------------------------------
+    # An attached volume is a file disk whose serial is the volume id; the domain's definition
+    # keeps it, so a stop/start opens it again — at the path last given (``attach_volume``
+    # with the refreshed connection info after an online snapshot).
+    @abc.abstractmethod
+    def attach_volume(self, name: str, disk: VolumeDisk) -> None:
+        """Add the volume as disk ``disk.target`` (live when running, and to the persistent
+        definition). Idempotent: already attached at that path is no error."""
+
+    @abc.abstractmethod
+    def detach_volume(self, name: str, volume_id: str) -> None:
+        """Remove the disk whose serial is ``volume_id`` (live and persistent). No error if absent."""
+
+    @abc.abstractmethod
+    def volume_disks(self, name: str) -> list[VolumeDisk]:
+        """The domain's attached volumes as it runs them now (the active file of each)."""
+
+    @abc.abstractmethod
+    def volume_snapshot_create(self, name: str, volume_id: str, new_file: Path, *, quiesce: bool,
+                               require_quiesce: bool, max_frozen: float = 1.0) -> tuple[bool, float]:
+        """Compute's part of an assisted snapshot create (Nova's ``volume_snapshot_create``):
+        the volume's disk continues on ``new_file`` — a qcow2 whose backing file is the disk's
+        current file, made by the volume driver (REUSE_EXT) — taken as an external disk-only
+        snapshot of that disk alone (quiesced when ``quiesce`` and an agent answers; a failed
+        freeze raises QuiesceFailed with ``require_quiesce``). Running or not. Idempotent: a
+        disk already on ``new_file`` is done. Returns (quiesced, seconds frozen)."""
+
+    @abc.abstractmethod
+    def volume_snapshot_delete(self, name: str, volume_id: str, *, file_to_merge: str | None,
+                               merge_target_file: str | None, progress: VolumeJob | None = None) -> None:
+        """Compute's part of an assisted snapshot delete (Nova's ``volume_snapshot_delete``),
+        file names relative to the active file's directory:
+
+        - ``merge_target_file`` None: pull ``file_to_merge`` (and what is below it, None =
+          everything) into the active file: ``blockRebase`` onto the backing of
+          ``file_to_merge`` (``qemu-img rebase`` when the domain is not running);
+        - else: commit ``file_to_merge`` into ``merge_target_file`` (``blockCommit`` of a file
+          below the active one; ``qemu-img commit`` when not running).
+
+        Waits for the block job (reporting its real progress), never longer than the job
+        needs; idempotent (a chain that no longer has ``file_to_merge`` is done)."""
