@@ -136,6 +136,8 @@ class Conductor:
         self._revert_retry: dict[str, tuple[int, float]] = {}
         # Workflows not to offer ourselves again before a monotonic time (held elsewhere, failed).
         self._backoff: dict[str, float] = {}
+        # Posted while running: a step that then waits (``Waiting``) is looked at again at once.
+        self._woken: set[str] = set()
         self._board_down_since: float | None = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -165,6 +167,9 @@ class Conductor:
         """A post from this process: look now — also at a workflow put off until then (one
         waiting for another service's report is woken by it)."""
         self._backoff.pop(workflow_id, None)
+        with self._guard:
+            if workflow_id in self._running:
+                self._woken.add(workflow_id)
         self._wake.set()
 
     @property
@@ -329,7 +334,11 @@ class Conductor:
                     self.board.give_up(claim.job, self.id)
         except Waiting as exc:
             self._let_go(claim)
-            self._backoff[workflow_id] = time.monotonic() + max(0.0, exc.retry_in)
+            with self._guard:       # the report came while the step was deciding to wait
+                woken = workflow_id in self._woken
+            self._backoff[workflow_id] = time.monotonic() + (0.0 if woken else max(0.0, exc.retry_in))
+            if woken:
+                self._wake.set()
             LOG.info("workflow %s waits: %s (looked at again in %.1fs, or when woken)", workflow_id, exc, exc.retry_in)
         except HostAway as exc:
             self._let_go(claim)
@@ -350,6 +359,7 @@ class Conductor:
         finally:
             with self._idle:
                 self._running.discard(workflow_id)
+                self._woken.discard(workflow_id)
                 self._idle.notify_all()
 
     def _ended(self, claim: Claim) -> None:

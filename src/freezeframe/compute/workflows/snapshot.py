@@ -169,7 +169,10 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
             transition(session, workflow_id, wf.state, W.FAILED, detail=reason,
                        values={"failure_reason": "cancelled by the user" if cancelled else reason[:2000]})
         from freezeframe.conductor.engine import without_incomplete_revert
-        return without_incomplete_revert(session.get(Workflow, workflow_id).failure_reason) or reason
+        from sqlalchemy import select
+        # (read back with a query: the move above is a Core UPDATE, the ORM object is stale)
+        recorded = session.scalar(select(Workflow.failure_reason).where(Workflow.id == workflow_id))
+        return without_incomplete_revert(recorded) or reason
     return runtime.current().fenced(workflow_id, fail)
 
 
