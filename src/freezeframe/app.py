@@ -11,7 +11,8 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from freezeframe.assembly import build_authenticator, build_catalog, build_compute, build_identity, build_services
+from freezeframe.assembly import (build_authenticator, build_catalog, build_compute, build_identity, build_services,
+                                  build_volume)
 from freezeframe.common.web.errors import HANDLERS
 from freezeframe.compute.api import ComputeAPI
 from freezeframe.conductor.api import WorkflowAPI
@@ -33,6 +34,7 @@ def build_app(settings: Settings) -> Starlette:
     services = build_services(settings)
     identity = build_identity(settings, services.db)
     authenticator = build_authenticator(settings, identity, serving=True)
+    build_volume(settings, services, authenticator)       # before compute: its conductor runs volume work too
     build_compute(settings, services, authenticator, with_conductor=settings.conductor.enabled)
     LOG.info("database %s, store %s", redact(settings.database_url), settings.store_path)
 
@@ -77,6 +79,9 @@ def build_app(settings: Settings) -> Starlette:
         mounted += [ComputeAPI(services.compute, services.db).mounted(),
                     WorkflowAPI(services.db, services.liveness.is_alive, settings.conductor.stall_timeout,
                                 policy=services.policy).mounted()]
+    if services.volume is not None:
+        from freezeframe.volumes.api import VolumeAPI
+        mounted.append(VolumeAPI(services.volume).mounted())
     routes = [Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"])]
     for m in mounted:
         routes += m.routes()

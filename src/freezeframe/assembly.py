@@ -8,7 +8,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from freezeframe.common.timeutil import utcnow
 from freezeframe.compute import conductor_hooks as compute_hooks
@@ -41,9 +41,14 @@ from freezeframe.images.drivers.file import FileStore
 from freezeframe.images.members import MemberService
 from freezeframe.images.reaper import Reaper
 from freezeframe.images.service import ImageService
+from freezeframe.volumes.client import CinderClient
 from freezeframe.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from freezeframe.volumes.service import VolumeService
+
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,6 +68,11 @@ class Services:
     liveness: Liveness
     conductor: Conductor | None = None
     compute: ComputeService | None = None
+    # The volume service (Cinder v3) and the manager its workflows run with (volume.enabled).
+    volume: "VolumeService | None" = None
+    volume_manager: Any = None
+    # Compute's way to the volume API, acting for a user (attachments, assisted snapshot reports).
+    volumes_for: Callable[[Actor], Any] | None = None
 
 
 def build_services(settings: Settings, *, role: str | None = None) -> Services:
@@ -100,10 +110,27 @@ def build_services(settings: Settings, *, role: str | None = None) -> Services:
 
 def service_image_client(settings: Settings, authenticator: Authenticator,
                          inprocess: InProcess | None = None) -> Callable[[Actor], GlanceClient]:
-    """How the other services (and the workflows) reach the image API: acting for a user, with
-    that user's rights, their own service credential beside it (X-Service-Token). In ``serve``
-    the calls go through the same application in process; elsewhere over HTTP."""
-    url = settings.conductor.image_url or settings.endpoint("image")     # the endpoint catalog
+    """How the other services (and the workflows) reach the image API, acting for a user."""
+    return acting_client(settings, authenticator, inprocess, GlanceClient, "/image",
+                         settings.conductor.image_url or settings.endpoint("image"),
+                         in_process=not settings.conductor.image_url)
+
+
+def service_volume_client(settings: Settings, authenticator: Authenticator,
+                          inprocess: InProcess | None = None) -> Callable[[Actor], CinderClient]:
+    """How compute (and its workflows) reach the volume API, acting for a user (in its project).
+    ``inprocess`` only where this process mounts the volume API (``serve`` with volume.enabled)."""
+    return acting_client(settings, authenticator, inprocess, CinderClient, "/volume/v3", settings.endpoint("volume"),
+                         per_actor=lambda actor: {"project_id": actor.project_id or ""})
+
+
+def acting_client(settings: Settings, authenticator: Authenticator, inprocess: InProcess | None, cls: type[T],
+                  local_path: str, url: str, *, in_process: bool = True,
+                  per_actor: Callable[[Actor], dict[str, Any]] | None = None) -> Callable[[Actor], T]:
+    """How a service (or a workflow) reaches another service's API: acting for a user, with
+    that user's rights, its own service credential beside it (X-Service-Token). In ``serve``
+    the calls go through the same application in process (``local_path``: where it mounts that
+    API); elsewhere over HTTP to ``url`` (the endpoint catalog's)."""
     if authenticator.mode == "noauth":
         credential = {"X-Service-Roles": "service"}
     else:
@@ -112,14 +139,18 @@ def service_image_client(settings: Settings, authenticator: Authenticator,
             raise SettingsError("conductor.service_token: no token with role 'service' in the tokens file; add "
                                 "one (the services act for users with it) or set conductor.service_token")
         credential = {"X-Service-Token": token}
-    local = inprocess is not None and not settings.conductor.image_url
+    local = inprocess is not None and in_process
 
-    def client(actor: Actor) -> GlanceClient:
+    def client(actor: Actor) -> T:
         headers = {**credential, **acting_headers(actor)}
+        extra = per_actor(actor) if per_actor is not None else {}
         if local and inprocess.bound:
-            return GlanceClient("http://freezeframe.internal/image", extra_headers=headers,
-                                transport=inprocess.transport())
-        return GlanceClient(url, extra_headers=headers)
+            return cls(f"http://freezeframe.internal{local_path}", extra_headers=headers,  # type: ignore[call-arg]
+                       transport=inprocess.transport(), **extra)
+        if not url:
+            raise SettingsError(f"no endpoint is configured for {local_path.strip('/').split('/')[0]} "
+                                "([endpoints] in the settings)")
+        return cls(url, extra_headers=headers, **extra)  # type: ignore[call-arg]
     return client
 
 
@@ -178,8 +209,12 @@ def register_work(settings: Settings, services: Services, hosts: Hosts, images, 
     compute_hooks.register(services.registry, db=services.db, hosts=hosts,
                            workdir=settings.instances_path / "_snapshots", task_timeout=settings.compute.task_timeout,
                            api_started_at=api_started_at)
-    install_runtime(build_runtime(settings, services.db, images, leases=leases,
-                                  local=compute_hooks.local_api(services.policy, hosts)))
+    local = compute_hooks.local_api(services.policy, hosts, volumes_for=services.volumes_for)
+    if services.volume_manager is not None:
+        from freezeframe.volumes import conductor_hooks as volume_hooks
+        volume_hooks.register(services.registry)
+        local.update(volume_hooks.local_api(services.volume_manager))
+    install_runtime(build_runtime(settings, services.db, images, leases=leases, local=local))
 
 
 def build_conductor(settings: Settings, services: Services, hosts: Hosts, images, *,
@@ -227,6 +262,8 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
     snapshots. Without a local conductor, workflows wait (owner None) for a `freezeframe conductor`."""
     images = service_image_client(settings, authenticator, services.inprocess)
     hosts = build_hosts(settings, services.db, authenticator, images, local=settings.compute.enabled)
+    services.volumes_for = service_volume_client(settings, authenticator,
+                                                 services.inprocess if services.volume is not None else None)
     # The compute API of this process starts now: an operation begun before belonged to a
     # process that is gone (the reconcile hook repairs it at once).
     api_started_at = utcnow()
@@ -235,7 +272,35 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
     else:       # workflows wait (owner None) for a `freezeframe conductor`
         register_work(settings, services, hosts, images, leases=None, api_started_at=api_started_at)
     services.compute = ComputeService(services.db, hosts, images, services.workflows, policy=services.policy,
-                                      max_concurrent_snapshots=settings.compute.max_concurrent_snapshots)
+                                      max_concurrent_snapshots=settings.compute.max_concurrent_snapshots,
+                                      volumes_for=services.volumes_for)
+
+
+def build_volume(settings: Settings, services: Services, authenticator: Authenticator) -> None:
+    """The volume service (Cinder v3) and its manager, with this host's volume driver: the
+    workflows it hands to the conductor run the driver here (the share is mounted here)."""
+    if not settings.volume.enabled:
+        return
+    from freezeframe.volumes.compute_assist import AssistClient, ComputeAssist
+    from freezeframe.volumes.manager import VolumeManager
+    from freezeframe.volumes.service import VolumeService
+
+    compute_for = acting_client(settings, authenticator, services.inprocess, AssistClient, "/compute/v2.1",
+                                settings.endpoint("compute"))
+    images = service_image_client(settings, authenticator, services.inprocess)
+    services.volume_manager = VolumeManager(services.db, build_volume_driver(settings), settings.volume,
+                                            ComputeAssist(compute_for), images_for=images)
+    services.volume = VolumeService(services.db, services.workflows, policy=services.policy, settings=settings.volume,
+                                    manager=services.volume_manager)
+
+
+def build_volume_driver(settings: Settings):
+    if settings.volume.driver == "fake":
+        from freezeframe.volumes.drivers.fake import FakeVolumeDriver
+        return FakeVolumeDriver(settings.data_dir / "fake-volumes", assisted=True)
+    from freezeframe.volumes.drivers.qcow2file import Qcow2FileDriver
+    settings.volumes_path.mkdir(parents=True, exist_ok=True)
+    return Qcow2FileDriver(settings.volumes_path)
 
 
 def build_identity(settings: Settings, db: Database) -> IdentityService | None:
@@ -250,7 +315,8 @@ def build_identity(settings: Settings, db: Database) -> IdentityService | None:
 
 def build_catalog(settings: Settings, services: Services) -> Catalog:
     """The service catalog the identity service hands out, from the endpoint catalog."""
-    local = {"identity", "image"} | ({"compute"} if services.compute is not None else set())
+    local = {"identity", "image"} | ({"compute"} if services.compute is not None else set()) | \
+        ({"volume"} if services.volume is not None else set())
     configured = {name: getattr(settings.endpoints, name) for name in ("identity", "image", "compute", "volume",
                                                                       "baremetal")}
     return Catalog(configured, frozenset(local), settings.endpoints.region)
@@ -344,6 +410,9 @@ def _write_clouds_locked(settings: Settings, target: Path, tokens: dict, identit
                         "image_endpoint_override": image_url, "image_api_version": "2"}
         if settings.compute.enabled:
             clouds[name]["compute_endpoint_override"] = settings.endpoint("compute")
+        if settings.volume.enabled:
+            clouds[name]["block_storage_endpoint_override"] = settings.endpoint("volume")
+            clouds[name]["block_storage_api_version"] = "3"
     if not clouds:
         return
     partial = target.with_name(f".{target.name}.{os.getpid()}")

@@ -182,8 +182,8 @@ def run_api(config: str | None, flags: dict, workers: int) -> None:
 # default) it also runs compute.host's hypervisor itself, as `serve` does.
 
 def run_conductor(settings: Settings) -> None:
-    from freezeframe.assembly import (build_authenticator, build_conductor, build_hosts, build_services,
-                                      service_image_client)
+    from freezeframe.assembly import (build_authenticator, build_conductor, build_hosts, build_services, build_volume,
+                                      service_image_client, service_volume_client)
 
     logs.setup(settings.server.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,8 @@ def run_conductor(settings: Settings) -> None:
     authenticator = build_authenticator(settings)
     images = service_image_client(settings, authenticator)
     hosts = build_hosts(settings, services.db, authenticator, images, local=settings.compute.enabled)
+    build_volume(settings, services, authenticator)       # its workflows run the volume driver here
+    services.volumes_for = service_volume_client(settings, authenticator)
     conductor = build_conductor(settings, services, hosts, images)
     stop = threading.Event()
 

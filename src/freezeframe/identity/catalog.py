@@ -4,7 +4,7 @@ Built from the endpoint catalog in the settings (``[endpoints]``). A service thi
 whose URL is not configured is listed at the address the client used to reach the identity
 API (so a client that came through a port forward or a proxy's host name is sent back the same
 way); configure ``[endpoints]`` when clients must use another address (TLS in front, several
-API hosts). Volume and baremetal are listed only when configured. ``$(project_id)s`` and
+API hosts). Baremetal is listed only when configured. ``$(project_id)s`` and
 ``%(project_id)s`` in a URL are replaced by the token's project, as Keystone does.
 """
 
@@ -19,7 +19,7 @@ SERVICES = [
     ("identity", "identity", "keystone", "/identity"),
     ("image", "image", "glance", "/image"),
     ("compute", "compute", "nova", "/compute/v2.1"),
-    ("volume", "block-storage", "cinder", None),
+    ("volume", "block-storage", "cinder", "/volume/v3/$(project_id)s"),
     ("baremetal", "baremetal", "ironic", None),
 ]
 INTERFACES = ("public", "internal", "admin")

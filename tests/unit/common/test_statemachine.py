@@ -274,3 +274,21 @@ def test_the_docs_show_every_table():
     assert documented("task_state", {"any task": list(TaskState)}) == table_of(TASK_STATE)
     live = [v for v in VmState if v != VmState.DELETED]
     assert documented("vm_state", {"any but deleted": live}) == table_of(VM_STATE)
+
+
+def test_the_docs_show_the_volume_tables():
+    """The volume tables as documented, plus the admin-only moves the text describes (reset and
+    force delete), are exactly the declared ones."""
+    from freezeframe.volumes.states import (ATTACHMENT, COMPUTE, SNAPSHOT, SNAPSHOT_RESET_TO, VOLUME, VOLUME_RESET_TO,
+                                            AttachStatus, SnapshotStatus, VolumeStatus)
+    live_v = [v for v in VolumeStatus if v != VolumeStatus.DELETED]
+    admin_v = {(str(f), str(t)) for f in live_v for t in VOLUME_RESET_TO if f != t}
+    admin_v |= {(str(f), "deleting") for f in live_v if f not in (VolumeStatus.IN_USE, VolumeStatus.DELETING)}
+    assert documented("volume", {}) | admin_v == table_of(VOLUME)
+    live_s = [s for s in SnapshotStatus if s != SnapshotStatus.DELETED]
+    admin_s = {(str(f), str(t)) for f in live_s for t in SNAPSHOT_RESET_TO if f != t}
+    admin_s |= {(str(f), "deleting") for f in live_s if f != SnapshotStatus.DELETING}
+    assert documented("volume_snapshot", {}) | admin_s == table_of(SNAPSHOT)
+    any_but = [a for a in AttachStatus if a != AttachStatus.DETACHED]
+    assert documented("volume_attachment", {"any but detached": any_but}) == table_of(ATTACHMENT)
+    assert documented("compute_snapshot_status", {}) == table_of(COMPUTE)
