@@ -1,5 +1,6 @@
 """The Nova v2.1 subset at /compute/v2.1: servers, power actions, createImage/createBackup,
-os-instance-actions, flavors; microversions by header."""
+os-instance-actions, flavors, os-volume_attachments and os-assisted-volume-snapshots (the volume
+service's calls); microversions by header."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from freezeframe.common.timeutil import isotime
 from freezeframe.common.web.mount import Mounted, Public
 from freezeframe.common.web.microversion import APIVersion, Microversions
 from freezeframe.common.web.request import ctx_of, json_body
-from freezeframe.compute.model import Instance, InstanceAction
+from freezeframe.common.strict import INT32_MAX, parse_uint
+from freezeframe.compute.model import BlockDeviceMapping, Instance, InstanceAction
 from freezeframe.compute.service import FLAVORS, ComputeService
 from freezeframe.compute.states import VmState
+from freezeframe.compute.volume_ops import bdm_uuid, parse_attach
 
 VERSIONS = Microversions("compute", "X-OpenStack-Nova-API-Version", min="2.1", max="2.96")
 STATUS = {VmState.ACTIVE: "ACTIVE", VmState.STOPPED: "SHUTOFF", VmState.BUILDING: "BUILD",
@@ -45,6 +48,21 @@ def server_view(inst: Instance, base: str, version: APIVersion) -> dict[str, Any
         body["flavor"] = {"id": inst.flavor_id, "links": []}
     if inst.fault:
         body["fault"] = {"code": 500, "message": inst.fault, "created": isotime(inst.updated_at)}
+    return body
+
+
+def volume_attachment_view(bdm: BlockDeviceMapping, version: APIVersion, *, created: bool = False) -> dict[str, Any]:
+    """Nova's volumeAttachment: ``tag`` from 2.70, ``delete_on_termination`` from 2.79; from
+    2.89 a show or list has ``attachment_id`` and ``bdm_uuid`` instead of ``id``."""
+    new_ids = version >= (2, 89) and not created
+    body: dict[str, Any] = {} if new_ids else {"id": bdm.volume_id}
+    body.update(serverId=bdm.instance_uuid, volumeId=bdm.volume_id, device=f"/dev/{bdm.device_name}")
+    if version >= (2, 70):
+        body["tag"] = bdm.tag
+    if version >= (2, 79):
+        body["delete_on_termination"] = bdm.delete_on_termination
+    if new_ids:
+        body.update(attachment_id=bdm.attachment_id, bdm_uuid=bdm_uuid(bdm))
     return body
 
 
@@ -83,7 +101,62 @@ class ComputeAPI:
             Route("/v2.1/flavors/{flavor_id}", self.flavor, methods=["GET"]),
             Route("/v2.1/os-freezeframe-adopt", self.adopt, methods=["POST"]),
             Route("/v2.1/os-services", self.services, methods=["GET"]),
+            Route(s + "/os-volume_attachments", self.list_volume_attachments, methods=["GET"]),
+            Route(s + "/os-volume_attachments", self.attach_volume, methods=["POST"]),
+            Route(s + "/os-volume_attachments/{volume_id}", self.show_volume_attachment, methods=["GET"]),
+            Route(s + "/os-volume_attachments/{volume_id}", self.detach_volume, methods=["DELETE"]),
+            Route("/v2.1/os-assisted-volume-snapshots", self.assisted_snapshot_create, methods=["POST"]),
+            Route("/v2.1/os-assisted-volume-snapshots/{snapshot_id}", self.assisted_snapshot_delete,
+                  methods=["DELETE"]),
         ])
+
+    # -- volumes (os-volume_attachments, os-assisted-volume-snapshots) ---------------------------
+
+    async def list_volume_attachments(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
+        query = request.query_params
+        if version >= (2, 75) and set(query) - {"limit", "offset"}:
+            raise errors.Invalid(f"Invalid query parameters: {', '.join(sorted(set(query) - {'limit', 'offset'}))}")
+        limit = parse_uint("limit", query["limit"], maximum=INT32_MAX) if "limit" in query else None
+        offset = parse_uint("offset", query["offset"], maximum=INT32_MAX) if "offset" in query else 0
+        rows = await self.compute.volumes.attachments(ctx_of(request), request.path_params["server_id"])
+        rows = rows[offset:] if limit is None else rows[offset:offset + limit]
+        return VERSIONS.versioned(JSONResponse({"volumeAttachments": [volume_attachment_view(b, version)
+                                                                      for b in rows]}), version)
+
+    async def show_volume_attachment(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
+        bdm = await self.compute.volumes.attachment(ctx_of(request), request.path_params["server_id"],
+                                                    request.path_params["volume_id"])
+        return VERSIONS.versioned(JSONResponse({"volumeAttachment": volume_attachment_view(bdm, version)}), version)
+
+    async def attach_volume(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
+        req = parse_attach(await json_body(request), tag_allowed=version >= (2, 49),
+                           delete_on_termination_allowed=version >= (2, 79))
+        bdm = await self.compute.volumes.attach(ctx_of(request), request.path_params["server_id"], req)
+        return VERSIONS.versioned(JSONResponse({"volumeAttachment": volume_attachment_view(bdm, version,
+                                                                                           created=True)}), version)
+
+    async def detach_volume(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
+        await self.compute.volumes.detach(ctx_of(request), request.path_params["server_id"],
+                                          request.path_params["volume_id"])
+        return VERSIONS.versioned(Response(status_code=202), version)
+
+    async def assisted_snapshot_create(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
+        body = await self.compute.volumes.assisted_create(ctx_of(request), await json_body(request))
+        return VERSIONS.versioned(JSONResponse(body), version)
+
+    async def assisted_snapshot_delete(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
+        query = request.query_params
+        if version >= (2, 75) and set(query) - {"delete_info"}:
+            raise errors.Invalid(f"Invalid query parameters: {', '.join(sorted(set(query) - {'delete_info'}))}")
+        await self.compute.volumes.assisted_delete(ctx_of(request), request.path_params["snapshot_id"],
+                                                   query.get("delete_info"))
+        return VERSIONS.versioned(Response(status_code=204), version)
 
     async def services(self, request: Request) -> Response:
         """Nova's compute services: one nova-compute per compute host, up or down by its heartbeat."""

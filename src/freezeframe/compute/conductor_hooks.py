@@ -1,7 +1,8 @@
 """What the compute service registers with the conductor: its kinds of work and its hooks.
 
-- kinds: ``snapshot`` and ``backup`` of a server (``compute/workflows/snapshot.py``), bound to
-  the server's host;
+- kinds: ``snapshot`` and ``backup`` of a server (``compute/workflows/snapshot.py``) and
+  compute's part of an assisted volume snapshot (``assisted-volume-snapshot``,
+  ``compute/workflows/assisted.py``), each bound to the server's host;
 - reconcile hooks, called by every conductor's scan, for what compute's work holds on the host:
   ``leftovers`` releases what a finished snapshot still holds here (its workdir with the
   hypervisor's backup job or qemu-nbd export — e.g. after a revert that itself failed), and
@@ -24,6 +25,7 @@ from freezeframe.compute.drivers.base import VirtDriver
 from freezeframe.compute.hostside import Hosts
 from freezeframe.compute.model import Instance
 from freezeframe.compute.snapshot_hooks import SnapshotHooks
+from freezeframe.compute.volume_ops import VolumeHooks, VolumesFor
 from freezeframe.conductor.registry import Registry, Scan
 from freezeframe.db.session import Database
 
@@ -89,9 +91,9 @@ def register(registry: Registry, *, db: Database, hosts: Hosts, workdir: Path, t
              api_started_at: dt.datetime | None) -> None:
     """Compute's kinds and hooks. ``api_started_at``: when the compute API of this very process
     started (``serve``), so an operation begun before belonged to a process that is gone."""
-    from freezeframe.compute.workflows.snapshot import KINDS
+    from freezeframe.compute.workflows import assisted, snapshot
 
-    for kind in KINDS:
+    for kind in (*snapshot.KINDS, *assisted.KINDS):
         registry.add_kind(kind)
     if hosts.local is not None:     # what snapshots left on this process's host
         registry.add_hook(SERVICE, "leftovers", LeftoverSweep(db, hosts, workdir))
@@ -99,7 +101,19 @@ def register(registry: Registry, *, db: Database, hosts: Hosts, workdir: Path, t
                                                           api_started_at=api_started_at))
 
 
-def local_api(policy: Policy | None, hosts: Hosts) -> dict[str, Any]:
+class ComputeHooks(SnapshotHooks):
+    """Compute's functions for the workflows of this process: the snapshot ones, each
+    server's host's driver, and (``volumes``) what the assisted volume snapshot asks of
+    compute — the server's mapping of the volume, and the volume API it reports to."""
+
+    def __init__(self, hosts: Hosts | VirtDriver, policy: Policy | None = None,
+                 volumes_for: VolumesFor | None = None) -> None:
+        super().__init__(hosts, policy)
+        self.volumes = VolumeHooks(volumes_for)
+
+
+def local_api(policy: Policy | None, hosts: Hosts, volumes_for: VolumesFor | None = None) -> dict[str, Any]:
     """What compute offers the workflows of this process (``runtime.local``): its snapshot
-    functions, and each server's host's driver they run with."""
-    return {SERVICE: SnapshotHooks(hosts, policy)}
+    functions, each server's host's driver they run with, and ``volumes_for`` (the volume API
+    acting for a user: ``assembly.service_volume_client``) for assisted snapshots."""
+    return {SERVICE: ComputeHooks(hosts, policy, volumes_for)}

@@ -23,6 +23,7 @@ from freezeframe.compute.drivers.base import DomainNotFound, PowerState
 from freezeframe.compute.hostside import BootRequest, Hosts
 from freezeframe.compute.model import Instance, InstanceAction
 from freezeframe.compute.states import TaskState, VmState, set_task_state, set_vm_state
+from freezeframe.compute.volume_ops import VolumeOps
 from freezeframe.conductor.service import Workflows
 from freezeframe.db.session import Database
 from freezeframe.images.client import CORE_ATTRIBUTES, GlanceClient, GlanceError
@@ -119,7 +120,8 @@ def check_name(value: Any, what: str = "name") -> str:
 
 class ComputeService:
     def __init__(self, db: Database, hosts: Hosts, images_for: Callable[[Actor], GlanceClient],
-                 workflows: Workflows, *, policy: Policy, max_concurrent_snapshots: int = 5) -> None:
+                 workflows: Workflows, *, policy: Policy, max_concurrent_snapshots: int = 5,
+                 volumes_for: Callable[[Actor], Any] | None = None) -> None:
         self.db = db
         self.hosts = hosts                     # each server's host: this one, or another over its host API
         self.images_for = images_for           # the image API, acting for a user (their rights)
@@ -131,6 +133,10 @@ class ComputeService:
         self.pool = BoundedPool("compute", workers=8, queue=16)
         # Spawns (image download, boot) run after the 202, on their own bounded pool.
         self.spawner = BoundedPool("compute-spawn", workers=2, queue=32, serves_requests=False)
+        # Volumes on servers (attach/detach, assisted snapshots): ``compute/volume_ops.py``, with
+        # the volume API acting for a user (``assembly.service_volume_client``).
+        self.volumes = VolumeOps(db, hosts, volumes_for, workflows, policy=policy, pool=self.pool,
+                                 get_server=self._get)
 
     async def services(self, ctx: RequestContext) -> list[dict[str, Any]]:
         """The compute hosts as Nova lists its nova-compute services (os-services): this
@@ -317,6 +323,8 @@ class ComputeService:
         inst = await self.db.run(begin)
         await self.pool.run(lambda: self.hosts.get(inst.host).remove(inst.domain_name, inst.id,
                                                                      adopted=inst.adopted), wait=30)
+        # Its volumes are detached (an adopted domain stays: from the guest too), as Nova's delete.
+        await self.pool.run(lambda: self.volumes.detach_all(inst, ctx.actor, in_guest=inst.adopted), wait=30)
         await self.db.run(lambda s: set_task_state(s, server_id, TaskState.DELETING, None, reason="deleted",
                                                    vm_state=VmState.DELETED))
 
