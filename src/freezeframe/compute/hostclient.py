@@ -8,6 +8,7 @@ credentials the host made for that export (never copied to the conductor's host)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,7 +20,7 @@ from freezeframe.common.httpclient import ServiceClient
 from freezeframe.common.remote import RemoteError, Unreachable
 from freezeframe.compute import hostwire, nbdexport
 from freezeframe.compute.drivers.base import (DomainInfo, DomainNotFound, DriverError, GuestSpec, QuiesceFailed,
-                                              SnapshotHandle, SnapshotReader, VirtDriver)
+                                              SnapshotHandle, SnapshotReader, VirtDriver, VolumeDisk, VolumeJob)
 from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostside import Booted, BootRequest
 from freezeframe.compute.nbd import NbdError
@@ -63,18 +64,52 @@ class HostClient(ServiceClient):
         except HostUnreachable as exc:
             raise HostUnavailable(f"compute host at {self.url} is unreachable: {exc.message}") from None
         except HostError as exc:
-            if exc.status == 404:
-                raise DomainNotFound(exc.message) from None
-            if exc.status == 409 and " is busy: " in exc.message:
-                raise HostBusy(exc.message) from None
-            if exc.status == 409 and "quiesce" in exc.message.lower():
-                raise QuiesceFailed(exc.message) from None
-            if exc.status == 409:
-                raise errors.Conflict(exc.message) from None
-            if exc.status == 400:
-                raise errors.Invalid(exc.message) from None
-            raise DriverError(f"compute host at {self.url}: {exc.message}") from None
+            raise self._driver_error(exc) from None
         return response.json() if response.content else None
+
+    def stream(self, method: str, path: str, on_progress: Callable[[int, int], None], **kw: Any) -> None:
+        """A call whose answer streams progress lines (``hostapi.volume_merge``), each given to
+        ``on_progress``, until its last line says done (or raises the error it carries)."""
+        request = self._http.build_request(method, hostwire.PREFIX + path, headers=self.own, **kw)
+        try:
+            response = self._send(request, stream=True)
+        except HostUnreachable as exc:
+            raise HostUnavailable(f"compute host at {self.url} is unreachable: {exc.message}") from None
+        except HostError as exc:
+            raise self._driver_error(exc) from None
+        last: dict | None = None
+        try:
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                doc = json.loads(line)
+                if "result" in doc or "error" in doc:
+                    last = doc
+                    break
+                if doc.get("progress"):                     # (else a heartbeat)
+                    on_progress(*doc["progress"])
+        except (httpx.HTTPError, ValueError, TypeError) as exc:
+            raise DriverError(f"compute host at {self.url}: the answer broke off: {exc}") from None
+        finally:
+            response.close()
+        if last is None:
+            raise DriverError(f"compute host at {self.url}: the answer ended before the work did")
+        if "error" in last:
+            error = last["error"]
+            raise self._driver_error(HostError(str(error.get("message")), status=int(error.get("code", 500))))
+
+    def _driver_error(self, exc: HostError) -> Exception:
+        if exc.status == 404:
+            return DomainNotFound(exc.message)
+        if exc.status == 409 and " is busy: " in exc.message:
+            return HostBusy(exc.message)
+        if exc.status == 409 and "quiesce" in exc.message.lower():
+            return QuiesceFailed(exc.message)
+        if exc.status == 409:
+            return errors.Conflict(exc.message)
+        if exc.status == 400:
+            return errors.Invalid(exc.message)
+        return DriverError(f"compute host at {self.url}: {exc.message}")
 
 
 class RemoteDriver(VirtDriver):
@@ -126,6 +161,33 @@ class RemoteDriver(VirtDriver):
 
     def snapshot_source(self, name: str, snapshot_id: str, workdir: Path):
         raise DriverError("a remote point in time is read through open_snapshot")
+
+    # -- volumes (seed 002): the file paths are the same on every host (the share's mount) ---------
+    def _volume_path(self, name: str, volume_id: str) -> str:
+        return f"/domains/{hostwire.domain_name(name)}/volumes/{hostwire.volume_id(volume_id)}"
+
+    def attach_volume(self, name: str, disk: VolumeDisk) -> None:
+        self.client.call("PUT", self._volume_path(name, disk.volume_id), json=hostwire.volume_disk_to_json(disk))
+
+    def detach_volume(self, name: str, volume_id: str) -> None:
+        self.client.call("DELETE", self._volume_path(name, volume_id))
+
+    def volume_disks(self, name: str) -> list[VolumeDisk]:
+        doc = self.client.call("GET", f"/domains/{hostwire.domain_name(name)}/volumes")
+        return [hostwire.volume_disk_from_wire(d) for d in doc["volumes"]]
+
+    def volume_snapshot_create(self, name: str, volume_id: str, new_file: Path, *, quiesce: bool,
+                               require_quiesce: bool, max_frozen: float = 1.0) -> tuple[bool, float]:
+        doc = self.client.call("POST", self._volume_path(name, volume_id) + "/snapshot",
+                               json={"new_file": str(new_file), "quiesce": quiesce,
+                                     "require_quiesce": require_quiesce, "max_frozen": max_frozen})
+        return bool(doc["quiesced"]), float(doc["frozen_seconds"])
+
+    def volume_snapshot_delete(self, name: str, volume_id: str, *, file_to_merge: str | None,
+                               merge_target_file: str | None, progress: VolumeJob | None = None) -> None:
+        self.client.stream("POST", self._volume_path(name, volume_id) + "/merge",
+                           progress.report if progress is not None else (lambda _done, _total: None),
+                           json={"file_to_merge": file_to_merge, "merge_target_file": merge_target_file})
 
 
 class RemoteHost:

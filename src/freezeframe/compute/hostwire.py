@@ -9,10 +9,12 @@ from typing import Any
 
 from freezeframe.common import errors
 from freezeframe.common.strict import is_uuid
-from freezeframe.compute.drivers.base import DiskInfo, DomainInfo, PowerState, SnapshotHandle
+from freezeframe.compute.drivers import qcow2chain
+from freezeframe.compute.drivers.base import DiskInfo, DomainInfo, PowerState, SnapshotHandle, VolumeDisk
 
 PREFIX = "/host/v1"
 _DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_TARGET = re.compile(r"^vd[a-z]{1,2}$")
 
 
 def domain_name(value: Any) -> str:
@@ -51,3 +53,30 @@ def handle_from_json(doc: dict[str, Any], workdir: Path) -> SnapshotHandle:
     return SnapshotHandle(snapshot_id=doc["snapshot_id"], domain=doc["domain"], disk=doc["disk"],
                           virtual_size=doc["virtual_size"], workdir=workdir, quiesced=doc["quiesced"],
                           frozen_seconds=doc["frozen_seconds"])
+
+
+# -- volumes (seed 002) --------------------------------------------------------------------------
+def volume_id(value: Any) -> str:
+    if not isinstance(value, str) or not is_uuid(value):
+        raise errors.Invalid(f"Invalid volume id {value!r}: a UUID is required")
+    return value.lower()
+
+
+def volume_disk_to_json(disk: VolumeDisk) -> dict[str, Any]:
+    return {"volume_id": disk.volume_id, "target": disk.target, "path": str(disk.path), "format": disk.format}
+
+
+def volume_disk_from_json(doc: Any, vid: str | None = None) -> VolumeDisk:
+    """A volume disk as a request sends it (``vid``: the one its URL names)."""
+    if not isinstance(doc, dict):
+        raise errors.Invalid("the volume disk must be a JSON object")
+    target = doc.get("target")
+    if not isinstance(target, str) or not _TARGET.match(target):
+        raise errors.Invalid(f"Invalid target {target!r}: a virtio disk name (vdb, vdc, ...)")
+    return VolumeDisk(volume_id=volume_id(doc.get("volume_id", vid) if vid is None else vid), target=target,
+                      path=qcow2chain.host_path(doc.get("path"), "path"), format=qcow2chain.image_format(doc.get("format")))
+
+
+def volume_disk_from_wire(doc: dict[str, Any]) -> VolumeDisk:
+    """A volume disk as the host answers it (its own, not checked again)."""
+    return VolumeDisk(doc["volume_id"], doc["target"], Path(doc["path"]), doc["format"])

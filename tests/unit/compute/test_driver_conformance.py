@@ -3,12 +3,20 @@ the tiny test guest, booted once per module) wherever libvirt can run.
 
 Each setup offers a running guest whose agent answers, a running guest whose agent does not, the
 disk to snapshot on them, and a way to make a fresh guest and a second driver on the same host.
+
+The volume operations (seed 002) run on the fake, on the fake behind the host API (the
+``RemoteDriver`` a conductor on another host uses, in process), and on libvirt: attach, three
+assisted snapshots, the deletes of the middle one (commit), of the newest (rebase onto the
+base) and of the last (flatten), detach — the chain and the data checked after each step.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,11 +25,13 @@ from typing import Callable
 
 import pytest
 
+from freezeframe.common import errors
 from freezeframe.compute.drivers.base import (
-    DomainNotFound, DriverError, GuestSpec, PowerState, QuiesceFailed, VirtDriver,
+    DomainNotFound, DriverError, GuestSpec, PowerState, QuiesceFailed, VirtDriver, VolumeDisk, VolumeJob,
 )
 from freezeframe.compute.drivers.fake import FakeDriver
 from tests.libvirt.test_libvirt_snapshot import GuestLab, libvirt_unavailable, read_snapshot
+from tests.libvirt.test_volume_ops_libvirt import acpi_spec
 
 MiB = 1 << 20
 
@@ -37,6 +47,8 @@ class Setup:
     new_driver: Callable[[], VirtDriver]       # a second driver on the same host
     off_timeout: float            # power_off timeout that does not wait for a guest that ignores ACPI
     workdir: Callable[[str], Path]             # a fresh snapshot workdir the hypervisor can write
+    volume_guest: str = ""        # running, agent answers, lets go of hot-unplugged disks
+    share: Path | None = None     # where volumes' files are (the hypervisor can open them)
 
 
 # -- the fake ----------------------------------------------------------------------------------------
@@ -60,9 +72,11 @@ def fake_setup(tmp_path: Path) -> Setup:
 
     driver.spawn(spec("fake-agent", agent=True))
     driver.spawn(spec("fake-noagent"))
+    (tmp_path / "share").mkdir()
     return Setup("fake", driver, "fake-agent", "fake-noagent", "vdb", new_spec=spec,
                  new_driver=lambda: FakeDriver(host=driver.host), off_timeout=0,
-                 workdir=lambda name: tmp_path / "snapshots" / name)
+                 workdir=lambda name: tmp_path / "snapshots" / name, volume_guest="fake-agent",
+                 share=tmp_path / "share")
 
 
 # -- libvirt ---------------------------------------------------------------------------------------
@@ -75,8 +89,11 @@ def libvirt_lab():
     try:
         lab.boot(lab.spec("agent", extra=(lab.disk("agent-vdb", data=True),)))
         lab.boot(lab.spec("noagent", extra=(lab.disk("noagent-vdb", data=True),), cmdline="ff.noagent"))
+        lab.boot(acpi_spec(lab, "vol"))          # for volumes: hot-unplug needs ACPI in the guest
         lab.wait_ready("ffc-agent")
         lab.wait_ready("ffc-noagent", agent=False)
+        lab.wait_ready("ffc-vol")
+        (lab.ws / "share").mkdir(mode=0o755)
         yield lab
     finally:
         lab.close()
@@ -90,13 +107,69 @@ def libvirt_setup(lab: GuestLab) -> Setup:
         return s
 
     return Setup("libvirt", lab.driver, "ffc-agent", "ffc-noagent", "vdb", new_spec=spec,
-                 new_driver=lab.new_driver, off_timeout=1, workdir=lab.workdir)
+                 new_driver=lab.new_driver, off_timeout=1, workdir=lab.workdir, volume_guest="ffc-vol",
+                 share=lab.ws / "share")
 
 
 @pytest.fixture(params=["fake", pytest.param("libvirt", marks=pytest.mark.libvirt)])
 def setup(request, tmp_path) -> Setup:
     if request.param == "fake":
         return fake_setup(tmp_path)
+    return libvirt_setup(request.getfixturevalue("libvirt_lab"))
+
+
+# -- the fake behind the host API (a conductor's RemoteDriver), in process ----------------------------
+@pytest.fixture
+def remote_setup(tmp_path):
+    """The fake's setup, driven through ``RemoteDriver`` -> host API -> ``LockedDriver``,
+    over the in-process transport (a loop of its own on a thread, as ``serve`` runs it)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from freezeframe.common.context import RequestContext
+    from freezeframe.common.policy import Policy
+    from freezeframe.common.web.errors import HANDLERS
+    from freezeframe.compute.drivers.locked import LockedDriver
+    from freezeframe.compute.hostapi import HostAPI
+    from freezeframe.compute.hostclient import HostClient, RemoteDriver
+    from freezeframe.compute.hostside import LocalHost
+    from freezeframe.http.inprocess import InProcess
+
+    local = fake_setup(tmp_path)
+    host = LocalHost("h1", LockedDriver(local.driver, timeout=5), lambda actor: None, tmp_path / "instances")
+    api = HostAPI(host, Policy(None), tmp_path / "instances" / "_snapshots", lambda *a: {}, lambda *a: None)
+    app = Starlette(routes=[Mount("/host/v1", app=api.router())], exception_handlers=HANDLERS)
+    service = RequestContext("freezeframe", "service", frozenset({"service"}), service_roles=frozenset({"service"}))
+
+    async def as_service(scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["ctx"] = service
+        await app(scope, receive, send)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="host-api", daemon=True)
+    thread.start()
+    where = InProcess()
+    where.bind(as_service, loop)
+    client = HostClient("http://h1", transport=where.transport())
+    remote = RemoteDriver(client, open_export=lambda info: None)
+    setup = Setup("remote", remote, local.agent_guest, local.noagent_guest, local.disk, new_spec=local.new_spec,
+                  new_driver=lambda: remote, off_timeout=0, workdir=local.workdir, volume_guest=local.volume_guest,
+                  share=local.share)
+    setup.local = local.driver           # the host's own driver (behind the lock), for the tests' hooks
+    yield setup
+    client.close()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+@pytest.fixture(params=["fake", "remote", pytest.param("libvirt", marks=pytest.mark.libvirt)])
+def vsetup(request, tmp_path) -> Setup:
+    """The setups the volume operations run on."""
+    if request.param == "fake":
+        return fake_setup(tmp_path)
+    if request.param == "remote":
+        return request.getfixturevalue("remote_setup")
     return libvirt_setup(request.getfixturevalue("libvirt_lab"))
 
 
@@ -318,3 +391,236 @@ def test_fake_max_frozen_and_extents(tmp_path):
     drv.destroy(name)
     with pytest.raises(DriverError, match="destroyed"):
         drv.open_snapshot(name, "p", h.workdir)                        # the point in time went with it
+
+
+# -- volumes (seed 002) ---------------------------------------------------------------------------------------
+VOLUME = 16 * MiB
+
+
+def chain_names(path: Path, fmt: str = "qcow2") -> list[str]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", "-f", fmt, str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return [Path(d["filename"]).name for d in json.loads(out)]
+
+
+def volume_file(share: Path) -> tuple[str, Path]:
+    """A raw sparse volume file with data at a few places (as the qcow2file driver makes one)."""
+    vid = str(uuid.uuid4())
+    return vid, fake_disk(share / f"volume-{vid}", VOLUME)
+
+
+def overlay(share: Path, vid: str, sid: str, backing: Path, fmt: str) -> Path:
+    path = share / f"volume-{vid}.{sid}"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing.name, "-F", fmt, str(path),
+                    str(VOLUME)], check=True, cwd=share)
+    return path
+
+
+def host_writes(path: Path, offset: int, pattern: int) -> None:
+    """What a guest would write, written into the active file while nothing holds it."""
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} 64k", str(path)],
+                   check=True, capture_output=True)
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def job(self) -> VolumeJob:
+        return VolumeJob(lambda done, total: self.seen.append((done, total)))
+
+    def check(self) -> None:
+        assert self.seen and self.seen[-1][0] == self.seen[-1][1] > 0, self.seen
+        assert [d for d, _t in self.seen] == sorted(d for d, _t in self.seen), self.seen
+
+
+@pytest.mark.timeout(180)
+def test_volume_snapshots_and_merges(vsetup):
+    drv, name, share = vsetup.driver, vsetup.volume_guest, vsetup.share
+    vid, base = volume_file(share)
+    disk = VolumeDisk(vid, "vdc", base, "raw")
+    drv.attach_volume(name, disk)
+    drv.attach_volume(name, disk)                                  # idempotent
+    assert drv.volume_disks(name) == [disk]
+    if vsetup.kind != "remote":      # (the host API's domain view is the same call)
+        assert any(d.target == "vdc" and d.path == base for d in drv.get_info(name).disks)
+    with pytest.raises(errors.Conflict):
+        drv.attach_volume(name, VolumeDisk(str(uuid.uuid4()), "vdc", base, "raw"))
+
+    snaps, data = {}, {}
+    active, fmt = base, "raw"
+    for n, sid in enumerate(("s1", "s2", "s3")):
+        new = overlay(share, vid, sid, active, fmt)
+        quiesced, frozen = drv.volume_snapshot_create(name, vid, new, quiesce=True, require_quiesce=True)
+        assert quiesced and 0 <= frozen < 1.0
+        if vsetup.kind != "remote":          # (the host API does not tell: its own driver does)
+            assert_thawed(vsetup, name)
+        assert drv.volume_snapshot_create(name, vid, new, quiesce=True, require_quiesce=True) == (False, 0.0)
+        assert drv.volume_disks(name) == [VolumeDisk(vid, "vdc", new, "qcow2")]
+        assert chain_names(new) == [new.name, *chain_names(active, fmt)]
+        snaps[sid], data[sid] = new, qemu_read(active, fmt)
+        if vsetup.kind != "libvirt":                               # a guest writing (libvirt's: its own test)
+            host_writes(new, n * MiB, 0x41 + n)
+        active, fmt = new, "qcow2"
+    final = qemu_read(active)
+
+    # The middle snapshot's overlay is committed into its backing file (Cinder's delete_info).
+    reports = Reports()
+    drv.volume_snapshot_delete(name, vid, file_to_merge=snaps["s2"].name, merge_target_file=snaps["s1"].name,
+                               progress=reports.job())
+    reports.check()
+    assert chain_names(active) == [snaps["s3"].name, snaps["s1"].name, base.name]
+    snaps["s2"].unlink()
+    assert qemu_read(snaps["s1"]) == data["s3"] and qemu_read(active) == final
+    drv.volume_snapshot_delete(name, vid, file_to_merge=snaps["s2"].name, merge_target_file=snaps["s1"].name)
+
+    # The newest snapshot's overlay is the active file: rebased onto what is below its backing.
+    reports = Reports()
+    drv.volume_snapshot_delete(name, vid, file_to_merge=base.name, merge_target_file=None, progress=reports.job())
+    reports.check()
+    assert chain_names(active) == [snaps["s3"].name, base.name]
+    snaps["s1"].unlink()
+    assert qemu_read(base, "raw") == data["s1"] and qemu_read(active) == final
+    drv.volume_snapshot_delete(name, vid, file_to_merge=base.name, merge_target_file=None)   # done already
+
+    # The last one: flattened.
+    drv.volume_snapshot_delete(name, vid, file_to_merge=None, merge_target_file=None, progress=Reports().job())
+    assert chain_names(active) == [snaps["s3"].name]
+    base.unlink()
+    assert qemu_read(active) == final
+    assert drv.volume_disks(name) == [VolumeDisk(vid, "vdc", active, "qcow2")]
+
+    drv.detach_volume(name, vid)
+    assert drv.volume_disks(name) == []
+    drv.detach_volume(name, vid)                                   # absent: no error
+
+
+@pytest.mark.timeout(120)
+def test_volume_bad_requests(vsetup):
+    drv, name, share = vsetup.driver, vsetup.volume_guest, vsetup.share
+    vid, base = volume_file(share)
+    with pytest.raises(DomainNotFound):
+        drv.attach_volume("no-such-domain", VolumeDisk(vid, "vdc", base, "raw"))
+    with pytest.raises(DomainNotFound):
+        drv.volume_disks("no-such-domain")
+    drv.attach_volume(name, VolumeDisk(vid, "vdc", base, "raw"))
+    try:
+        stranger = share / "stranger.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(stranger), str(VOLUME)], check=True)
+        with pytest.raises(DriverError):
+            drv.volume_snapshot_create(name, vid, stranger, quiesce=False, require_quiesce=False)
+        with pytest.raises(DriverError):
+            drv.volume_snapshot_create(name, str(uuid.uuid4()), stranger, quiesce=False, require_quiesce=False)
+        for bad in ("../x", "a/b", ".."):
+            with pytest.raises(errors.Invalid):
+                drv.volume_snapshot_delete(name, vid, file_to_merge=bad, merge_target_file=None)
+        with pytest.raises(errors.Invalid):
+            drv.volume_snapshot_delete(name, vid, file_to_merge=None, merge_target_file=base.name)
+        with pytest.raises(DriverError):             # not below the active file's backing: nothing to do
+            drv.volume_snapshot_delete(name, vid, file_to_merge="volume-nothing", merge_target_file=None)
+        assert drv.volume_disks(name) == [VolumeDisk(vid, "vdc", base, "raw")]
+    finally:
+        drv.detach_volume(name, vid)
+
+
+@pytest.mark.timeout(120)
+def test_volume_snapshot_of_a_stopped_domain_moves_the_definition(vsetup):
+    if vsetup.kind == "remote":
+        pytest.skip("the host API boots servers from images; the stopped case is the local driver's")
+    drv, share = vsetup.driver, vsetup.share
+    spec = vsetup.new_spec("volstop")
+    drv.spawn(spec)
+    drv.power_off(spec.name, timeout=vsetup.off_timeout)
+    vid, base = volume_file(share)
+    drv.attach_volume(spec.name, VolumeDisk(vid, "vdc", base, "raw"))
+    new = overlay(share, vid, "s1", base, "raw")
+    assert drv.volume_snapshot_create(spec.name, vid, new, quiesce=True, require_quiesce=True) == (False, 0.0)
+    assert drv.volume_disks(spec.name) == [VolumeDisk(vid, "vdc", new, "qcow2")]
+    host_writes(new, 0, 0x5a)
+    final = qemu_read(new)
+    reports = Reports()
+    drv.volume_snapshot_delete(spec.name, vid, file_to_merge=None, merge_target_file=None, progress=reports.job())
+    reports.check()
+    assert chain_names(new) == [new.name] and qemu_read(new) == final
+    drv.power_on(spec.name)
+    assert drv.volume_disks(spec.name) == [VolumeDisk(vid, "vdc", new, "qcow2")]
+    drv.destroy(spec.name)
+
+
+def qemu_read(path: Path, fmt: str = "qcow2") -> bytes:
+    """What the chain under ``path`` holds, as a guest reads it."""
+    out = path.parent / f".read-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(out)],
+                       capture_output=True, check=True)
+        return out.read_bytes()
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_remote_merge_streams_progress_then_its_outcome(remote_setup, monkeypatch):
+    """A merge's answer streams its progress (and heartbeats while the job reports none); an
+    error after the first line still reaches the caller as the driver's own error, a host
+    fault's text staying in the host's log."""
+    from freezeframe.compute import hostapi
+
+    monkeypatch.setattr(hostapi, "HEARTBEAT", 0.05)
+    remote, local = remote_setup.driver, remote_setup.local
+    outcome: list[BaseException | None] = []
+
+    def merge(name, volume_id, *, file_to_merge, merge_target_file, progress=None):
+        time.sleep(0.2)                                     # heartbeats, no progress yet
+        for done in (1, 2):
+            progress.report(done, 4)
+            time.sleep(0.1)
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    monkeypatch.setattr(local, "volume_snapshot_delete", merge)
+    vid = str(uuid.uuid4())
+    for exc, expected in ((None, None), (DriverError("qemu died at /secret/path"), DriverError),
+                          (errors.Conflict("the volume is busy"), errors.Conflict)):
+        outcome[:] = [exc]
+        seen: list[tuple[int, int]] = []
+        job = VolumeJob(lambda done, total: seen.append((done, total)))
+        if expected is None:
+            remote.volume_snapshot_delete("fake-agent", vid, file_to_merge=None, merge_target_file=None, progress=job)
+        else:
+            with pytest.raises(expected) as raised:
+                remote.volume_snapshot_delete("fake-agent", vid, file_to_merge=None, merge_target_file=None,
+                                              progress=job)
+            assert "/secret" not in str(raised.value)
+            if expected is errors.Conflict:
+                assert "the volume is busy" in str(raised.value)
+        assert seen[0] == (1, 4) and seen[-1] == (2, 4) and (0, 0) not in seen, seen
+
+
+def test_fake_keeps_only_names_beside_the_fake_volume_driver(tmp_path):
+    """The fake volume driver makes no overlay files: the fake keeps the chain's names, with
+    the same rules, and a restarted ``serve`` (the persistent fake) finds them again."""
+    from freezeframe.compute.drivers.fake import PersistentFakeDriver
+
+    state = tmp_path / "domains.json"
+    drv = PersistentFakeDriver(state)
+    spec = GuestSpec(name="names", uuid=str(uuid.uuid4()), vcpus=1, memory_mb=64, root_disk=fake_disk(tmp_path / "vda"))
+    drv.spawn(spec)
+    vid, base = volume_file(tmp_path)
+    drv.attach_volume("names", VolumeDisk(vid, "vdb", base, "raw"))
+    names = [f"volume-{vid}.{s}" for s in ("s1", "s2", "s3")]
+    for n in names:
+        assert drv.volume_snapshot_create("names", vid, tmp_path / n, quiesce=False, require_quiesce=False) == (False, 0.0)
+    assert drv.volume_disks("names") == [VolumeDisk(vid, "vdb", tmp_path / names[2], "qcow2")]
+    assert next(d for d in drv.get_info("names").disks if d.target == "vdb").virtual_size == VOLUME
+
+    drv = PersistentFakeDriver(state)                              # a new process
+    reports = Reports()
+    drv.volume_snapshot_delete("names", vid, file_to_merge=names[1], merge_target_file=names[0], progress=reports.job())
+    reports.check()
+    with pytest.raises(DriverError):
+        drv.volume_snapshot_delete("names", vid, file_to_merge=base.name, merge_target_file=names[2])   # above it
+    drv.volume_snapshot_delete("names", vid, file_to_merge=base.name, merge_target_file=None)
+    assert PersistentFakeDriver(state).host.domains["names"].chains[vid] == [(names[2], "qcow2"), (base.name, "raw")]
+    drv.volume_snapshot_delete("names", vid, file_to_merge=names[2], merge_target_file=base.name)      # the active one
+    assert drv.volume_disks("names") == [VolumeDisk(vid, "vdb", base, "raw")]
+    drv.detach_volume("names", vid)
+    assert PersistentFakeDriver(state).volume_disks("names") == []

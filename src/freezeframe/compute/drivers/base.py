@@ -215,11 +215,13 @@ class VirtDriver(abc.ABC):
         """Compute's part of an assisted snapshot delete (Nova's ``volume_snapshot_delete``),
         file names relative to the active file's directory:
 
-        - ``merge_target_file`` None: pull ``file_to_merge`` (and what is below it, None =
-          everything) into the active file: ``blockRebase`` onto the backing of
-          ``file_to_merge`` (``qemu-img rebase`` when the domain is not running);
+        - ``merge_target_file`` None: pull what lies between the active file and
+          ``file_to_merge`` into the active file, which then continues on ``file_to_merge``
+          (None = everything: flattened): ``blockRebase(base=file_to_merge)``
+          (``qemu-img rebase`` when the domain is not running);
         - else: commit ``file_to_merge`` into ``merge_target_file`` (``blockCommit`` of a file
           below the active one; ``qemu-img commit`` when not running).
 
         Waits for the block job (reporting its real progress), never longer than the job
-        needs; idempotent (a chain that no longer has ``file_to_merge`` is done)."""
+        needs; idempotent (an active file already on ``file_to_merge``, or a commit whose
+        ``file_to_merge`` is no longer in the chain, is done)."""

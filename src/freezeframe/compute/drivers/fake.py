@@ -10,6 +10,14 @@ from ``driver.fail_on``; the extra keys ``"freeze"``, ``"thaw"`` and ``"copy"`` 
 
 Domains live in a ``FakeHost``: ``FakeDriver(host=other.host)`` is a second driver on the same
 host, as a new process would be.
+
+Volumes (seed 002) are disks of the domain's record: attach and detach take effect at once (no
+guest to let go), a snapshot moves the disk onto its overlay after checking that the overlay
+backs onto the current file, and a delete merges the chain for real with ``qemu-img``
+(``qcow2chain.py``, as libvirt does for a domain that is not running) — so the data a test
+writes into the chain survives every merge as it would under libvirt. Beside the fake volume
+driver, which makes no overlay files, only the chain's names are kept (``FakeDomain.chains``),
+with the same rules (Nova's semantics, the same refusals).
 """
 
 from __future__ import annotations
@@ -24,9 +32,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from freezeframe.common import errors
+from freezeframe.compute.drivers import qcow2chain
 from freezeframe.compute.drivers.base import (
     DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
-    QuiesceFailed, SnapshotHandle, VirtDriver,
+    QuiesceFailed, SnapshotHandle, VirtDriver, VolumeDisk, VolumeJob,
 )
 from freezeframe.compute.nbd import Extent
 from freezeframe.compute.nbdexport import EXPORT_DIR, FileSource, stop_export
@@ -41,10 +51,14 @@ class FakeDomain:
     state: PowerState = PowerState.SHUTDOWN
     agent: bool = False          # does a guest agent answer?
     frozen: bool = False
+    volumes: dict[str, VolumeDisk] = field(default_factory=dict)    # by volume id
+    # A volume's chain as names only ((file name, format), top first) when its files do not exist.
+    chains: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def disks(self) -> dict[str, Path]:
         paths = [self.spec.root_disk, *self.spec.extra_disks]
-        return {f"vd{chr(ord('a') + i)}": Path(p) for i, p in enumerate(paths)}
+        disks = {f"vd{chr(ord('a') + i)}": Path(p) for i, p in enumerate(paths)}
+        return {**disks, **{v.target: v.path for v in self.volumes.values()}}
 
 
 @dataclass
@@ -192,7 +206,16 @@ class FakeDriver(VirtDriver):
 
     @staticmethod
     def _info(dom: FakeDomain) -> DomainInfo:
-        disks = tuple(DiskInfo(target=t, path=p, format=image_format(p), virtual_size=virtual_size(p))
+        volumes = {v.target: v for v in dom.volumes.values()}
+
+        def size(target: str, path: Path) -> int:
+            if path.exists() or target not in volumes:
+                return virtual_size(path)
+            names = dom.chains.get(volumes[target].volume_id, [])      # names only: its existing base
+            return next((virtual_size(path.parent / n) for n, _f in reversed(names) if (path.parent / n).exists()), 0)
+
+        disks = tuple(DiskInfo(target=t, path=p, format=volumes[t].format if t in volumes else image_format(p),
+                               virtual_size=size(t, p))
                       for t, p in dom.disks().items())
         return DomainInfo(name=dom.spec.name, uuid=dom.spec.uuid, state=dom.state,
                           vcpus=dom.spec.vcpus, memory_mb=dom.spec.memory_mb, disks=disks)
@@ -327,6 +350,147 @@ class FakeDriver(VirtDriver):
                 dom.frozen = False
         shutil.rmtree(workdir, ignore_errors=True)
 
+    # -- volumes (seed 002) ------------------------------------------------------------------------
+    def _volume(self, dom: FakeDomain, volume_id: str) -> VolumeDisk:
+        disk = dom.volumes.get(volume_id)
+        if disk is None:
+            raise DriverError(f"volume {volume_id} is not attached to {dom.spec.name}")
+        return disk
+
+    def attach_volume(self, name: str, disk: VolumeDisk) -> None:
+        self._maybe_fail("attach_volume")
+        disk = VolumeDisk(disk.volume_id, disk.target, qcow2chain.host_path(disk.path, "the volume's path"),
+                          qcow2chain.image_format(disk.format))
+        with self.host.lock:
+            dom = self._domain(name)
+            have = dom.volumes.get(disk.volume_id)
+            if have is not None:
+                if have.target != disk.target:
+                    raise errors.Conflict(f"volume {disk.volume_id} is attached to {name} as {have.target}")
+                if (have.path, have.format) != (disk.path, disk.format):
+                    if dom.state is not PowerState.SHUTDOWN:
+                        raise errors.Conflict(f"volume {disk.volume_id} runs on {have.path} in {name}, "
+                                              f"not {disk.path}")
+                    dom.volumes[disk.volume_id] = disk          # refreshed: the next start opens it
+                return
+            if disk.target in dom.disks():
+                raise errors.Conflict(f"{name} already has a disk {disk.target}")
+            if not disk.path.is_file():
+                raise DriverError(f"attaching volume {disk.volume_id} to {name}: no file {disk.path}")
+            dom.volumes[disk.volume_id] = disk
+
+    def detach_volume(self, name: str, volume_id: str) -> None:
+        self._maybe_fail("detach_volume")
+        with self.host.lock:
+            dom = self._domain(name)
+            dom.volumes.pop(volume_id, None)
+            dom.chains.pop(volume_id, None)
+
+    def volume_disks(self, name: str) -> list[VolumeDisk]:
+        self._maybe_fail("volume_disks")
+        with self.host.lock:
+            return list(self._domain(name).volumes.values())
+
+    def volume_snapshot_create(self, name: str, volume_id: str, new_file: Path, *, quiesce: bool,
+                               require_quiesce: bool, max_frozen: float = 1.0) -> tuple[bool, float]:
+        self._maybe_fail("volume_snapshot_create")
+        new_file = qcow2chain.host_path(new_file, "new_file")
+        dom = self._domain(name)
+        current = self._volume(dom, volume_id)
+        if current.path == new_file:
+            return False, 0.0                                   # done already
+        if new_file.parent != current.path.parent:
+            raise errors.Invalid(f"new_file {new_file} is not in the directory of the volume's file {current.path}")
+        # The fake volume driver makes no overlay: then only the chain's names are kept.
+        names_only = volume_id in dom.chains or not new_file.exists()
+        if not names_only:
+            qcow2chain.check_overlay(new_file, current.path, current.format)
+        live = dom.state is not PowerState.SHUTDOWN
+        can_quiesce = dom.state is PowerState.RUNNING and dom.agent
+        if live and require_quiesce and not can_quiesce:
+            raise QuiesceFailed(f"no guest agent answers in {name}: cannot quiesce")
+        before = dom.chains.get(volume_id)
+
+        def switch() -> None:
+            with self.host.lock:
+                dom.volumes[volume_id] = replace(current, path=new_file, format="qcow2")
+                if names_only:
+                    dom.chains[volume_id] = [(new_file.name, "qcow2"), *(before or [(current.path.name, current.format)])]
+
+        quiesced, frozen = False, 0.0
+        try:
+            if live and (quiesce or require_quiesce) and can_quiesce:
+                t0 = time.monotonic()
+                try:
+                    try:
+                        self._freeze(dom)
+                        quiesced = time.monotonic() - t0 <= max_frozen
+                    except Exception as exc:
+                        if require_quiesce:
+                            raise QuiesceFailed(f"freezing {name}: {exc}") from exc
+                    if quiesced or not require_quiesce:
+                        switch()
+                finally:
+                    self._thaw(dom)                 # always, even on failure
+                    frozen = time.monotonic() - t0
+                if not quiesced and require_quiesce:
+                    raise QuiesceFailed(f"{name} stayed frozen past {max_frozen} s: not quiesced")
+            else:
+                switch()
+        except BaseException:
+            with self.host.lock:                    # back on the old file, as libvirt moves it back
+                dom.volumes[volume_id] = current
+                if before is None:
+                    dom.chains.pop(volume_id, None)
+                else:
+                    dom.chains[volume_id] = before
+            raise
+        return quiesced, frozen if quiesced else 0.0
+
+    def volume_snapshot_delete(self, name: str, volume_id: str, *, file_to_merge: str | None,
+                               merge_target_file: str | None, progress: VolumeJob | None = None) -> None:
+        self._maybe_fail("volume_snapshot_delete")
+        file_to_merge = qcow2chain.file_name(file_to_merge, "file_to_merge")
+        merge_target_file = qcow2chain.file_name(merge_target_file, "merge_target_file")
+        if merge_target_file is not None and file_to_merge is None:
+            raise errors.Invalid("a commit (merge_target_file set) needs file_to_merge")
+        dom = self._domain(name)
+        current = self._volume(dom, volume_id)
+        report = progress.report if progress is not None else None
+        if volume_id not in dom.chains:
+            path, fmt = qcow2chain.merge(current.path, current.format, file_to_merge=file_to_merge,
+                                         merge_target_file=merge_target_file, progress=report)
+            with self.host.lock:
+                if dom.volumes.get(volume_id) == current:
+                    dom.volumes[volume_id] = replace(current, path=path, format=fmt)
+            return
+        names = merged_names(dom.chains[volume_id], file_to_merge, merge_target_file)
+        total = next((d.virtual_size for d in self._info(dom).disks if d.target == current.target), 0) or 1
+        if report is not None:
+            report(total, total)
+        with self.host.lock:
+            dom.chains[volume_id] = names
+            dom.volumes[volume_id] = replace(current, path=current.path.parent / names[0][0], format=names[0][1])
+
+
+def merged_names(names: list[tuple[str, str]], file_to_merge: str | None,
+                 merge_target_file: str | None) -> list[tuple[str, str]]:
+    """``qcow2chain.merge`` on a chain of names (top first): what is left of it."""
+    files = [n for n, _f in names]
+    if merge_target_file is None:
+        at = files.index(file_to_merge) if file_to_merge in files else None
+        if (at == 1) if file_to_merge else len(files) == 1:
+            return names
+        if file_to_merge and (at is None or at < 2):
+            raise DriverError(f"{file_to_merge} is not below the backing file of {files[0]}: nothing to rebase onto")
+        return [names[0], *(names[at:] if at is not None else [])]
+    if file_to_merge not in files:
+        return names                                            # merged already
+    i = files.index(file_to_merge)
+    j = files.index(merge_target_file) if merge_target_file in files else None
+    if j is None or j <= i:
+        raise DriverError(f"{merge_target_file} is not below {file_to_merge} in the chain of {files[0]}")
+    return names[:i] + names[j:]
 
 class PersistentFakeDriver(FakeDriver):
     """The fake driver as ``serve`` runs it: its domains outlive the process (a JSON file), as
@@ -339,7 +503,11 @@ class PersistentFakeDriver(FakeDriver):
             for name, doc in json.loads(self.state_file.read_text()).items():
                 spec = GuestSpec(**{**doc["spec"], "root_disk": Path(doc["spec"]["root_disk"]),
                                     "extra_disks": tuple(Path(p) for p in doc["spec"]["extra_disks"])})
-                self.host.domains[name] = FakeDomain(spec, state=PowerState(doc["state"]), agent=doc["agent"])
+                volumes = {v["volume_id"]: VolumeDisk(v["volume_id"], v["target"], Path(v["path"]), v["format"])
+                           for v in doc.get("volumes", [])}
+                chains = {vid: [(n, f) for n, f in names] for vid, names in doc.get("chains", {}).items()}
+                self.host.domains[name] = FakeDomain(spec, state=PowerState(doc["state"]), agent=doc["agent"],
+                                                     volumes=volumes, chains=chains)
 
     def _save(self) -> None:
         """Write the domains, as they are now, to the state file. Callers hold the host lock
@@ -347,6 +515,8 @@ class PersistentFakeDriver(FakeDriver):
         two writers never share a temporary file (each process and thread has its own)."""
         with self.host.lock:
             doc = {name: {"state": dom.state.value, "agent": dom.agent,
+                          "volumes": [{**vars(v), "path": str(v.path)} for v in dom.volumes.values()],
+                          "chains": dom.chains,
                           "spec": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(dom.spec).items()},
                                    "extra_disks": [str(p) for p in dom.spec.extra_disks]}}
                    for name, dom in self.host.domains.items()}
@@ -377,4 +547,26 @@ class PersistentFakeDriver(FakeDriver):
     def power_off(self, name: str, timeout: float = 30.0) -> None:
         with self.host.lock:
             super().power_off(name, timeout)
+            self._save()
+
+    def attach_volume(self, name: str, disk: VolumeDisk) -> None:
+        with self.host.lock:
+            super().attach_volume(name, disk)
+            self._save()
+
+    def detach_volume(self, name: str, volume_id: str) -> None:
+        with self.host.lock:
+            super().detach_volume(name, volume_id)
+            self._save()
+
+    def volume_snapshot_create(self, name: str, volume_id: str, new_file: Path, **kw) -> tuple[bool, float]:
+        try:
+            return super().volume_snapshot_create(name, volume_id, new_file, **kw)
+        finally:
+            self._save()
+
+    def volume_snapshot_delete(self, name: str, volume_id: str, **kw) -> None:
+        try:
+            super().volume_snapshot_delete(name, volume_id, **kw)
+        finally:
             self._save()

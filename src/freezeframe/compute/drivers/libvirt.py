@@ -7,6 +7,8 @@ all within ``max_frozen``. QEMU then serves the point in time on a unix socket; 
 workflow reads its data ranges over NBD and streams them into the upload: the disk is never
 copied locally (Nova bug 1262914). Shut-off domain: ``qemu-nbd --read-only`` serves its chain.
 
+Volumes (attach, detach, assisted snapshots) are in ``libvirt_volumes.py``.
+
 Everything a later call needs is in ``<workdir>/snapshot.json`` or in libvirt itself (the
 backup job and its scratch path), so ``open_snapshot`` and ``end_snapshot`` work from a new
 process after a crash. Connect with ``qemu:///system`` (a libvirtd) or, daemon-free, with
@@ -28,7 +30,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import libvirt
 
@@ -38,6 +40,7 @@ from freezeframe.compute.drivers.base import (
     DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
     QuiesceFailed, SnapshotHandle, VirtDriver,
 )
+from freezeframe.compute.drivers.libvirt_volumes import DETACH_TIMEOUT, LibvirtVolumes
 from freezeframe.compute.nbdexport import EXPORT_DIR, NbdSource, stop_export
 from freezeframe.compute.nbd import NbdClient, NbdError
 
@@ -206,14 +209,16 @@ def _run(cmd: list[str], timeout: float = 120) -> str:
     return proc.stdout
 
 
-class LibvirtDriver(VirtDriver):
+class LibvirtDriver(LibvirtVolumes, VirtDriver):
     name = "libvirt"
 
     def __init__(self, uri: str | None = None, *, virt_type: str | None = None,
-                 console_dir: Path | None = None) -> None:
+                 console_dir: Path | None = None, detach_timeout: float = DETACH_TIMEOUT) -> None:
         """``uri`` defaults to $FREEZEFRAME_LIBVIRT_URI, then qemu:///system. ``virt_type`` is
         "kvm" or "qemu" (TCG); by default KVM where it really works. ``console_dir`` keeps each
-        domain's serial console in ``<console_dir>/<name>.log`` (else a pty)."""
+        domain's serial console in ``<console_dir>/<name>.log`` (else a pty).
+        ``detach_timeout``: how long a live volume detach waits for the guest to let go."""
+        self.detach_timeout = detach_timeout
         self.uri = uri or os.environ.get("FREEZEFRAME_LIBVIRT_URI") or "qemu:///system"
         if self.uri.startswith("qemu:///embed?root="):     # the root needs its qemu.conf
             self.uri = embedded_uri(Path(self.uri.split("=", 1)[1]))
@@ -243,6 +248,14 @@ class LibvirtDriver(VirtDriver):
                     self._conn.close()
                 self._conn = None
 
+    @staticmethod
+    def _errors(what: str) -> contextlib.AbstractContextManager[None]:
+        return _libvirt_errors(what)
+
+    @staticmethod
+    def _cache_mode(path: Path) -> str:
+        return "none" if supports_direct_io(path) else "writethrough"
+
     def _dom(self, name: str) -> libvirt.virDomain:
         with _libvirt_errors(f"domain {name}"):
             return self.conn.lookupByName(name)
@@ -261,8 +274,7 @@ class LibvirtDriver(VirtDriver):
             defined_here = False
         except DomainNotFound:
             paths = [spec.root_disk, *spec.extra_disks]
-            disks = [lxml.DiskSpec(t, Path(p), lxml.image_format(Path(p)),
-                                   "none" if supports_direct_io(Path(p)) else "writethrough")
+            disks = [lxml.DiskSpec(t, Path(p), lxml.image_format(Path(p)), self._cache_mode(Path(p)))
                      for t, p in zip(lxml.disk_targets(len(paths)), paths)]
             console = self.console_dir / f"{spec.name}.log" if self.console_dir else None
             xml = lxml.domain_xml(spec, disks, virt_type=self.virt_type, console_log=console)
@@ -426,6 +438,14 @@ class LibvirtDriver(VirtDriver):
     def _frozen_backup(self, dom: libvirt.virDomain, backup: str, *, max_frozen: float,
                        require_quiesce: bool) -> tuple[bool, float]:
         """freeze -> backupBegin -> thaw; (quiesced, seconds frozen)."""
+        return self._frozen(dom, lambda: self._backup_begin(dom, backup), max_frozen=max_frozen,
+                            require_quiesce=require_quiesce)
+
+    def _frozen(self, dom: libvirt.virDomain, act: Callable[[], None], *, max_frozen: float,
+                require_quiesce: bool) -> tuple[bool, float]:
+        """freeze -> ``act`` -> thaw, bounded by ``max_frozen``; (quiesced, seconds frozen).
+        ``act`` runs once: frozen, or after the thaw when the freeze failed or ran out (then
+        QuiesceFailed instead with ``require_quiesce``; the caller undoes an ``act`` that ran)."""
         window = agent.FreezeWindow(dom, max_frozen)
         started = False
         try:
@@ -437,7 +457,7 @@ class LibvirtDriver(VirtDriver):
                 LOG.warning("freezing %s failed, snapshot is crash-consistent: %s", dom.name(), exc)
             else:
                 if not window.expired:
-                    self._backup_begin(dom, backup)
+                    act()
                     started = True
         finally:
             try:
@@ -450,7 +470,7 @@ class LibvirtDriver(VirtDriver):
                 # Started after (or across) the deadline: not a quiesced point in time.
                 raise QuiesceFailed(f"{dom.name()} stayed frozen past {max_frozen} s: not quiesced")
             if not started:
-                self._backup_begin(dom, backup)
+                act()
         return quiesced, frozen if quiesced else 0.0
 
     @staticmethod

@@ -1,5 +1,6 @@
-"""libvirt XML for the libvirt driver: the domain we define, the backup we start, and the few
-facts we read back (disks, agent channel, backup targets). Pure functions, no connection."""
+"""libvirt XML for the libvirt driver: the domain we define, the backup we start, the volume
+disks we attach and snapshot, and the few facts we read back (disks, agent channel, backup
+targets, a volume disk's chain). Pure functions, no connection."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from freezeframe.compute.drivers.base import GuestSpec
+from freezeframe.compute.drivers.base import GuestSpec, VolumeDisk
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 METADATA_NS = "http://freezeframe.dev/xmlns/libvirt/instance/1.0"
@@ -148,3 +149,113 @@ def backup_files(xml: str) -> list[Path]:
     root = ET.fromstring(xml)
     return [Path(t.get("file")) for t in root.findall("./disks/disk/target") + root.findall("./disks/disk/scratch")
             if t.get("file")]
+
+
+# -- volumes (seed 002): a file disk whose serial is the volume id ---------------------------------
+def volume_disk_xml(disk: VolumeDisk, cache: str) -> str:
+    """The disk of an attached volume: as the root disk (``cache``, discard), virtio, its serial
+    the volume id so the guest (and we) can tell which volume it is."""
+    d = ET.Element("disk", type="file", device="disk")
+    _sub(d, "driver", name="qemu", type=disk.format, cache=cache, discard="unmap")
+    _sub(d, "source", file=str(disk.path))
+    _sub(d, "target", dev=disk.target, bus="virtio")
+    _sub(d, "serial", disk.volume_id)
+    return ET.tostring(d, encoding="unicode")
+
+
+def _volume_elements(xml: str) -> list[tuple[str, ET.Element]]:
+    out = []
+    for d in ET.fromstring(xml).findall("./devices/disk"):
+        serial = d.findtext("serial")
+        if serial and d.get("device", "disk") == "disk" and d.get("type") == "file":
+            out.append((serial, d))
+    return out
+
+
+def volume_element(xml: str, volume_id: str) -> ET.Element | None:
+    """The ``<disk>`` whose serial is ``volume_id`` (None: not attached)."""
+    return next((d for serial, d in _volume_elements(xml) if serial == volume_id), None)
+
+
+def _volume(serial: str, d: ET.Element) -> VolumeDisk | None:
+    source, target, driver = d.find("source"), d.find("target"), d.find("driver")
+    if source is None or source.get("file") is None or target is None:
+        return None
+    fmt = driver.get("type", "raw") if driver is not None else "raw"
+    return VolumeDisk(volume_id=serial, target=target.get("dev", ""), path=Path(source.get("file")), format=fmt)
+
+
+def volume_disks(xml: str) -> list[VolumeDisk]:
+    """The volumes (disks with a serial) of a domain, as its XML runs them."""
+    return [v for serial, d in _volume_elements(xml) if (v := _volume(serial, d)) is not None]
+
+
+def volume_disk(xml: str, volume_id: str) -> VolumeDisk | None:
+    d = volume_element(xml, volume_id)
+    return None if d is None else _volume(volume_id, d)
+
+
+def volume_element_xml(xml: str, volume_id: str) -> str | None:
+    d = volume_element(xml, volume_id)
+    return None if d is None else ET.tostring(d, encoding="unicode")
+
+
+def disk_target_used(xml: str, target: str) -> bool:
+    return any(t.get("dev") == target for t in ET.fromstring(xml).findall("./devices/disk/target"))
+
+
+def all_disk_targets(xml: str) -> list[str]:
+    return [t.get("dev") for t in ET.fromstring(xml).findall("./devices/disk/target") if t.get("dev")]
+
+
+def disk_alias(xml: str, volume_id: str) -> str | None:
+    d = volume_element(xml, volume_id)
+    alias = d.find("alias") if d is not None else None
+    return alias.get("name") if alias is not None else None
+
+
+def volume_chain(xml: str, volume_id: str) -> list[tuple[Path, str]]:
+    """(file, format) of the volume's disk and of each backing file libvirt knows, top first.
+    A persistent definition may hold only the top (libvirt probes the rest at start)."""
+    d = volume_element(xml, volume_id)
+    if d is None:
+        return []
+    driver = d.find("driver")
+    out = [(Path(d.find("source").get("file")), driver.get("type", "raw") if driver is not None else "raw")]
+    node = d.find("backingStore")
+    while node is not None and node.find("source") is not None:
+        fmt = node.find("format")
+        out.append((Path(node.find("source").get("file")), fmt.get("type") if fmt is not None else "raw"))
+        node = node.find("backingStore")
+    return out
+
+
+def with_source(disk: ET.Element, path: Path, fmt: str) -> str:
+    """The disk element moved onto ``path`` (``fmt``), without the chain libvirt recorded
+    under it (libvirt reads the new chain from the images at the next start)."""
+    d = ET.fromstring(ET.tostring(disk))
+    for node in d.findall("backingStore") + d.findall("alias"):
+        d.remove(node)
+    driver = d.find("driver")
+    if driver is None:
+        driver = _sub(d, "driver", name="qemu")
+    driver.set("type", fmt)
+    source = d.find("source")
+    source.attrib.pop("index", None)
+    source.set("file", str(path))
+    return ET.tostring(d, encoding="unicode")
+
+
+def disk_snapshot_xml(all_targets: list[str], target: str, new_file: Path) -> str:
+    """An external disk-only snapshot of ``target`` onto the existing qcow2 ``new_file``
+    (REUSE_EXT); every other disk listed with snapshot='no' (else libvirt snapshots it too)."""
+    root = ET.Element("domainsnapshot")
+    disks_el = _sub(root, "disks")
+    for name in all_targets:
+        if name == target:
+            d = _sub(disks_el, "disk", name=name, snapshot="external", type="file")
+            _sub(d, "driver", type="qcow2")
+            _sub(d, "source", file=str(new_file))
+        else:
+            _sub(disks_el, "disk", name=name, snapshot="no")
+    return ET.tostring(root, encoding="unicode")

@@ -1,10 +1,11 @@
 """At most one host-bound operation per server at a time, whatever its kind.
 
 ``LockedDriver`` wraps a host's driver: every operation that changes a domain (spawn, destroy,
-power, begin/end of a snapshot) holds that domain's lock; another one waits at most
+power, begin/end of a snapshot, attach/detach of a volume, a volume snapshot's create or
+merge) holds that domain's lock; another one waits at most
 ``timeout`` seconds, then fails with what holds the lock and since when (a Conflict: 409 in an
-API, a retried step in a workflow). Reads (info, list, agent ping, reading a point in time) take
-no lock. Every path to a host's hypervisor — the compute API in ``serve``, the host API of
+API, a retried step in a workflow). Reads (info, list, agent ping, reading a point in time, the
+attached volumes) take no lock. Every path to a host's hypervisor — the compute API in ``serve``, the host API of
 `freezeframe compute`, the workflows — goes through the one wrapper of its host.
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from freezeframe.common import errors
-from freezeframe.compute.drivers.base import DomainInfo, GuestSpec, SnapshotHandle, SnapshotReader, VirtDriver
+from freezeframe.compute.drivers.base import (
+    DomainInfo, GuestSpec, SnapshotHandle, SnapshotReader, VirtDriver, VolumeDisk, VolumeJob,
+)
 
 T = TypeVar("T")
 
@@ -82,6 +85,21 @@ class LockedDriver(VirtDriver):
         self._exclusive(name, f"snapshot {snapshot_id} (end)",
                         lambda: self.inner.end_snapshot(name, snapshot_id, workdir))
 
+    def attach_volume(self, name: str, disk: VolumeDisk) -> None:
+        self._exclusive(name, f"attach of volume {disk.volume_id}", lambda: self.inner.attach_volume(name, disk))
+
+    def detach_volume(self, name: str, volume_id: str) -> None:
+        self._exclusive(name, f"detach of volume {volume_id}", lambda: self.inner.detach_volume(name, volume_id))
+
+    def volume_snapshot_create(self, name: str, volume_id: str, new_file: Path, **kw: Any) -> tuple[bool, float]:
+        return self._exclusive(name, f"snapshot of volume {volume_id}",
+                               lambda: self.inner.volume_snapshot_create(name, volume_id, new_file, **kw))
+
+    def volume_snapshot_delete(self, name: str, volume_id: str, *, file_to_merge: str | None,
+                               merge_target_file: str | None, progress: VolumeJob | None = None) -> None:
+        self._exclusive(name, f"merge of volume {volume_id}", lambda: self.inner.volume_snapshot_delete(
+            name, volume_id, file_to_merge=file_to_merge, merge_target_file=merge_target_file, progress=progress))
+
     # -- shared -----------------------------------------------------------------------------
     def get_info(self, name: str) -> DomainInfo:
         return self.inner.get_info(name)
@@ -97,3 +115,6 @@ class LockedDriver(VirtDriver):
 
     def snapshot_source(self, name: str, snapshot_id: str, workdir: Path):
         return self.inner.snapshot_source(name, snapshot_id, workdir)
+
+    def volume_disks(self, name: str) -> list[VolumeDisk]:
+        return self.inner.volume_disks(name)
