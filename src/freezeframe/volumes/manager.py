@@ -25,6 +25,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from sqlalchemy import select
@@ -35,7 +37,9 @@ from freezeframe.common.context import Actor
 from freezeframe.common.statemachine import LostRace
 from freezeframe.common.timeutil import parse_isotime, utcnow
 from freezeframe.db.session import Database
+from freezeframe.images.client import GlanceError
 from freezeframe.settings import VolumeSettings
+from freezeframe.volumes import imagedata
 from freezeframe.volumes.drivers.base import Assisted, SnapshotRef, VolumeDriver, VolumeRef
 from freezeframe.volumes.model import SnapshotAdminMetadata, Volume, VolumeAttachment, VolumeSnapshot
 from freezeframe.volumes.states import (ATTACHMENT, COMPUTE_STATUS_KEY, SNAPSHOT, VOLUME, AttachStatus,
@@ -91,13 +95,15 @@ def _dumps(value: Any) -> str:
 
 class VolumeManager:
     def __init__(self, db: Database, driver: VolumeDriver, settings: VolumeSettings,
-                 compute_assist: ComputeAssist | None, images_for: Callable[[Actor], Any] | None = None) -> None:
+                 compute_assist: ComputeAssist | None, images_for: Callable[[Actor], Any] | None = None,
+                 scratch: Path | None = None) -> None:
         self.db = db
         self.driver = driver
         self.settings = settings
         self.compute_assist = compute_assist
         # The image API acting for a user (volumes from images; os-volume_upload_image).
         self.images_for = images_for
+        self.scratch = scratch          # where images download to (default: the driver's share)
 
     # -- what the driver sees ------------------------------------------------------------------
 
@@ -131,11 +137,91 @@ class VolumeManager:
         """What compute opens the volume with (the attachments API hands it out)."""
         return self.driver.connection_info(self.volume_ref(session, volume_id))
 
-    def create_from_image(self, actor: Actor, volume: VolumeRef, image_id: str) -> dict[str, Any]:
-        """A volume holding an image's data (imported on this host through ``driver.import_volume``).
-        Not wired yet: the workflow fails with this reason and the volume ends ``error``."""
-        raise errors.Invalid(f"Creating a volume from an image is not available in this volume service yet "
-                             f"(image {image_id}).")
+    # -- images (a volume from an image; os-volume_upload_image) --------------------------------
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where a downloading image is laid down: the share itself (the same filesystem as the
+        volume, so the driver's import reads it locally), else the driver's root."""
+        if self.scratch is not None:
+            return self.scratch
+        where = getattr(self.driver, "share", None) or getattr(self.driver, "root", None)
+        return Path(where) if where is not None else Path(tempfile.gettempdir())
+
+    def download_path(self, volume_id: str) -> Path:
+        return self.scratch_dir / f"volume-{volume_id}.download"
+
+    def images(self, actor: Actor) -> Any:
+        """The image API acting for ``actor`` (a ``GlanceClient``, used as a context manager)."""
+        if self.images_for is None:
+            raise errors.Invalid("Creating a volume from an image is not available: no image service is wired to "
+                                 "this volume service")
+        return self.images_for(actor)
+
+    def image_for_volume(self, actor: Actor, image_id: str) -> Any:
+        """The image a volume is to be made of, as its user sees it: it must be visible to them,
+        active, and raw or qcow2 (``errors.Invalid`` saying which it is not)."""
+        if self.images_for is None:
+            raise errors.Invalid(f"Creating a volume from an image is not available: no image service is wired to "
+                                 f"this volume service (image {image_id})")
+        with self.images(actor) as images:
+            try:
+                image = images.show(image_id)
+            except GlanceError as exc:
+                if exc.status in (400, 403, 404):
+                    raise errors.Invalid(f"Invalid image identifier or unable to access requested image "
+                                         f"{image_id}.") from None
+                raise errors.BackendUnavailable(f"The image service failed: {exc}") from None
+        if image.id != image_id:
+            raise errors.Invalid(f"Invalid image identifier or unable to access requested image {image_id}.")
+        if image.status != "active":
+            raise errors.Invalid(f"Image {image_id} is not active (it is {image.status}).")
+        if image.disk_format not in imagedata.FORMATS:
+            raise errors.Invalid(f"Image {image_id} has disk_format {image.disk_format!r}: a volume can be made of a "
+                                 f"raw or qcow2 image only.")
+        return image
+
+    def image_downloading(self, session: Session, volume_id: str, image: Any) -> None:
+        """creating -> downloading (a resumed download finds it downloading), with the image's
+        metadata (Cinder's volume_glance_metadata) recorded on the volume."""
+        row = self.volume(session, volume_id)
+        if row.status not in (V.CREATING, V.DOWNLOADING):
+            raise errors.Conflict(f"volume {volume_id} is {row.status}, not creating")
+        meta = _dumps(volume_image_metadata(image))
+        if row.status == V.CREATING:
+            VOLUME.transition(session, volume_id, V.CREATING, V.DOWNLOADING, reason=f"downloading image {image.id}",
+                              values={"image_metadata_json": meta})
+        else:
+            row.image_metadata_json = meta
+            session.flush()
+
+    def create_from_image(self, actor: Actor, volume: VolumeRef, image: Any,
+                          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """A volume holding ``image``'s data: downloaded (checked against its hashes) into a
+        sparse scratch file on the share — zeros skipped, never written — then imported by the
+        driver (qcow2file: ``qemu-img convert -n --target-is-zero`` into the pre-sized raw
+        volume). Redone from scratch when resumed; the scratch file is always removed."""
+        limit = volume.size * imagedata.GiB
+        known = image.attrs.get("virtual_size") if image.disk_format == "qcow2" else image.size
+        if known and int(known) > limit:
+            raise errors.Invalid(f"Image {image.id} holds {known} bytes: more than the {volume.size} GiB volume")
+        path = self.download_path(volume.id)
+        try:
+            with self.images(actor) as images, imagedata.SparseWriter(path) as sink:
+                images.download(image, sink, progress)
+            source = imagedata.inspect(path, image.disk_format, limit=limit)
+            return self.driver.import_volume(volume, source)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def discard_download(self, volume_id: str) -> None:
+        self.download_path(volume_id).unlink(missing_ok=True)
+
+    def upload_done(self, session: Session, volume_id: str, reason: str) -> None:
+        """uploading -> available (an upload's end, whichever way it ended)."""
+        row = session.get(Volume, volume_id)
+        if row is not None and row.status == V.UPLOADING:
+            VOLUME.transition(session, volume_id, V.UPLOADING, V.AVAILABLE, reason=reason)
 
     # -- volumes -------------------------------------------------------------------------------
 
@@ -144,11 +230,14 @@ class VolumeManager:
         row.provider_location, row.updated_at = _dumps(provider), utcnow()
         session.flush()
 
-    def volume_created(self, session: Session, volume_id: str, provider: dict[str, Any]) -> None:
-        """The driver made it: available, with its provider."""
+    def volume_created(self, session: Session, volume_id: str, provider: dict[str, Any], *,
+                       bootable: bool = False) -> None:
+        """The driver made it: available, with its provider (``bootable``: made of an image)."""
         row = self.volume(session, volume_id)
-        VOLUME.transition(session, volume_id, row.status, V.AVAILABLE, reason="created",
-                          values={"provider_location": _dumps(provider), "fault": None})
+        values: dict[str, Any] = {"provider_location": _dumps(provider), "fault": None}
+        if bootable:
+            values["bootable"] = True
+        VOLUME.transition(session, volume_id, row.status, V.AVAILABLE, reason="created", values=values)
 
     def volume_create_failed(self, session: Session, volume_id: str, reason: str) -> None:
         """creating/downloading -> error with the reason (a volume in any other status, e.g.
@@ -383,3 +472,22 @@ class VolumeManager:
         if workflow_id:
             workflows.post(workflow_id, md.get(WORKFLOW_KIND) or "", None)
         return workflow_id
+
+
+# Cinder's volume_glance_metadata: these image attributes, then the image's own properties.
+_IMAGE_CORE = ("checksum", "container_format", "disk_format", "min_disk", "min_ram", "size")
+
+
+def volume_image_metadata(image: Any) -> dict[str, str]:
+    """What a volume made of ``image`` carries (``volume_image_metadata``, strings as Cinder
+    keeps them): the image's id and name, its core attributes and its properties — but not the
+    image service's and the workflows' own (``os_glance_*``, ``os_freezeframe_*``)."""
+    meta = {"image_id": image.id, "image_name": image.name or ""}
+    for key in _IMAGE_CORE:
+        value = image.attrs.get(key)
+        if value is not None:
+            meta[key] = str(value)
+    for key, value in image.properties.items():
+        if not key.startswith(("os_glance", "os_freezeframe_")) and key not in meta:
+            meta[key] = value
+    return meta

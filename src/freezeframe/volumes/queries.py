@@ -97,7 +97,7 @@ def metadata_filter(value: str) -> dict[str, str]:
     """``metadata={"k": "v"}`` (Cinder takes a dict literal; JSON here, single quotes allowed)."""
     try:
         doc = json.loads(value) if value.startswith("{") and '"' in value else json.loads(value.replace("'", '"'))
-    except ValueError:
+    except (ValueError, RecursionError):       # RecursionError: nested thousands deep
         raise errors.Invalid(f"Invalid metadata filter {shown(value)}: a JSON object of strings is expected") \
             from None
     if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):

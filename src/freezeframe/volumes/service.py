@@ -24,7 +24,7 @@ from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor.service import Workflows
 from freezeframe.db.session import Database
 from freezeframe.settings import VolumeSettings
-from freezeframe.volumes import checks, queries
+from freezeframe.volumes import checks, image_requests, queries
 from freezeframe.volumes.drivers.base import VolumeRef
 from freezeframe.volumes.model import SnapshotAdminMetadata, Volume, VolumeAttachment, VolumeSnapshot
 from freezeframe.volumes.states import (ATTACHMENT, SNAPSHOT, SNAPSHOT_RESET_TO, VOLUME, VOLUME_RESET_TO, AttachStatus,
@@ -94,6 +94,10 @@ class VolumeService:
         if "backup_id" in sources:
             raise errors.Invalid("Volumes from backups are not supported by this volume service")
         size = checks.size(inner["size"], maximum=self.settings.max_size) if inner.get("size") is not None else None
+        if "imageRef" in sources or "image_id" in sources:      # visible, active, raw/qcow2, fits (400s)
+            image_ref = checks.uuid_field(sources.get("imageRef", sources.get("image_id")), "imageRef")
+            size = await self.pool.run(image_requests.image_source, self.manager, ctx.actor, image_ref, size,
+                                       self.settings.max_size)
         params: dict[str, Any] = {"source": "blank"}
         volume_id = str(uuid.uuid4())
 
@@ -240,6 +244,8 @@ class VolumeService:
         if name == "os-force_delete":
             await self.delete_volume(ctx, volume_id, force=True)
             return None
+        if name == image_requests.UPLOAD:
+            return await image_requests.upload_image(self, ctx, volume_id, checks.body_of({name: args}, name))
         if name in ("os-set_bootable", "os-update_readonly_flag"):
             field = "bootable" if name == "os-set_bootable" else "readonly"
             inner = checks.body_of({name: args}, name)
@@ -334,13 +340,18 @@ class VolumeService:
         description = checks.optional_text(inner, "description")
         metadata = checks.metadata(inner.get("metadata"))
         force = checks.boolean(inner["force"], "force") if inner.get("force") is not None else None
+        compute_initiated, owner_image_id = image_requests.snapshot_extensions(self, ctx, inner)   # seed 003
+        if owner_image_id is not None:
+            await self.pool.run(image_requests.check_owner_image, self.manager, ctx.actor, owner_image_id)
         snapshot_id = str(uuid.uuid4())
 
         def record(session: Session) -> tuple[VolumeSnapshot, str | None]:
             vol = self._volume(session, ctx, volume_id, "volume:create_snapshot")
             server_id = None
             if vol.status == V.IN_USE:
-                if version >= (3, 66):
+                if compute_initiated:
+                    pass            # compute snapshots the attached disk itself (its instance snapshot)
+                elif version >= (3, 66):
                     if force is False:
                         raise errors.Invalid("Invalid parameter: force may not be false from microversion 3.66: "
                                              "a snapshot of an in-use volume is always allowed")
@@ -351,16 +362,21 @@ class VolumeService:
             elif vol.status != V.AVAILABLE:
                 raise errors.Invalid(f"Invalid volume: Volume {volume_id} status must be available or in-use, but "
                                      f"current status is: {vol.status}")
+            if compute_initiated and server_id is None:
+                raise errors.Invalid(f"Invalid volume: {image_requests.COMPUTE_INITIATED} is for an attached "
+                                     f"volume, and volume {volume_id} is {vol.status}")
             _no_chain_work(session, vol.id)
             snap = VolumeSnapshot(id=snapshot_id, volume_id=vol.id, name=name, description=description,
                                   project_id=ctx.project_id, user_id=ctx.user_id, volume_size=vol.size,
-                                  status=S.CREATING, progress="0%", metadata_json=json.dumps(metadata))
+                                  status=S.CREATING, progress="0%", metadata_json=json.dumps(metadata),
+                                  owner_image_id=owner_image_id)
             session.add(snap)
             session.flush()
             return snap, server_id
         snap, server_id = await self.db.run(record)
         await self.pool.run(self.workflows.submit, "volume-snapshot-create", "snapshot", snapshot_id,
-                            {"server_id": server_id, "volume_id": volume_id}, ctx.actor)
+                            {"server_id": server_id, "volume_id": volume_id,
+                             **({"compute_initiated": True} if compute_initiated else {})}, ctx.actor)
         return snap
 
     async def show_snapshot(self, ctx: RequestContext, snapshot_id: str) -> VolumeSnapshot:
@@ -443,6 +459,9 @@ class VolumeService:
         if name == "os-update_snapshot_status":
             await self.update_snapshot_status(ctx, snapshot_id, inner)
             return
+        if name == image_requests.SET_OWNER:
+            await image_requests.set_owner_image(self, ctx, snapshot_id, inner)
+            return
         raise errors.Invalid(f"There is no such action: {shown(name)}")
 
     async def update_snapshot_status(self, ctx: RequestContext, snapshot_id: str, inner: dict[str, Any]) -> None:
@@ -500,8 +519,11 @@ class VolumeService:
             session.add(att)
             session.flush()
             VOLUME.transition(session, vol.id, vol.status, V.RESERVED, reason=f"attachment {att.id} reserved")
+            session.refresh(vol)        # (the move is a Core UPDATE: the loaded row is stale)
             if connector is not None:
+                session.refresh(vol)        # the transition wrote the row, not the object: reserved now
                 self._connect(session, vol, att, connector)
+                session.refresh(att)        # attaching, with its connection_info
             return att
         return await self.db.run(create)
 

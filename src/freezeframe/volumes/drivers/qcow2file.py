@@ -45,7 +45,7 @@ _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID_RE = re.compile(rf"^{_UUID}$")
 _NAME_RE = re.compile(rf"^volume-({_UUID})(?:\.({_UUID}))?$")
 # Every name this driver ever makes for a volume (delete_volume removes exactly these).
-_OWN_SUFFIX = re.compile(rf"^(?:\.{_UUID}|\.info|\.info\.tmp|\.part)$")
+_OWN_SUFFIX = re.compile(rf"^(?:\.{_UUID}|\.info|\.info\.tmp|\.part|\.download)$")
 MAX_CHAIN = 512
 
 

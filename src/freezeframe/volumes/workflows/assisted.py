@@ -2,7 +2,9 @@
 for its report — without a thread.
 
     ... Begin (the driver's begin; compute_snapshot_status requested, with a deadline; WAITING)
-    AskCompute       compute's os-assisted-volume-snapshots, once begin is committed
+    AskCompute       compute's os-assisted-volume-snapshots, once begin is committed (not
+                     for a snapshot compute asked for itself, ``compute_initiated``: an instance
+                     snapshot, seed 003 — compute reads the new file from the admin metadata)
     WaitForCompute   done: go on; error: fail; else ``Waiting`` (the claim is given back, the
                      workflow looked at again after ``assisted_recheck`` s or at once when
                      compute's report posts it); past the deadline: give up (error) and fail
@@ -64,6 +66,8 @@ class AskCompute(task.Task):
         _, status, info = compute_request(job)
         if info is None or status != C.REQUESTED:     # nothing to ask, or compute took it already
             return
+        if job.params.get("compute_initiated"):
+            return          # compute asked for this snapshot itself (seed 003): it switches the disk
         if mgr.compute_assist is None:
             raise StepFailed("no compute service is wired to the volume service: the snapshot of an attached "
                              "volume cannot be taken")

@@ -5,8 +5,13 @@
 
 CreateVolume runs the driver (a blank sparse volume, the data of a snapshot, a clone of a
 volume); every driver create is idempotent, so a flow resumed after a crash simply does it
-again. Finish saves the driver's provider and moves the volume creating -> available and the
-workflow to COMPLETE in one fenced transaction. Going back, the driver's data is removed
+again. From an image, the volume goes creating -> downloading (with the image's metadata, as
+its user sees the image: it must still be visible and active) while the image streams into a
+sparse scratch file on the share that the driver then imports (``VolumeManager.create_from_image``:
+holes neither read nor written); progress is the workflow's; a resumed flow downloads again
+(crash point DOWNLOADING, for the tests' fault injection). Finish saves the driver's provider
+and moves the volume creating/downloading -> available (bootable, when made of an image) and
+the workflow to COMPLETE in one fenced transaction. Going back, the driver's data is removed
 (``delete_volume`` is no error when nothing is there) and the volume ends ``error`` with the
 reason as its fault.
 """
@@ -64,7 +69,31 @@ class CreateVolume(task.Task):
             return mgr.driver.create_volume_from_snapshot(volume, snap, origin)
         if source == "volume":
             return mgr.driver.create_cloned_volume(volume, origin)
-        return mgr.create_from_image(job.actor, volume, job.params.get("image_id"))
+        return self._from_image(workflow_id, job, volume)
+
+    def _from_image(self, workflow_id: str, job: Job, volume) -> dict[str, Any]:
+        rt, mgr = runtime.current(), manager()
+        image = mgr.image_for_volume(job.actor, str(job.params.get("image_id")))
+        size = int(image.size or 0)
+        what = f"downloading image {image.id} ({image.disk_format}, {size} bytes)"
+
+        def downloading(session) -> None:
+            mgr.image_downloading(session, job.resource_id, image)
+            move(session, workflow_id, W.RUNNING, what, progress=0)
+        rt.fenced(workflow_id, downloading)
+        rt.crash_point("DOWNLOADING")
+        got, last = [0], [0]
+
+        def progress(increment: int) -> None:
+            rt.check_stop()
+            got[0] += increment
+            percent = (got[0] * 100 // size) // 10 * 10 if size else 0
+            if last[0] < percent < 100:
+                last[0] = percent
+                rt.fenced(workflow_id, lambda s: move(s, workflow_id, W.RUNNING, f"{what}: {got[0]} received",
+                                                      progress=percent))
+                checkpoint(workflow_id)
+        return mgr.create_from_image(job.actor, volume, image, progress)
 
     def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
         """Remove what the driver made (if anything), then the volume -> error with the reason."""
@@ -75,6 +104,7 @@ class CreateVolume(task.Task):
                                                    mgr.volume_ref(s, job.resource_id)))
         if status in (V.CREATING, V.DOWNLOADING, V.ERROR):     # still this workflow's to clean up
             mgr.driver.delete_volume(volume)
+            mgr.discard_download(job.resource_id)
         rt.fenced(workflow_id, lambda s: mgr.volume_create_failed(s, job.resource_id, reason))
 
 
@@ -85,7 +115,7 @@ class Finish(task.Task):
         job = load(workflow_id)
 
         def done(session) -> None:
-            mgr.volume_created(session, job.resource_id, provider)
+            mgr.volume_created(session, job.resource_id, provider, bootable=job.params.get("source") == "image")
             move(session, workflow_id, W.COMPLETE, "available", progress=100)
         rt.fenced(workflow_id, done)
         rt.crash_point(W.COMPLETE)
