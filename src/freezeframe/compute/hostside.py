@@ -9,6 +9,7 @@ host is down. Neither the compute API nor the workflows care which: both call ``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -33,10 +34,43 @@ LOG = logging.getLogger(__name__)
 _ZEROS = bytes(64 << 10)
 
 
+_LOCAL_DEVICES = tuple(f"vd{chr(c)}" for c in range(ord("b"), ord("z") + 1))
+MAX_LOCAL_GB = 16384
+
+
+@dataclass(frozen=True)
+class LocalDisk:
+    """A local disk besides the root, made with the domain (``block_device_mapping_v2``'s
+    ``destination_type: local``): blank (a sparse qcow2 of ``size_gb``) or from an image (a
+    qcow2 overlay on its cached base, as the root; ``size_gb`` None: the image's size)."""
+    device_name: str              # "vdb": the domain's disks are named in order
+    source: str                   # "blank" | "image"
+    image_id: str | None = None
+    size_gb: int | None = None
+
+    @classmethod
+    def from_json(cls, doc: Any) -> LocalDisk:
+        if not isinstance(doc, dict) or set(doc) - {"device_name", "source", "image_id", "size_gb"}:
+            raise errors.Invalid("invalid boot request: a local disk is {device_name, source, image_id, size_gb}")
+        disk = cls(device_name=doc.get("device_name"), source=doc.get("source"), image_id=doc.get("image_id"),
+                   size_gb=doc.get("size_gb"))
+        size = disk.size_gb
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_LOCAL_GB):
+            raise errors.Invalid(f"invalid boot request: a local disk's size_gb is 1-{MAX_LOCAL_GB}")
+        if disk.source == "blank" and (size is None or disk.image_id is not None):
+            raise errors.Invalid("invalid boot request: a blank local disk has a size and no image")
+        if disk.source == "image" and not is_uuid(disk.image_id):
+            raise errors.Invalid("invalid boot request: a local disk from an image needs the image's id")
+        if disk.source not in ("blank", "image"):
+            raise errors.Invalid("invalid boot request: a local disk's source is blank or image")
+        return disk
+
+
 @dataclass(frozen=True)
 class BootRequest:
     """What a host needs to boot a server: the ids of its images (fetched there, as the
-    server's user) and the guest's shape."""
+    server's user), the guest's shape, and its local disks besides the root (vdb, vdc, ...
+    in order)."""
     server_id: str
     domain_name: str
     vcpus: int
@@ -46,16 +80,20 @@ class BootRequest:
     ramdisk_id: str | None = None
     cmdline: str | None = None
     guest_agent: bool = False
+    local_disks: tuple[LocalDisk, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "local_disks": [dict(d.__dict__) for d in self.local_disks]}
 
     @classmethod
     def from_json(cls, doc: Any) -> BootRequest:
         if not isinstance(doc, dict):
             raise errors.Invalid("a boot request must be a JSON object")
+        disks = doc.get("local_disks", [])
+        if not isinstance(disks, list) or len(disks) > len(_LOCAL_DEVICES):
+            raise errors.Invalid(f"invalid boot request: local_disks is a list of at most {len(_LOCAL_DEVICES)}")
         try:
-            req = cls(**doc)
+            req = cls(**{**doc, "local_disks": tuple(LocalDisk.from_json(d) for d in disks)})
         except TypeError as exc:
             raise errors.Invalid(f"invalid boot request: {exc}") from None
         for value in (req.server_id, req.image_id, req.kernel_id, req.ramdisk_id):
@@ -64,6 +102,9 @@ class BootRequest:
         if not isinstance(req.vcpus, int) or not isinstance(req.memory_mb, int) or not 0 < req.vcpus <= 64 \
                 or not 0 < req.memory_mb <= 1 << 20:
             raise errors.Invalid("invalid boot request: vcpus/memory_mb out of range")
+        # The driver names the domain's disks in order: the local disks are vdb, vdc, ... exactly.
+        if tuple(d.device_name for d in req.local_disks) != _LOCAL_DEVICES[:len(req.local_disks)]:
+            raise errors.Invalid("invalid boot request: the local disks are vdb, vdc, ... in order")
         return req
 
 
@@ -139,8 +180,8 @@ class LocalHost:
         return base
 
     def boot(self, actor: Actor, req: BootRequest, image=None) -> Booted:
-        """Fetch the images (once per host), make the server's disk (a qcow2 overlay on the
-        cached base) and start the domain."""
+        """Fetch the images (once per host), make the server's disks (the root a qcow2 overlay
+        on the cached base; the local disks after it) and start the domain."""
         image = image or self._image(actor, req.image_id)
         base = self.cached(actor, image)
         disk_dir = safe_join(self.instances_path, req.server_id)
@@ -151,12 +192,34 @@ class LocalHost:
                               capture_output=True, text=True)
         if made.returncode != 0:
             raise DriverError(f"making the disk of server {req.server_id}: {made.stderr.strip()}")
+        extra = tuple(self._local_disk(actor, req.server_id, disk_dir, local) for local in req.local_disks)
         kernel = self.cached(actor, self._image(actor, req.kernel_id)) if req.kernel_id else None
         initrd = self.cached(actor, self._image(actor, req.ramdisk_id)) if req.ramdisk_id else None
         spec = GuestSpec(name=req.domain_name, uuid=req.server_id, vcpus=req.vcpus, memory_mb=req.memory_mb,
-                         root_disk=disk, kernel=kernel, initrd=initrd, cmdline=req.cmdline,
+                         root_disk=disk, extra_disks=extra, kernel=kernel, initrd=initrd, cmdline=req.cmdline,
                          guest_agent=req.guest_agent)
         return Booted(self.driver.spawn(spec), str(disk))
+
+    def _local_disk(self, actor: Actor, server_id: str, disk_dir: Path, local: LocalDisk) -> Path:
+        """``disk.<device>`` in the server's directory: a sparse qcow2 (blank), or a qcow2
+        overlay on the image's cached base, grown to ``size_gb`` when that is larger."""
+        path = disk_dir / f"disk.{local.device_name}"
+        size = f"{local.size_gb}G" if local.size_gb else None
+        if local.source == "blank":
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)]
+        else:
+            image = self._image(actor, local.image_id)
+            base = self.cached(actor, image)
+            fmt = "qcow2" if image.disk_format == "qcow2" else "raw"
+            if local.size_gb is not None and local.size_gb << 30 < _virtual_size(base, fmt):
+                raise DriverError(f"server {server_id}: image {image.id} is larger than {local.size_gb} GiB "
+                                  f"(/dev/{local.device_name})")
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base), str(path),
+                   *([size] if size is not None else [])]
+        made = subprocess.run(cmd, capture_output=True, text=True)
+        if made.returncode != 0:
+            raise DriverError(f"making disk {local.device_name} of server {server_id}: {made.stderr.strip()}")
+        return path
 
     def remove(self, domain_name: str, server_id: str, *, adopted: bool) -> None:
         """Destroy a deleted server's domain and its disks (an adopted one's stay: not ours)."""
@@ -234,6 +297,15 @@ class Hosts:
             if up:
                 return up[0].name
         raise errors.Conflict("No compute host is up: start `freezeframe compute --host NAME` on a hypervisor host")
+
+
+def _virtual_size(path: Path, fmt: str) -> int:
+    """The size a guest sees of a cached base (its format known: never probed)."""
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", "-f", fmt, str(path)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise DriverError(f"reading {path.name}: {out.stderr.strip()}")
+    return int(json.loads(out.stdout)["virtual-size"])
 
 
 class SparseSink:

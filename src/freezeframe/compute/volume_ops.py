@@ -24,6 +24,7 @@ import logging
 import platform
 import re
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,10 @@ FORMATS = ("raw", "qcow2")
 ATTACH_STALE = dt.timedelta(minutes=10)
 _WORKFLOW_NS = uuid.UUID("5b0c8a39-3a8e-4d0e-9f57-52a4c1c0a5b1")
 VolumesFor = Callable[[Actor], CinderClient]
+
+
+class VolumeNotCreated(errors.HostFault):
+    """A volume made for a new server did not become available (Nova's VolumeNotCreated)."""
 
 
 # -- what a request may say ------------------------------------------------------------------
@@ -259,28 +264,37 @@ class VolumeOps:
                                      f"{shown(volume.get('status'))}")
             size = volume.get("size") if isinstance(volume.get("size"), int) else None
             bdm_id, device = self._reserve_retrying(inst, req, size)
-            try:
-                attachment_id = cinder.attachment_create(req.volume_id, inst.id)["id"]
-            except (CinderError, KeyError) as exc:
+            return self._connect(cinder, inst, req.volume_id, device, bdm_id)
+
+    def _connect(self, cinder: CinderClient, inst: Instance, volume_id: str, device: str, bdm_id: int, *,
+                 keep_row: bool = False) -> BlockDeviceMapping:
+        """Reserve, connect, open in the guest, complete — the row ``attached`` at the end. A
+        step failing undoes the ones before; the row goes too, unless ``keep_row`` (a spawn's:
+        its undo decides what becomes of its rows)."""
+        try:
+            attachment_id = cinder.attachment_create(volume_id, inst.id)["id"]
+        except (CinderError, KeyError) as exc:
+            if not keep_row:
                 self.db.run_sync(lambda s: _drop(s, bdm_id))
-                if isinstance(exc, CinderError):
-                    raise volume_error(exc, req.volume_id) from None
-                raise errors.BackendUnavailable("The volume service's attachment has no id") from None
-            self.db.run_sync(lambda s: _update(s, bdm_id, attachment_id=attachment_id))
-            driver, attached = None, False
-            try:
-                driver = self.hosts.get(inst.host).driver
-                connection_info = cinder.attachment_update(attachment_id, self.connector(inst.host, device))
-                disk = volume_disk(req.volume_id, device, connection_info)
-                driver.attach_volume(inst.domain_name, disk)
-                attached = True
-                cinder.attachment_complete(attachment_id)
-            except BaseException as exc:
-                LOG.warning("server %s: attaching volume %s failed (%s); undoing it", inst.id, req.volume_id, exc)
-                self._undo_attach(cinder, driver, inst, req.volume_id, attachment_id, bdm_id, in_guest=attached)
-                if isinstance(exc, CinderError):
-                    raise volume_error(exc, req.volume_id) from None
-                raise
+            if isinstance(exc, CinderError):
+                raise volume_error(exc, volume_id) from None
+            raise errors.BackendUnavailable("The volume service's attachment has no id") from None
+        self.db.run_sync(lambda s: _update(s, bdm_id, attachment_id=attachment_id))
+        driver, attached = None, False
+        try:
+            driver = self.hosts.get(inst.host).driver
+            connection_info = cinder.attachment_update(attachment_id, self.connector(inst.host, device))
+            disk = volume_disk(volume_id, device, connection_info)
+            driver.attach_volume(inst.domain_name, disk)
+            attached = True
+            cinder.attachment_complete(attachment_id)
+        except BaseException as exc:
+            LOG.warning("server %s: attaching volume %s failed (%s); undoing it", inst.id, volume_id, exc)
+            self._undo_attach(cinder, driver, inst, volume_id, attachment_id, bdm_id, in_guest=attached,
+                              keep_row=keep_row)
+            if isinstance(exc, CinderError):
+                raise volume_error(exc, volume_id) from None
+            raise
         return self.db.run_sync(lambda s: _update(s, bdm_id, status="attached",
                                                   connection_info=json.dumps(connection_info)))
 
@@ -318,9 +332,10 @@ class VolumeOps:
         return row.id, device
 
     def _undo_attach(self, cinder: CinderClient, driver, inst: Instance, volume_id: str, attachment_id: str,
-                     bdm_id: int, *, in_guest: bool) -> None:
+                     bdm_id: int, *, in_guest: bool, keep_row: bool = False) -> None:
         """Nothing half-attached: the guest's disk, the attachment, the row — each best effort,
-        logged (a detach of the row, if it stays, finishes the job)."""
+        logged (a detach of the row, if it stays, finishes the job). ``keep_row``: the row
+        stays, without its attachment once that is gone (a spawn's undo takes it from there)."""
         try:
             if in_guest and driver is not None:
                 driver.detach_volume(inst.domain_name, volume_id)
@@ -330,7 +345,115 @@ class VolumeOps:
                       "it finishes the clean-up", inst.id, attachment_id, volume_id, exc)
             self.db.run_sync(lambda s: _update(s, bdm_id, status="detaching"))
             return
-        self.db.run_sync(lambda s: _drop(s, bdm_id))
+        if keep_row:
+            self.db.run_sync(lambda s: _update(s, bdm_id, attachment_id=None))
+        else:
+            self.db.run_sync(lambda s: _drop(s, bdm_id))
+
+    # -- a new server's volumes (its spawn: the server is BUILDING, ``compute/bdm.py``) ----------------
+
+    # Nova waits block_device_allocate_retries (60) + 1 times, 3 s apart, for a volume it created.
+    CREATE_ATTEMPTS, CREATE_INTERVAL = 61, 3.0
+
+    def client(self, actor: Actor) -> CinderClient:
+        """The volume API acting for ``actor`` (the caller closes it)."""
+        return self._cinder(actor)
+
+    def create_for_spawn(self, actor: Actor, *, size: int | None, snapshot_id: str | None = None,
+                         image_id: str | None = None, volume_type: str | None = None) -> str:
+        """A new volume for a server being built (from a snapshot, an image, or blank), as the
+        user; its id. Nova names it nothing and describes it with nothing: so do we."""
+        with self._cinder(actor) as cinder:
+            try:
+                volume = cinder.create_volume(size, snapshot_id=snapshot_id, image_id=image_id,
+                                              volume_type=volume_type)
+            except CinderError as exc:
+                raise volume_error(exc, snapshot_id or image_id or "(new)") from None
+        if not is_uuid(volume.get("id")):
+            raise errors.BackendUnavailable("The volume service's new volume has no id")
+        return volume["id"]
+
+    def wait_created(self, actor: Actor, volume_id: str) -> dict[str, Any]:
+        """The volume once ``available``; VolumeNotCreated (Nova's words, a HostFault) when it
+        ends otherwise or is still creating after Nova's 61 x 3 s — polled sooner at first
+        (most volumes are ready in well under a second), never more often than it needs."""
+        budget = self.CREATE_ATTEMPTS * self.CREATE_INTERVAL
+        started = time.monotonic()
+        attempts, pause, status = 0, 0.05, None
+        with self._cinder(actor) as cinder:
+            while True:
+                attempts += 1
+                try:
+                    volume = cinder.show_volume(volume_id)
+                except CinderError as exc:
+                    raise volume_error(exc, volume_id) from None
+                status = volume.get("status")
+                if status == "available":
+                    return volume
+                waited = time.monotonic() - started
+                if status not in ("creating", "downloading") or waited >= budget:
+                    break
+                time.sleep(min(pause, self.CREATE_INTERVAL, budget - waited))
+                pause *= 2
+        raise VolumeNotCreated(f"Volume {volume_id} did not finish being created even after we waited "
+                               f"{int(time.monotonic() - started)} seconds or {attempts} attempts. And its status is "
+                               f"{status}.")
+
+    def delete_created(self, actor: Actor, volume_id: str) -> bool:
+        """Delete a volume made for a server whose spawn is undone — once it is done being
+        created (a creating volume cannot be deleted: waited for as ``wait_created`` does);
+        False (logged) when it would not go."""
+        try:
+            self.wait_created(actor, volume_id)
+        except Exception as exc:       # ended in error (deletable), or still creating (then this logs why)
+            LOG.info("volume %s, made for a server whose spawn failed, did not become available: %s", volume_id, exc)
+        try:
+            with self._cinder(actor) as cinder:
+                cinder.delete_volume(volume_id)
+        except CinderError as exc:
+            if exc.status == 404:
+                return True
+            LOG.error("volume %s, made for a server whose spawn failed, could not be deleted: %s", volume_id, exc)
+            return False
+        except Exception as exc:
+            LOG.error("volume %s, made for a server whose spawn failed, could not be deleted: %s", volume_id, exc)
+            return False
+        return True
+
+    def attach_for_spawn(self, actor: Actor, inst: Instance, bdm_id: int) -> BlockDeviceMapping:
+        """Attach the volume of a mapping row written with the server (its device already
+        chosen), as ``attach`` does — without its state check: the server is BUILDING, its
+        domain just started. The row stays whatever happens (the spawn's undo decides)."""
+        row = self.db.run_sync(lambda s: s.get(BlockDeviceMapping, bdm_id))
+        if row is None or row.volume_id is None or row.instance_uuid != inst.id:
+            raise errors.HostFault(f"server {inst.id}: mapping {bdm_id} has no volume to attach")
+        with self._cinder(actor) as cinder:
+            try:
+                volume = cinder.show_volume(row.volume_id)
+            except CinderError as exc:
+                raise volume_error(exc, row.volume_id) from None
+            if volume.get("status") != "available" or volume.get("multiattach"):
+                raise errors.Invalid(f"Invalid volume: volume {row.volume_id} status must be 'available', not "
+                                     f"{shown(volume.get('status'))}")
+            return self._connect(cinder, inst, row.volume_id, row.device_name, bdm_id, keep_row=True)
+
+    def release_for_spawn(self, actor: Actor, inst: Instance, bdm: BlockDeviceMapping) -> bool:
+        """A spawn undone: the volume out of the guest (if its domain has it) and its attachment
+        deleted; the row stays, without it. False (logged) when the attachment would not go."""
+        try:
+            self.hosts.get(inst.host).driver.detach_volume(inst.domain_name, bdm.volume_id)
+        except Exception as exc:             # the domain is destroyed next in any case
+            LOG.warning("server %s: volume %s could not be detached from its domain: %s", inst.id, bdm.volume_id, exc)
+        try:
+            with self._cinder(actor) as cinder:
+                cinder.attachment_delete(bdm.attachment_id)
+        except Exception as exc:
+            if not (isinstance(exc, CinderError) and exc.status == 404):
+                LOG.error("server %s: the attachment %s of volume %s could not be deleted: %s", inst.id,
+                          bdm.attachment_id, bdm.volume_id, exc)
+                return False
+        self.db.run_sync(lambda s: _update(s, bdm.id, attachment_id=None))
+        return True
 
     # -- detach ----------------------------------------------------------------------------------
 
@@ -377,7 +500,10 @@ class VolumeOps:
         """A deleted server's volumes (Nova's delete): each attachment deleted, a volume with
         ``delete_on_termination`` deleted, the rows removed. The domain is gone already
         (``in_guest`` for one that stays: an adopted domain). Failures are logged, never stop
-        the server's delete (as Nova)."""
+        the server's delete (as Nova). The rows of its local disks go too (their files went with
+        its domain)."""
+        self.db.run_sync(lambda s: [s.delete(r) for r in s.scalars(select(BlockDeviceMapping).where(
+            BlockDeviceMapping.instance_uuid == inst.id, BlockDeviceMapping.volume_id.is_(None)))])
         rows = self.db.run_sync(lambda s: list(s.scalars(select(BlockDeviceMapping).where(
             BlockDeviceMapping.instance_uuid == inst.id, BlockDeviceMapping.volume_id.is_not(None)))))
         for bdm in rows:
