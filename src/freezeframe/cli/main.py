@@ -169,11 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     pol.set_defaults(func=_policy)
 
     from freezeframe.cli import identity, image
-    from freezeframe.cli import server, workflow
+    from freezeframe.cli import server, volume, workflow
 
     identity.register(sub)
     image.register(sub)
     server.register(sub)
+    volume.register(sub)
     workflow.register(sub)
     return parser
 

@@ -8,14 +8,16 @@ Every ``--wait`` rides through a restart of the service (``cli/ride.py``).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from typing import Any, Callable, Collection, Iterable
 
-from freezeframe.cli import workflow as workflows
+from freezeframe.cli import cloud, compute_cloud, workflow as workflows
 from freezeframe.cli.compute_cloud import ComputeEndpoint, command
-from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK
-from freezeframe.cli.image import _console as console, _key_value, _non_negative, fail, print_json, spinner
+from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from freezeframe.cli.image import (UsageError, _console as console, _key_value, _non_negative, fail, print_json,
+                                   spinner)
 from freezeframe.cli.ride import Ride
 from freezeframe.cli.workflow import cell
 from freezeframe.common.httpclient import looks_like_id
@@ -197,6 +199,157 @@ def backup_create(args: argparse.Namespace, client: ComputeClient, _: ComputeEnd
         server.id, args.name or server.name or server.id, args.type, args.rotation, dict(args.property)))
 
 
+# -- server volume attach|detach|list ------------------------------------------------------------
+
+# os-volume_attachments with tag and delete_on_termination in its answers (2.79), and an id.
+VOLUME_MICROVERSION = "2.79"
+ATTACHMENT_COLUMNS = [("ID", "id"), ("Device", "device"), ("Server ID", "serverId"), ("Volume ID", "volumeId"),
+                      ("Tag", "tag"), ("Delete On Termination", "delete_on_termination")]
+
+
+def volume_command(action: Callable[[argparse.Namespace, ComputeClient, ComputeEndpoint], int]
+                   ) -> Callable[[argparse.Namespace], int]:
+    """``compute_cloud.command`` for the commands that touch volumes too: the volume API is
+    reached (for a volume's name) only when needed, and its failures are exit codes as well."""
+    from freezeframe.cli import volume as volumes
+
+    @functools.wraps(action)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            endpoint = compute_cloud.resolve(cloud_name=args.os_cloud, image_url=args.os_image_url,
+                                             compute_url=args.os_compute_url, workflow_url=args.os_workflow_url,
+                                             token=args.os_token)
+        except cloud.ConfigError as exc:
+            return fail(f"configuration error: {exc}", EXIT_USAGE)
+
+        def body() -> int:
+            with ComputeClient(endpoint.compute_url, endpoint.workflow_url, endpoint.token,
+                               verify=endpoint.verify) as client:
+                return action(args, client, endpoint)
+
+        def source_of(service: str | None) -> str:
+            if service == "volume":
+                return getattr(args, "volume_source", "") or "the volume URL"
+            return endpoint.workflow_source if service == "workflow" else endpoint.compute_source
+        return volumes.guarded(body, source_of)
+    return run
+
+
+def _volume_id(args: argparse.Namespace, endpoint: ComputeEndpoint) -> str:
+    """A volume ID as given, or looked up by name in the volume service (found beside compute)."""
+    from freezeframe.cli import volume as volumes
+    from freezeframe.volumes.client import VolumeClient
+
+    if looks_like_id(args.volume):
+        return args.volume
+    try:
+        found = volumes.resolve(cloud_name=args.os_cloud, image_url=args.os_image_url, volume_url=args.os_volume_url,
+                                compute_url=args.os_compute_url, token=args.os_token)
+    except cloud.ConfigError as exc:
+        raise UsageError(f"configuration error: {exc}") from None
+    args.volume_source = found.source
+    with VolumeClient(found.url, found.token, verify=found.verify) as cinder:
+        return cinder.find_volume(args.volume)["id"]
+
+
+def _attachments_url(client: ComputeClient, server_id: str, volume_id: str | None = None) -> str:
+    return f"{client.compute_url}/servers/{server_id}/os-volume_attachments" + (f"/{volume_id}" if volume_id else "")
+
+
+_NOVA_VOLUMES = {"X-OpenStack-Nova-API-Version": VOLUME_MICROVERSION}
+
+
+def print_attachments(attachments: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        print_json(attachments)
+        return
+    from rich.table import Table
+
+    table = Table(*(title for title, _ in ATTACHMENT_COLUMNS))
+    for att in attachments:
+        table.add_row(*(cell(att.get(key)) for _, key in ATTACHMENT_COLUMNS))
+    console(sys.stdout).print(table)
+
+
+@volume_command
+def volume_attach(args: argparse.Namespace, client: ComputeClient, endpoint: ComputeEndpoint) -> int:
+    server = client.find_server(args.server)
+    body: dict[str, Any] = {"volumeId": _volume_id(args, endpoint)}
+    if args.device:
+        body["device"] = args.device
+    att = client._field("POST", _attachments_url(client, server.id), "volumeAttachment",
+                        json={"volumeAttachment": body}, headers=_NOVA_VOLUMES)
+    if args.format == "json":
+        print_json(att)
+    else:
+        print_attachments([att], args.format)
+    return EXIT_OK
+
+
+@volume_command
+def volume_detach(args: argparse.Namespace, client: ComputeClient, endpoint: ComputeEndpoint) -> int:
+    server = client.find_server(args.server)
+    volume_id = _volume_id(args, endpoint)
+    url = _attachments_url(client, server.id, volume_id)
+    client._call("DELETE", url, headers=_NOVA_VOLUMES)
+    if not args.wait:
+        return EXIT_OK
+
+    def attached() -> bool:     # Nova detaches in the background: 404 once it is done
+        try:
+            client._call("GET", url, headers=_NOVA_VOLUMES)
+        except ComputeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+    ride = Ride(f"the detach of volume {volume_id}", connected=True)
+    deadline = time.monotonic() + args.timeout
+    with spinner(f"waiting for volume {volume_id} to be detached from server {server.id}"):
+        while ride.call(attached, deadline=deadline):
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {args.timeout:g}s waiting for volume {volume_id} to be "
+                                  f"detached from server {server.id}; it goes on on the server")
+            time.sleep(0.5)
+    return EXIT_OK
+
+
+@volume_command
+def volume_list(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    server = client.find_server(args.server)
+    attachments = client._field("GET", _attachments_url(client, server.id), "volumeAttachments",
+                                headers=_NOVA_VOLUMES)
+    print_attachments(attachments, args.format)
+    return EXIT_OK
+
+
+def register_volume(actions: Any, service: argparse.ArgumentParser, fmt: argparse.ArgumentParser) -> None:
+    """``server volume attach|detach|list``."""
+    from freezeframe.cli import volume as volumes
+
+    volume_service = argparse.ArgumentParser(add_help=False, parents=[service])
+    volumes.add_arguments(volume_service.add_argument_group("volume service options"))
+    volume = actions.add_parser("volume", help="attach volumes to a server, detach them, list them")
+    volume_actions = volume.add_subparsers(dest="server_volume_command", required=True, metavar="ACTION")
+
+    p = volume_actions.add_parser("attach", parents=[volume_service, fmt], help="attach a volume to a server")
+    p.add_argument("server", metavar="SERVER", help="ID or name")
+    p.add_argument("volume", metavar="VOLUME", help="ID or name")
+    p.add_argument("--device", metavar="/dev/vdX", help="the device it appears as (default: the next free one)")
+    p.set_defaults(func=volume_attach)
+
+    p = volume_actions.add_parser("detach", parents=[volume_service], help="detach a volume from a server")
+    p.add_argument("server", metavar="SERVER", help="ID or name")
+    p.add_argument("volume", metavar="VOLUME", help="ID or name")
+    p.add_argument("--wait", action="store_true", help="wait until the volume is detached")
+    workflows.add_timeout(p, "the detach")
+    p.set_defaults(func=volume_detach)
+
+    p = volume_actions.add_parser("list", parents=[service, fmt], help="list a server's volume attachments")
+    p.add_argument("server", metavar="SERVER", help="ID or name")
+    p.set_defaults(func=volume_list)
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -253,3 +406,5 @@ def register(subparsers: Any) -> None:
                    help="how many backups of this type to keep")
     wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
     p.set_defaults(func=backup_create)
+
+    register_volume(actions, service, fmt)
