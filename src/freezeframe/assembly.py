@@ -408,6 +408,9 @@ def _write_clouds_locked(settings: Settings, target: Path, tokens: dict, identit
                 prefix if "admin" in ident.roles else f"{prefix}-{ident.project_id}")
         clouds[name] = {"auth_type": "admin_token", "auth": {"endpoint": image_url, "token": token},
                         "image_endpoint_override": image_url, "image_api_version": "2"}
+        if settings.auth.mode == "tokens" and settings.identity.enabled:
+            # (openstackclient's list commands ask an identity v3 endpoint even on a token cloud)
+            clouds[name]["identity_endpoint_override"] = settings.endpoint("identity")
         if settings.compute.enabled:
             clouds[name]["compute_endpoint_override"] = settings.endpoint("compute")
         if settings.volume.enabled:

@@ -17,6 +17,7 @@ from freezeframe.common.web.mount import Mounted, Public
 from freezeframe.common.web.microversion import APIVersion, Microversions
 from freezeframe.common.web.request import ctx_of, json_body
 from freezeframe.common.strict import INT32_MAX, parse_uint
+from freezeframe.compute.bdm import volumes_attached
 from freezeframe.compute.model import BlockDeviceMapping, Instance, InstanceAction
 from freezeframe.compute.service import FLAVORS, ComputeService
 from freezeframe.compute.states import VmState
@@ -29,7 +30,10 @@ STATUS = {VmState.ACTIVE: "ACTIVE", VmState.STOPPED: "SHUTOFF", VmState.BUILDING
 POWER = {"nostate": 0, "running": 1, "paused": 3, "shutdown": 4, "crashed": 6, "suspended": 7}
 
 
-def server_view(inst: Instance, base: str, version: APIVersion) -> dict[str, Any]:
+def server_view(inst: Instance, base: str, version: APIVersion,
+                volumes: list[tuple[str, bool]] | None = None) -> dict[str, Any]:
+    """Nova's server; ``volumes``: its (volume id, delete_on_termination), shown as
+    ``os-extended-volumes:volumes_attached`` (``delete_on_termination`` from 2.3)."""
     flavor = FLAVORS.get(inst.flavor_id)
     body = {
         "id": inst.id, "name": inst.name, "status": STATUS.get(VmState(inst.vm_state), "UNKNOWN"),
@@ -48,6 +52,8 @@ def server_view(inst: Instance, base: str, version: APIVersion) -> dict[str, Any
         body["flavor"] = {"id": inst.flavor_id, "links": []}
     if inst.fault:
         body["fault"] = {"code": 500, "message": inst.fault, "created": isotime(inst.updated_at)}
+    body["os-extended-volumes:volumes_attached"] = [
+        {"id": vid, **({"delete_on_termination": dot} if version >= (2, 3) else {})} for vid, dot in volumes or ()]
     return body
 
 
@@ -182,7 +188,8 @@ class ComputeAPI:
         servers = await self.compute.list(ctx_of(request), detail)
         base = self._base(request)
         if detail:
-            items = [server_view(i, base, version) for i in servers]
+            attached = await self.db.run(lambda s: volumes_attached(s, [i.id for i in servers]))
+            items = [server_view(i, base, version, attached.get(i.id)) for i in servers]
         else:
             items = [{"id": i.id, "name": i.name, "links": [{"rel": "self", "href": f"{base}/servers/{i.id}"}]}
                      for i in servers]
@@ -191,7 +198,9 @@ class ComputeAPI:
     async def show_server(self, request: Request) -> Response:
         version = VERSIONS.parse(request)
         inst = await self.compute.show(ctx_of(request), request.path_params["server_id"])
-        return VERSIONS.versioned(JSONResponse({"server": server_view(inst, self._base(request), version)}), version)
+        attached = await self.db.run(lambda s: volumes_attached(s, [inst.id]))
+        return VERSIONS.versioned(JSONResponse({"server": server_view(inst, self._base(request), version,
+                                                                      attached.get(inst.id))}), version)
 
     async def create_server(self, request: Request) -> Response:
         version = VERSIONS.parse(request)
@@ -233,6 +242,15 @@ class ComputeAPI:
             root = request.scope.get("root_path", "").removesuffix("/compute")
             image_root = f"{request.url.scheme}://{request.url.netloc}{root}/image/v2/images/{image_id}"
             return VERSIONS.versioned(Response(status_code=202, headers={**headers, "Location": image_root}), version)
+        if name == "snapshot":      # Freezeframe's instance-level snapshot of chosen devices (seed 003)
+            if not isinstance(args, dict) or set(args) - {"name", "devices", "metadata"}:
+                raise errors.Invalid("Invalid input for snapshot: {\"name\": ..., \"devices\": [...] | null, "
+                                     "\"metadata\": {...}} is expected")
+            image_id, workflow_id = await self.compute.create_image(ctx, server_id, args, kind="snapshot",
+                                                                    devices=args.get("devices"))
+            return VERSIONS.versioned(JSONResponse({"image_id": image_id, "workflow_id": workflow_id},
+                                                   status_code=202,
+                                                   headers={"X-Freezeframe-Workflow-Id": workflow_id}), version)
         if name == "os-resetState":     # admin: {"os-resetState": {"state": "active" | "error"}}
             if not isinstance(args, dict) or set(args) != {"state"}:
                 raise errors.Invalid("Invalid input for os-resetState: {\"state\": \"active\" | \"error\"} is required")

@@ -19,6 +19,7 @@ from freezeframe.common.policy import Policy
 from freezeframe.common.pools import BoundedPool
 from freezeframe.common.strict import INT32_MAX, is_uuid, parse_uint, shown
 from freezeframe.common.timeutil import utcnow
+from freezeframe.compute import bdm
 from freezeframe.compute.drivers.base import DomainNotFound, PowerState
 from freezeframe.compute.hostside import BootRequest, Hosts
 from freezeframe.compute.model import Instance, InstanceAction
@@ -56,6 +57,8 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 SET_BY_COMPUTE = {"instance_uuid", "image_type", "backup_type", "base_image_ref", "user_id", "owner_id",
                   "image_location", "image_state", "owner_project_name", "owner_user_name"}
 RESERVED_PREFIXES = ("os_glance", "os_freezeframe_")
+# Nova's max_concurrent_snapshots counts every kind of snapshot on a host (assisted volume ones too).
+SNAPSHOT_KINDS = ("snapshot", "backup", "assisted-volume-snapshot")
 SNAPSHOTTABLE = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
 _VM_STATE = {PowerState.RUNNING: VmState.ACTIVE, PowerState.PAUSED: VmState.PAUSED,
              PowerState.SUSPENDED: VmState.SUSPENDED, PowerState.SHUTDOWN: VmState.STOPPED,
@@ -203,6 +206,9 @@ class ComputeService:
         flavor = FLAVORS.get(str(server.get("flavorRef", "")).rsplit("/", 1)[-1])
         if flavor is None:
             raise errors.Invalid(f"Flavor {server.get('flavorRef')!r} could not be found.")
+        # Block devices (Nova's block_device_mapping_v2): checked whole before anything is made;
+        # a root that is a volume is refused before imageRef is asked for.
+        requested = bdm.parse_request(server.get("block_device_mapping_v2"), legacy=server.get("block_device_mapping"))
         image_ref = parse_image_ref(server.get("imageRef"))
         metadata = check_server_metadata(server.get("metadata", {}))
         self.policy.authorize(ctx, "os_compute_api:servers:create")
@@ -218,6 +224,12 @@ class ComputeService:
                     raise errors.Invalid(f"Image {image.id} has an invalid {key} {shown(ref)}: an image id is "
                                          "required")
                 boot_files[key] = await self.pool.run(self._image_for_boot, actor, ref, f"the image's {key}")
+        # The image's own mapping (an instance-level snapshot's: bdm_v2) merged with the request's.
+        devices = bdm.plan(bdm.merge(bdm.image_mapping(image), requested), image.id)
+        if devices:
+            devices = await self.pool.run(lambda: bdm.resolve(
+                devices, image_for=lambda ref, what: self._image_for_boot(actor, ref, what),
+                volume_client=(lambda: self.volumes.client(actor)) if self.volumes.volumes_for else None))
         server_id = str(uuid.uuid4())
         host = await self.pool.run(self.hosts.choose)
         inst = Instance(id=server_id, name=name, project_id=ctx.project_id, user_id=ctx.user_id,
@@ -230,10 +242,10 @@ class ComputeService:
                                                     and not k.startswith(("os_glance", "os_freezeframe_"))}))
         if self.spawner.saturated():
             raise errors.Busy("Too many servers are being built; retry shortly", retry_after=5)
-        await self.db.run(lambda s: s.add(inst))
+        await self.db.run(lambda s: self._add_server(s, inst, devices))
         # As Nova: answer at once (BUILD); downloading the images and booting happen meanwhile.
         try:
-            self.spawner.submit(self._spawn, server_id, actor, image, boot_files)
+            self.spawner.submit(self._spawn, server_id, actor, image, boot_files, devices)
         except errors.Busy as exc:   # filled meanwhile: the server goes to ERROR, not stuck in BUILD
             self._spawn_failed(server_id, exc)
         return inst
@@ -254,22 +266,45 @@ class ComputeService:
             raise errors.Invalid(f"Image {image_ref} ({what}) is not active.")
         return image
 
-    def _spawn_failed(self, server_id: str, exc: BaseException) -> None:
-        fault = str(exc)[:1000]
-        self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawn failed",
-                                                  vm_state=VmState.ERROR, vm_from=VmState.BUILDING,
-                                                  values={"fault": fault}))
+    @staticmethod
+    def _add_server(session: Session, inst: Instance, devices: tuple[bdm.Device, ...]) -> None:
+        """The server and its block devices' rows (``attaching``), in one transaction."""
+        session.add(inst)
+        session.flush()
+        session.add_all(bdm.rows(devices, inst.id))
 
-    def _spawn(self, server_id: str, actor: Actor, image, boot_files: dict[str, Any]) -> None:
+    def _spawn_failed(self, server_id: str, exc: BaseException) -> None:
+        """ERROR with the fault; the rows of block devices never made go."""
+        fault = str(exc)[:1000]
+
+        def fail(session: Session) -> None:
+            bdm.drop_unbuilt(session, server_id)
+            set_task_state(session, server_id, TaskState.SPAWNING, None, reason="spawn failed",
+                           vm_state=VmState.ERROR, vm_from=VmState.BUILDING, values={"fault": fault})
+        self.db.run_sync(fail)
+
+    def _spawn(self, server_id: str, actor: Actor, image, boot_files: dict[str, Any],
+               devices: tuple[bdm.Device, ...] = ()) -> None:
+        """New volumes made and waited for, the disks made and the domain started, the volumes
+        hot-plugged, ACTIVE — or, when any step fails, every one of them undone, ERROR."""
+        inst = None
+        made = bdm.SpawnDevices(self.db, self.volumes, server_id, actor, devices)
+        booting = False
         try:
             inst = self.db.run_sync(lambda s: s.get(Instance, server_id))
+            made.create_volumes()
             req = BootRequest(server_id=server_id, domain_name=inst.domain_name, vcpus=inst.vcpus,
                               memory_mb=inst.memory_mb, image_id=image.id,
                               kernel_id=boot_files["kernel_id"].id if "kernel_id" in boot_files else None,
                               ramdisk_id=boot_files["ramdisk_id"].id if "ramdisk_id" in boot_files else None,
-                              cmdline=image.properties.get("os_command_line"), guest_agent=inst.guest_agent)
-            booted = self.hosts.get(inst.host).boot(actor, req, image)
+                              cmdline=image.properties.get("os_command_line"), guest_agent=inst.guest_agent,
+                              local_disks=made.local_disks())
+            host = self.hosts.get(inst.host)
+            booting = True
+            booted = host.boot(actor, req, image)
             info = booted.info
+            made.booted(info)
+            made.attach(inst)
             values = {"power_state": info.state.value, "root_disk": booted.root_disk,
                       "root_target": info.disks[0].target if info.disks else "vda"}
             self.db.run_sync(lambda s: set_task_state(s, server_id, TaskState.SPAWNING, None, reason="spawned",
@@ -277,6 +312,13 @@ class ComputeService:
                                                       values=values))
         except Exception as exc:
             LOG.exception("server %s failed to spawn", server_id)
+            if inst is not None and (devices or booting):
+                remove = (lambda: self.hosts.get(inst.host).remove(inst.domain_name, inst.id, adopted=False)) \
+                    if booting else None
+                try:
+                    made.undo(inst, remove)
+                except Exception:
+                    LOG.exception("server %s: undoing its spawn failed", server_id)
             self._spawn_failed(server_id, exc)
 
     async def adopt(self, ctx: RequestContext, body: Any) -> Instance:
@@ -356,12 +398,19 @@ class ComputeService:
     # -- snapshots (top half) ----------------------------------------------------------------
 
     async def create_image(self, ctx: RequestContext, server_id: str, body: dict[str, Any], *,
-                           kind: str) -> tuple[str, str]:
+                           kind: str, devices: Any = "root") -> tuple[str, str]:
         """Validate, create the image (queued), record the workflow, hand it to the conductor.
-        Returns (image_id, workflow_id). Exactly one of concurrent snapshots of a server wins."""
+        Returns (image_id, workflow_id). Exactly one of concurrent snapshots of a server wins.
+        ``devices``: "root" (createImage, createBackup), or the instance-level snapshot's
+        choice (seed 003: a list of device names, None = all; ``compute/devices.py``)."""
         name = check_name(body.get("name"))
         metadata = check_snapshot_metadata(body.get("metadata", {}))
         params: dict[str, Any] = {}
+        if devices != "root":
+            from freezeframe.compute.devices import parse_devices, plan_devices
+            wanted = parse_devices(devices)
+            params["plan"] = await self.db.run(lambda s: plan_devices(s, self._get(s, ctx, server_id), wanted))
+            params["name"] = name
         if kind == "backup":
             backup_type = body.get("backup_type")
             if not isinstance(backup_type, str) or not backup_type or len(backup_type) > 255:
@@ -370,6 +419,8 @@ class ComputeService:
             params.update(backup_type=backup_type, rotation=rotation)
         action = "os_compute_api:os-create-backup" if kind == "backup" else "os_compute_api:servers:create_image"
         verb = "createBackup" if kind == "backup" else "createImage"
+        if "plan" in params:
+            action, verb = "freezeframe:compute:snapshot", "snapshot"
         inst = await self.db.run(lambda s: self._get(s, ctx, server_id, action))
         if inst.vm_state not in SNAPSHOTTABLE or inst.task_state is not None:
             raise errors.Conflict(f"Cannot '{verb}' instance {server_id} while it is in vm_state {inst.vm_state}"
@@ -390,7 +441,7 @@ class ComputeService:
         def claim(session: Session) -> None:
             """One compare-and-set decides which of concurrent snapshots of a server wins,
             before any image exists (the losers leave nothing behind)."""
-            running = self.workflows.count_running(kinds=("snapshot", "backup"), host=host, session=session)
+            running = self.workflows.count_running(kinds=SNAPSHOT_KINDS, host=host, session=session)
             if running >= self.max_concurrent_snapshots:
                 raise errors.Conflict(f"Too many snapshots in progress (max {self.max_concurrent_snapshots}); "
                                       "retry later")

@@ -24,6 +24,9 @@ from freezeframe.images.views import image_view
 from freezeframe.settings import ImageSettings
 
 LOG = logging.getLogger(__name__)
+# An instance-level snapshot's disk images other than the root (comma-separated ids): deleted
+# with the image that lists them (set by the compute workflows, a reserved property).
+CHILD_IMAGES = "os_freezeframe_child_images"
 
 
 def check_owner(policy: Policy, ctx: RequestContext, image: Image, action: str = "modify_image") -> None:
@@ -229,18 +232,28 @@ class ImageService:
     # -- delete / deactivate / reactivate ---------------------------------------------------
 
     async def delete(self, ctx: RequestContext, image_id: str) -> None:
-        def remove(session: Session) -> tuple[str | None, bool]:
+        """Delete an image, and the disk images an instance-level snapshot (seed 003) made for
+        it (``os_freezeframe_child_images``: its local disks other than the root), in one
+        transaction: the package goes as one."""
+        def remove(session: Session) -> list[tuple[str, str | None, bool]]:
             image = queries.get_visible(session, ctx, image_id)
             check_owner(self.policy, ctx, image, "delete_image")
             if image.protected:
                 raise errors.Forbidden(f"Image {image_id} is protected and cannot be deleted.")
-            transition(session, image_id, ImageStatus(image.status), ImageStatus.DELETED, reason="deleted by user")
-            key, staged = image.store_key, image.staged is not None
-            session.execute(delete(Image).where(Image.id == image_id))
-            return key, staged
+            children = {p.name: p.value for p in image.properties}.get(CHILD_IMAGES, "")
+            doomed = [image] + [child for child in (session.get(Image, c.strip()) for c in children.split(",")
+                                                    if c.strip())
+                                if child is not None and child.owner == image.owner and not child.protected]
+            gone = []
+            for img in doomed:
+                transition(session, img.id, ImageStatus(img.status), ImageStatus.DELETED,
+                           reason="deleted by user" if img is image else f"deleted with its package {image_id}")
+                gone.append((img.id, img.store_key, img.staged is not None))
+                session.execute(delete(Image).where(Image.id == img.id))
+            return gone
 
-        key, staged = await self.db.run(remove)
-        await self.remove_data(image_id, key, staged)
+        for gone_id, key, staged in await self.db.run(remove):
+            await self.remove_data(gone_id, key, staged)
 
     async def remove_data(self, image_id: str, key: str | None, staged: bool) -> None:
         for k in filter(None, (key, f"staging/{image_id}" if staged else None)):

@@ -48,6 +48,9 @@ from freezeframe.images.client import GlanceError
 
 LOG = logging.getLogger(__name__)
 LAYOUT = "layout"           # in the workflow's params: the qcow2 layout, fixed when the point in time is taken
+# An instance-level snapshot (seed 003): the devices it takes (``plan``: see compute/devices.py)
+# and the layouts of its local disks other than the root, by target.
+PLAN, LAYOUTS = "plan", "layouts"
 # The importable name taskflow persists with each flow: flows persisted under it must resume.
 FACTORY = "freezeframe.compute.workflows.snapshot.make_flow"
 # Where this module lived before (conductor/workflows/snapshot.py): the flows persisted then still
@@ -176,6 +179,11 @@ def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
     return runtime.current().fenced(workflow_id, fail)
 
 
+def plan_of(wf: Workflow) -> dict[str, Any] | None:
+    """The devices an instance-level snapshot takes; None for createImage/createBackup (the root)."""
+    return json.loads(wf.params or "{}").get(PLAN)
+
+
 def _save_layout(session, workflow_id: str, layout: Layout) -> None:
     """Keep the layout with the workflow (in its fenced transaction): whichever conductor
     resumes it, on whichever host, streams the very same qcow2."""
@@ -263,6 +271,9 @@ class TakeLocalSnapshot(task.Task):
         params = json.loads(wf.params)
         workdir = rt.workdir / workflow_id
         rt.crash_point(wf.state)            # PENDING: claimed, nothing done yet
+        if params.get(PLAN) is not None:    # an instance-level snapshot: every chosen device, frozen once
+            from freezeframe.compute.workflows import devices
+            return devices.take_group(workflow_id, wf, inst, params, workdir)
         if wf.state == W.LOCAL_SNAPSHOT_COMPLETE:
             # Resumed after the point in time was taken and its layout saved, but before this
             # task's result was: the same point in time goes on (DriverError if it is gone).
@@ -315,74 +326,26 @@ class TakeLocalSnapshot(task.Task):
 
 
 class UploadSnapshot(task.Task):
+    """The image's own data: the root disk's point in time (an instance-level snapshot that
+    leaves the root out sends none: a 0-byte raw image carrying the block device mapping)."""
+
     def execute(self, workflow_id: str, snapshot: dict[str, Any]) -> None:
         rt = runtime.current()
         _check_cancel(workflow_id)
         wf, inst = rt.db.run_sync(lambda s: _load(s, workflow_id))
-        image_id = wf.image_id
+        plan = plan_of(wf)
         with images_for(wf) as images:
-            image = images.show(image_id)
-            if image.status == "active":
+            if images.show(wf.image_id).status == "active":
                 return  # the upload finished before a crash; nothing to send again
-
-            def begin(session) -> None:
-                state = session.get(Workflow, workflow_id).state
-                if parse(state)[0] in (W.LOCAL_SNAPSHOT_COMPLETE, W.UPLOAD_BEGIN):
-                    _move(session, workflow_id, W.UPLOAD_BEGIN, progress=0)
-                compute().upload_started(session, inst.id, workflow_id)
-            rt.fenced(workflow_id, begin)
-            _publish(workflow_id)
-            workdir = rt.workdir / workflow_id
-            layout = _load_layout(workflow_id)
-            size = layout.size
-            if image.status == "queued" and image.disk_format != "qcow2":
-                images.set_properties(image_id, {"disk_format": "qcow2"})
-            offset = 0
-            if image.status == "saving":
-                offset = images.upload_offset(image_id, workflow_id)
-            sent, last, started = [0], [0], time.monotonic()
-
-            def progress(increment: int) -> None:
-                rt.check_stop()         # mid-part: the image service keeps what it has, as after a crash
-                sent[0] += increment
-                if rt.upload_rate:  # bandwidth limit: never ahead of the allowed rate
-                    ahead = sent[0] / rt.upload_rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        rt.sleep(ahead)
-                percent = int((offset + sent[0]) * 100 / size) if size else 100
-                percent = percent // 10 * 10
-                if 0 < percent < 100 and percent > last[0]:
-                    last[0] = percent
-                    handed = offset + sent[0] - increment      # bytes given to the connection so far
-
-                    def record(session) -> None:
-                        state = session.get(Workflow, workflow_id).state
-                        kind, current = parse(state)
-                        if kind == W.UPLOAD_BEGIN or (kind == W.UPLOAD_N_COMPLETE and current < percent):
-                            transition(session, workflow_id, state, upload_state(percent), progress=percent,
-                                       detail=f"{handed} of {size} bytes sent")
-                    rt.fenced(workflow_id, record)
-                    _publish(workflow_id)
-                    _check_cancel(workflow_id)
-
-            reader = driver_of(inst).open_snapshot(inst.domain_name, workflow_id, workdir)
-            try:
-                data = Parts(stream(layout, reader, offset))
-                at = offset
-                while True:             # in parts, each kept before the next: a crash re-sends one
-                    n = min(rt.upload_chunk, size - at)
-                    final = at + n == size      # (0 bytes when everything was kept: it commits)
-                    images.upload_resumable(image_id, data.take(n), n, upload_id=workflow_id, offset=at,
-                                            final=final, progress=progress)
-                    at += n
-                    if final:
-                        break
-            finally:
-                reader.close()
-            status = images.show(image_id).status
-            if status != "active":
-                raise GlanceError(f"image {image_id} is {status} after its upload, not active")
-            LOG.info("workflow %s: uploaded %d bytes (resumed at %d)", workflow_id, size - offset, offset)
+            upload_begins(workflow_id, inst.id)
+            if plan is not None and plan.get("root") is None:
+                size, offset = send_empty(images, wf.image_id, workflow_id), 0
+            else:
+                layout = _load_layout(workflow_id)
+                done_before, total = upload_totals(wf, layout)
+                size, offset = send_disk(images, wf.image_id, layout, inst, workflow_id,
+                                         disk=inst.root_target if plan is not None else None,
+                                         done_before=done_before, total=total)
 
         def done(session) -> None:
             _move(session, workflow_id, W.UPLOAD_COMPLETE, progress=100,
@@ -390,6 +353,96 @@ class UploadSnapshot(task.Task):
             compute().upload_finished(session, workflow_id)
         rt.fenced(workflow_id, done)
         _publish(workflow_id)
+
+
+def upload_begins(workflow_id: str, server_id: str) -> None:
+    """UPLOAD_BEGIN (from LOCAL_SNAPSHOT_COMPLETE; later states stay), task_state image_uploading."""
+    def begin(session) -> None:
+        state = session.get(Workflow, workflow_id).state
+        if parse(state)[0] in (W.LOCAL_SNAPSHOT_COMPLETE, W.UPLOAD_BEGIN):
+            _move(session, workflow_id, W.UPLOAD_BEGIN, progress=0)
+        compute().upload_started(session, server_id, workflow_id)
+    runtime.current().fenced(workflow_id, begin)
+    _publish(workflow_id)
+
+
+def upload_totals(wf: Workflow, root: Layout | None) -> tuple[int, int]:
+    """(bytes of the disks sent before the root, bytes of every disk): progress counts them all."""
+    layouts = [Layout.from_json(doc) for doc in json.loads(wf.params or "{}").get(LAYOUTS, {}).values()]
+    before = sum(layout.size for layout in layouts)
+    return before, before + (root.size if root is not None else 0)
+
+
+def send_empty(images, image_id: str, workflow_id: str) -> int:
+    """No root disk in the package: the image is a 0-byte raw one (its mapping says the rest)."""
+    if images.show(image_id).disk_format != "raw":
+        images.set_properties(image_id, {"disk_format": "raw"})
+    images.upload_resumable(image_id, [b""], 0, upload_id=workflow_id, offset=0, final=True)
+    return 0
+
+
+def send_disk(images, image_id: str, layout: Layout, inst: SnapshotTarget, workflow_id: str, *,
+              disk: str | None, done_before: int = 0, total: int | None = None) -> tuple[int, int]:
+    """Stream one disk's point in time (its qcow2 ``layout``) into ``image_id``, resumably, in
+    parts; progress moves UPLOAD_<n>_COMPLETE over ``total`` bytes of every disk of the
+    workflow. Returns (size, offset it resumed at)."""
+    rt = runtime.current()
+    size, total = layout.size, total if total is not None else layout.size
+    image = images.show(image_id)
+    if image.status == "active":
+        return size, size
+    if image.status == "queued" and image.disk_format != "qcow2":
+        images.set_properties(image_id, {"disk_format": "qcow2"})
+    offset = images.upload_offset(image_id, workflow_id) if image.status == "saving" else 0
+    sent, last, started = [0], [0], time.monotonic()
+
+    def progress(increment: int) -> None:
+        rt.check_stop()         # mid-part: the image service keeps what it has, as after a crash
+        sent[0] += increment
+        if rt.upload_rate:  # bandwidth limit: never ahead of the allowed rate
+            ahead = sent[0] / rt.upload_rate - (time.monotonic() - started)
+            if ahead > 0:
+                rt.sleep(ahead)
+        percent = int((done_before + offset + sent[0]) * 100 / total) if total else 100
+        percent = percent // 10 * 10
+        if 0 < percent < 100 and percent > last[0]:
+            last[0] = percent
+            handed = done_before + offset + sent[0] - increment      # bytes given to the connection so far
+
+            def record(session) -> None:
+                state = session.get(Workflow, workflow_id).state
+                kind, current = parse(state)
+                if kind == W.UPLOAD_BEGIN or (kind == W.UPLOAD_N_COMPLETE and current < percent):
+                    transition(session, workflow_id, state, upload_state(percent), progress=percent,
+                               detail=f"{handed} of {total} bytes sent")
+            rt.fenced(workflow_id, record)
+            _publish(workflow_id)
+            _check_cancel(workflow_id)
+
+    workdir = rt.workdir / workflow_id
+    driver = driver_of(inst)
+    reader = (driver.open_snapshot(inst.domain_name, workflow_id, workdir) if disk is None
+              else driver.open_snapshot(inst.domain_name, workflow_id, workdir, disk=disk))
+    try:
+        data = Parts(stream(layout, reader, offset))
+        at = offset
+        while True:             # in parts, each kept before the next: a crash re-sends one
+            n = min(rt.upload_chunk, size - at)
+            final = at + n == size      # (0 bytes when everything was kept: it commits)
+            images.upload_resumable(image_id, data.take(n), n, upload_id=workflow_id, offset=at,
+                                    final=final, progress=progress)
+            at += n
+            if final:
+                break
+    finally:
+        reader.close()
+    status = images.show(image_id).status
+    if status != "active":
+        raise GlanceError(f"image {image_id} is {status} after its upload, not active")
+    LOG.info("workflow %s: uploaded %d bytes into image %s (resumed at %d)", workflow_id, size - offset, image_id,
+             offset)
+    return size, offset
+
 
 class Finish(task.Task):
     def execute(self, workflow_id: str) -> None:
@@ -433,9 +486,15 @@ def rotate_backups(wf: Workflow, instance_id: str, backup_type: str, rotation: i
 
 
 def make_flow(workflow_id: str, kind: str) -> linear_flow.Flow:
+    """One flow for createImage, createBackup and the instance-level snapshot (seed 003): the
+    device steps (``compute/workflows/devices.py``) do nothing for a root-only snapshot."""
+    from freezeframe.compute.workflows import devices
     return linear_flow.Flow(f"{kind}-{workflow_id}").add(
         GuardImage(name="guard_image"),
+        devices.PrepareVolumes(name="prepare_volumes"),
         TakeLocalSnapshot(name="take_local_snapshot"),
+        devices.UploadDisks(name="upload_disks"),
+        devices.Package(name="package"),
         UploadSnapshot(name="upload_snapshot"),
         Finish(name="finish"),
     )
