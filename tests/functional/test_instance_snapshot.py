@@ -160,3 +160,26 @@ def test_a_failing_device_reverts_every_device(cloud, server_with_volume):
         server = n.get(f"/servers/{server_id}").json()["server"]
         assert server["OS-EXT-STS:task_state"] is None and server["status"] == "ACTIVE"
     assert json.loads(info.read_text())["active"] == active         # the volume is where it was
+
+
+def test_cli_server_snapshot_of_chosen_devices_waits(cloud, server_with_volume, capsys, client_env_isolated):
+    """`freezeframe server snapshot SERVER --device vdb --wait -f json`: one JSON document once
+    the image is active; a device the server lacks is a clear error and a non-zero exit."""
+    from freezeframe.cli.main import main
+
+    server_id, volume_id, _data = server_with_volume
+    auth = ["--os-image-url", cloud.image_url, "--os-token", cloud.member_token]
+    capsys.readouterr()
+    code = main(["server", "snapshot", server_id, "--device", "/dev/vdb", "--name", "cli-pkg", "--wait",
+                 "-f", "json", *auth])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["state"] == "IMAGE_ACTIVE" and doc["progress"] == 100
+    image = image_of(cloud, doc["image_id"]).json()
+    assert [m["device_name"] for m in json.loads(image["block_device_mapping"])] == ["/dev/vdb"]
+    code = main(["server", "snapshot", server_id, "--device", "vdq", *auth])
+    out, err = capsys.readouterr()
+    assert code != 0 and "no device vdq" in err
+    with cloud.client() as images:
+        assert images.delete(f"/v2/images/{doc['image_id']}").status_code == 204

@@ -194,6 +194,13 @@ def image_create(args: argparse.Namespace, client: ComputeClient, _: ComputeEndp
 
 
 @command
+def snapshot_create(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    """Freezeframe's instance-level snapshot: the chosen devices (all by default), one image."""
+    return _snapshot(args, client, lambda server: client.snapshot_devices(
+        server.id, args.name or server.name or server.id, args.device or None, dict(args.property)))
+
+
+@command
 def backup_create(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
     return _snapshot(args, client, lambda server: client.create_backup(
         server.id, args.name or server.name or server.id, args.type, args.rotation, dict(args.property)))
@@ -396,6 +403,14 @@ def register(subparsers: Any) -> None:
     p = image_actions.add_parser("create", parents=[snapshot, service, fmt], help="snapshot a server into an image")
     wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
     p.set_defaults(func=image_create)
+
+    p = actions.add_parser("snapshot", parents=[snapshot, service, fmt],
+                           help="snapshot chosen disks of a server (local disks and volumes, all by default) at one "
+                                "point in time into one bootable image (Freezeframe's instance-level snapshot)")
+    p.add_argument("--device", action="append", default=[], metavar="DEVICE",
+                   help="a device to include, e.g. vda or /dev/vdb (repeat; default: every device)")
+    wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
+    p.set_defaults(func=snapshot_create)
 
     backup = actions.add_parser("backup", help="back a server up into a rotated image")
     backup_actions = backup.add_subparsers(dest="server_backup_command", required=True, metavar="ACTION")

@@ -232,6 +232,15 @@ class ComputeClient(ServiceClient):
             args["metadata"] = dict(metadata)
         return self._snapshot(server_id, {"createBackup": args})
 
+    def snapshot_devices(self, server_id: str, name: str, devices: list[str] | None,
+                         metadata: Mapping[str, str] | None = None) -> Accepted:
+        """Freezeframe's instance-level snapshot (seed 003): ``devices`` (None: every device)
+        at one point in time, packaged as one image."""
+        args: dict[str, Any] = {"name": name, "devices": devices}
+        if metadata:
+            args["metadata"] = dict(metadata)
+        return self._snapshot(server_id, {"snapshot": args})
+
     def _snapshot(self, server_id: str, body: dict[str, Any]) -> Accepted:
         url = self._servers(f"/{server_id}/action")
         response = self._call("POST", url, json=body)
