@@ -183,3 +183,35 @@ def test_cli_server_snapshot_of_chosen_devices_waits(cloud, server_with_volume, 
     assert code != 0 and "no device vdq" in err
     with cloud.client() as images:
         assert images.delete(f"/v2/images/{doc['image_id']}").status_code == 204
+
+
+def test_cli_server_create_with_a_second_local_disk(cloud, capsys, client_env_isolated, tmp_path):
+    """`freezeframe server create --block-device source_type=blank,...`: the server has the disk,
+    and an instance snapshot of every device packages it as a disk image of its own."""
+    from freezeframe.cli.main import main
+    from freezeframe.cli.server import _block_device
+
+    assert _block_device("source_type=blank,destination_type=local,volume_size=1,delete_on_termination=true") == \
+        {"source_type": "blank", "destination_type": "local", "volume_size": 1, "delete_on_termination": True}
+    _server_id, base, _data = boot(cloud, tmp_path)
+    auth = ["--os-image-url", cloud.image_url, "--os-token", cloud.member_token]
+    capsys.readouterr()
+    code = main(["server", "create", "two-disks", "--image", base["id"], "--flavor", "1", "--wait", "-f", "json",
+                 "--block-device", "source_type=blank,destination_type=local,volume_size=1", *auth])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    server_id = json.loads(out)["id"]
+    image_id, wf = take(cloud, server_id, None, name="two-disks-pkg")
+    assert wf["state"] == "IMAGE_ACTIVE", wf
+    image = image_of(cloud, image_id).json()
+    mapping = json.loads(image["block_device_mapping"])
+    assert [(m["source_type"], m["destination_type"], m["device_name"]) for m in mapping] == \
+        [("image", "local", "/dev/vdb")]
+    child = image_of(cloud, mapping[0]["image_id"]).json()
+    assert child["status"] == "active" and child["os_freezeframe_parent_image"] == image_id
+    assert image["os_freezeframe_child_images"] == child["id"]
+    with cloud.client() as images:          # the package goes as one
+        assert images.delete(f"/v2/images/{image_id}").status_code == 204
+        assert images.get(f"/v2/images/{child['id']}").status_code == 404
+    with nova(cloud) as n:
+        assert n.delete(f"/servers/{server_id}").status_code == 204

@@ -112,10 +112,24 @@ def wait_server(client: ComputeClient, server_id: str, *, until: Collection[str]
         interval = min(interval * 1.5, max_interval)
 
 
+def _block_device(text: str) -> dict[str, Any]:
+    """``key=value,...`` -> a BDM v2 entry (numbers and booleans as JSON has them)."""
+    entry: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+        value = value.strip()
+        entry[key.strip()] = (int(value) if value.lstrip("-").isdigit() else
+                              {"true": True, "false": False}.get(value.lower(), value))
+    return entry
+
+
 @command
 def create(args: argparse.Namespace, client: ComputeClient, endpoint: ComputeEndpoint) -> int:
     flavor = client.find_flavor(args.flavor)
-    server_id = client.create_server(args.name, _image_id(endpoint, args.image), flavor.id, dict(args.property))
+    server_id = client.create_server(args.name, _image_id(endpoint, args.image), flavor.id, dict(args.property),
+                                     block_devices=args.block_device)
     if not args.wait:
         print_server(client.show_server(server_id), args.format)
         return EXIT_OK
@@ -376,6 +390,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--flavor", required=True, metavar="FLAVOR", help="ID or name, e.g. 1 or m1.tiny")
     p.add_argument("--property", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="server metadata")
+    p.add_argument("--block-device", type=_block_device, action="append", default=[], metavar="KEY=VALUE,...",
+                   help="a block_device_mapping_v2 entry, as openstackclient takes it: e.g. "
+                        "source_type=blank,destination_type=local,volume_size=1 (a second local disk) or "
+                        "source_type=volume,uuid=VOLUME,destination_type=volume (repeat)")
     wait_options(p, "the server is active (exit 1 if it ends in ERROR)", "the server")
     p.set_defaults(func=create)
 

@@ -198,11 +198,15 @@ class ComputeClient(ServiceClient):
         raise missing or ComputeError(f"no server with name or ID {name_or_id!r}")
 
     def create_server(self, name: str, image_ref: str, flavor_ref: str,
-                      metadata: Mapping[str, str] | None = None) -> str:
-        """Ask for a server; returns its ID (it is BUILD until ``wait_server`` says otherwise)."""
+                      metadata: Mapping[str, str] | None = None,
+                      block_devices: list[dict[str, Any]] | None = None) -> str:
+        """Ask for a server; returns its ID (it is BUILD until ``wait_server`` says otherwise).
+        ``block_devices``: Nova's block_device_mapping_v2 entries (extra local disks, volumes)."""
         body: dict[str, Any] = {"name": name, "imageRef": image_ref, "flavorRef": flavor_ref}
         if metadata:
             body["metadata"] = dict(metadata)
+        if block_devices:
+            body["block_device_mapping_v2"] = list(block_devices)
         server = self._field("POST", self._servers(), "server", json={"server": body})
         if not isinstance(server, dict) or not isinstance(server.get("id"), str):
             raise ComputeError("POST /servers: the answer has no server id")
