@@ -204,8 +204,9 @@ class VolumeSettings:
     # While waiting, the workflow is looked at again this often even without a wake-up (a
     # report from another process wakes it at once in the same process; else at this pace).
     assisted_recheck: float = 2.0
-    # The largest volume (GiB) a request may ask for.
-    max_size: int = 16384
+    # The largest volume (GiB) a request may ask for (ext4's largest file is 16 TiB - 4 KiB: a
+    # share on ext4 cannot hold a 16384 GiB volume file).
+    max_size: int = 16383
 
 
 @dataclass(frozen=True)

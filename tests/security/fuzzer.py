@@ -1,15 +1,18 @@
-"""A property-based fuzzer (hypothesis) of every endpoint of the image, compute and workflow APIs,
-driven over real HTTP against a running server. Used by ``tests/security/test_fuzz.py`` (a few
-hundred requests per API and database) and ``bench/fuzz_bench.py`` (the full counts).
+"""A property-based fuzzer (hypothesis) of every endpoint of the image, compute, workflow, identity
+and volume APIs, driven over real HTTP against a running server. Used by
+``tests/security/test_fuzz.py`` (a few hundred requests per API and database) and
+``bench/fuzz_bench.py`` (the full counts).
 
 Each request is one endpoint of the catalogue below (checked against the routers, so a new route
 without a fuzz spec fails the test), with path parameters that are real ids (an active, a queued
-and a shared image, a server, a workflow...), random UUIDs or malformed text; query parameters
-the endpoint knows and random ones; the headers it reads (Range, the upload headers, the
-microversion headers, Content-Type) and random ones; and a body that is valid-shaped, a
-valid-shaped one with one value or key mutated (wrong type, integers of thousands of digits,
-NaN, lone surrogates, NUL, non-ASCII digits, nesting thousands deep), arbitrary JSON, or bytes
-that are not JSON at all. The properties, for every request:
+and a shared image, a server, a workflow, an available, an attached and a reserved volume, a
+snapshot, attachments...), random UUIDs or malformed text; query parameters the endpoint knows
+and random ones; the headers it reads (Range, the upload headers, the microversion headers —
+Nova's for compute, ``OpenStack-API-Version: volume 3.x`` for the volume API —, Content-Type) and
+random ones; and a body that is valid-shaped, a valid-shaped one with one value or key mutated
+(wrong type, integers of thousands of digits, NaN, lone surrogates, NUL, non-ASCII digits,
+nesting thousands deep), arbitrary JSON, or bytes that are not JSON at all. The properties, for
+every request:
 
 - no 5xx, except a 503 that carries ``Retry-After`` (load shedding);
 - an answer within ``TIMEOUT`` seconds (no hang);
@@ -17,8 +20,13 @@ that are not JSON at all. The properties, for every request:
   ``X-OpenStack-Request-Id`` header (a request the HTTP parser itself refuses, which the
   application never sees, may be uvicorn's plain 400);
 - a JSON success body parses (a stored lone surrogate once made a listing unencodable);
-- and every ``LISTING_EVERY`` requests, and at the end, the listings of the three APIs answer 200
-  for a member and an admin (nothing written poisons them).
+- and every ``LISTING_EVERY`` requests, and at the end, the listings of the APIs (images, servers,
+  workflows; volumes, snapshots and attachments when the volume API is served) answer 200 for a
+  member and an admin (nothing written poisons them).
+
+The volume API's resources are routed twice, under ``/volume/v3`` (Cinder 3.67+ style) and under
+``/volume/v3/{project_id}``: the catalogue lists both forms (each route the app serves is fuzzed,
+the project-id form with the caller's project mostly, another project or garbage sometimes).
 """
 
 from __future__ import annotations
@@ -41,10 +49,12 @@ from hypothesis import strategies as st
 from tests.conftest import ADMIN_TOKEN, MEMBER_TOKEN, OTHER_TOKEN, SERVICE_TOKEN
 
 SEED = 20261207
+# The id of the volume API's one volume type (freezeframe.volumes.service.DEFAULT_TYPE_ID).
+DEFAULT_VOLUME_TYPE_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "freezeframe:volume-type:__DEFAULT__"))
 DEFAULT_EXAMPLES = 300
 TIMEOUT = 20.0
 LISTING_EVERY = 100
-APIS = ("image", "compute", "workflow", "identity")
+APIS = ("image", "compute", "workflow", "identity", "volume")
 
 
 # Read once and taken out of the environment: the servers the tests start inherit it, and the
@@ -65,7 +75,14 @@ class Endpoint:
     path: str                     # as routed, with {placeholders}
     body: str | None = None       # a key of the body strategies, or None (no body expected)
     query: tuple[str, ...] = ()   # the query parameters it reads
-    headers: tuple[str, ...] = ()  # header kinds it reads: range, upload, microversion
+    headers: tuple[str, ...] = ()  # header kinds it reads: range, upload, microversion, volume_microversion
+    # placeholder -> the fixture kind its real values come from, where the name alone is ambiguous
+    # (``{project_id}`` of the volume API is the caller's project, not an identity project)
+    kinds: tuple[tuple[str, str], ...] = ()
+    service: bool = False          # a service's call (policy: the service role): its token mostly
+
+    def kind_of(self, placeholder: str) -> str:
+        return dict(self.kinds).get(placeholder, placeholder)
 
 
 _IMG = "/image/v2/images/{image_id}"
@@ -75,6 +92,64 @@ IMAGE_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "sort", "member_st
 WORKFLOW_KEYS = ("limit", "state", "resource_id", "image_id", "kind")
 _S = "/compute/v2.1/servers/{server_id}"
 _MV = ("microversion",)
+_VMV = ("volume_microversion",)
+VOLUME_LIST_KEYS = ("limit", "marker", "sort", "sort_key", "sort_dir", "name", "status", "bootable",
+                    "availability_zone", "metadata", "volume_type", "all_tenants", "project_id", "with_count")
+SNAPSHOT_LIST_KEYS = ("limit", "marker", "sort", "sort_key", "sort_dir", "name", "status", "volume_id", "metadata",
+                      "all_tenants", "project_id", "with_count")
+ATTACHMENT_LIST_KEYS = ("all_tenants", "volume_id", "instance_id", "status")
+# The volume API's resources: (method, path below /v3 and below /v3/{project_id}, body, query).
+VOLUME_RESOURCES: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
+    ("POST", "/volumes", "volume", ()),
+    ("GET", "/volumes", None, VOLUME_LIST_KEYS),
+    ("GET", "/volumes/detail", None, VOLUME_LIST_KEYS),
+    ("GET", "/volumes/{volume_id}", None, ()),
+    ("PUT", "/volumes/{volume_id}", "volume_update", ()),
+    ("DELETE", "/volumes/{volume_id}", None, ("cascade",)),
+    ("POST", "/volumes/{volume_id}/action", "volume_action", ()),
+    ("GET", "/volumes/{volume_id}/metadata", None, ()),
+    ("POST", "/volumes/{volume_id}/metadata", "metadata", ()),
+    ("PUT", "/volumes/{volume_id}/metadata", "metadata", ()),
+    ("GET", "/volumes/{volume_id}/metadata/{key}", None, ()),
+    ("PUT", "/volumes/{volume_id}/metadata/{key}", "meta", ()),
+    ("DELETE", "/volumes/{volume_id}/metadata/{key}", None, ()),
+    ("POST", "/snapshots", "snapshot", ()),
+    ("GET", "/snapshots", None, SNAPSHOT_LIST_KEYS),
+    ("GET", "/snapshots/detail", None, SNAPSHOT_LIST_KEYS),
+    ("GET", "/snapshots/{snapshot_id}", None, ()),
+    ("PUT", "/snapshots/{snapshot_id}", "snapshot_update", ()),
+    ("DELETE", "/snapshots/{snapshot_id}", None, ()),
+    ("POST", "/snapshots/{snapshot_id}/action", "snapshot_action", ()),
+    ("GET", "/snapshots/{snapshot_id}/metadata", None, ()),
+    ("POST", "/snapshots/{snapshot_id}/metadata", "metadata", ()),
+    ("PUT", "/snapshots/{snapshot_id}/metadata", "metadata", ()),
+    ("GET", "/snapshots/{snapshot_id}/metadata/{key}", None, ()),
+    ("PUT", "/snapshots/{snapshot_id}/metadata/{key}", "meta", ()),
+    ("DELETE", "/snapshots/{snapshot_id}/metadata/{key}", None, ()),
+    ("GET", "/snapshots/{snapshot_id}/os-admin-metadata", None, ()),
+    ("POST", "/attachments", "attachment", ()),
+    ("GET", "/attachments", None, ATTACHMENT_LIST_KEYS),
+    ("GET", "/attachments/detail", None, ATTACHMENT_LIST_KEYS),
+    ("GET", "/attachments/{attachment_id}", None, ()),
+    ("PUT", "/attachments/{attachment_id}", "attachment_update", ()),
+    ("DELETE", "/attachments/{attachment_id}", None, ()),
+    ("POST", "/attachments/{attachment_id}/action", "attachment_action", ()),
+    ("GET", "/types", None, ()),
+    ("GET", "/types/default", None, ()),
+    ("GET", "/types/{type_id}", None, ()),
+    ("GET", "/os-availability-zone", None, ()),
+    ("GET", "/limits", None, ()),
+)
+
+
+def _volume_catalogue() -> tuple[Endpoint, ...]:
+    """The volume API: its version documents, and every resource in both of its routed forms."""
+    out = [Endpoint("volume", "GET", path, headers=_VMV) for path in ("/volume/", "/volume/v3", "/volume/v3/")]
+    for base, kinds in (("/volume/v3", ()), ("/volume/v3/{project_id}", (("project_id", "volume_project"),))):
+        out += [Endpoint("volume", method, base + path, body=body, query=query, headers=_VMV, kinds=kinds)
+                for method, path, body, query in VOLUME_RESOURCES]
+    return tuple(out)
+
 
 CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("image", "GET", "/image/"),
@@ -119,6 +194,14 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("compute", "GET", "/compute/v2.1/flavors/{flavor_id}", headers=_MV),
     Endpoint("compute", "POST", "/compute/v2.1/os-freezeframe-adopt", body="adopt", headers=_MV),
     Endpoint("compute", "GET", "/compute/v2.1/os-services", headers=_MV),
+    Endpoint("compute", "GET", _S + "/os-volume_attachments", headers=_MV, query=("limit", "offset")),
+    Endpoint("compute", "POST", _S + "/os-volume_attachments", body="volume_attachment", headers=_MV),
+    Endpoint("compute", "GET", _S + "/os-volume_attachments/{volume_id}", headers=_MV),
+    Endpoint("compute", "DELETE", _S + "/os-volume_attachments/{volume_id}", headers=_MV),
+    Endpoint("compute", "POST", "/compute/v2.1/os-assisted-volume-snapshots", body="assisted", headers=_MV,
+             service=True),
+    Endpoint("compute", "DELETE", "/compute/v2.1/os-assisted-volume-snapshots/{snapshot_id}", headers=_MV,
+             query=("delete_info",), service=True),
     Endpoint("workflow", "GET", "/v1/workflows", query=WORKFLOW_KEYS),
     Endpoint("workflow", "GET", "/v1/workflows/{workflow_id}"),
     Endpoint("workflow", "DELETE", "/v1/workflows/{workflow_id}"),
@@ -135,23 +218,26 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("identity", "GET", "/identity/v3/projects", query=("name",)),
     Endpoint("identity", "GET", "/identity/v3/projects/{project_id}"),
     Endpoint("identity", "GET", "/identity/v3/auth/catalog"),
-)
+) + _volume_catalogue()
 
 
 def routed_endpoints() -> set[tuple[str, str]]:
-    """(method, full path) of every route the APIs declare, read from their routers."""
+    """(method, full path) of every route the APIs declare, read from their routers — for the
+    volume API from what it mounts (its router inside the microversion negotiation)."""
     from freezeframe.compute.api import ComputeAPI
     from freezeframe.conductor.api import WorkflowAPI
     from freezeframe.identity.api import IdentityAPI
     from freezeframe.images.api import ImageAPI
+    from freezeframe.volumes.api import VolumeAPI
 
-    found = set()
-    for prefix, router in (("/image", _router(ImageAPI)), ("/compute", _router(ComputeAPI)),
-                           ("/v1", _router(WorkflowAPI)), ("/identity", _router(IdentityAPI))):
-        for route in router.routes:
-            for method in route.methods or ():
-                if method != "HEAD":
-                    found.add((method, prefix + route.path))
+    volume = VolumeAPI.__new__(VolumeAPI).mounted()
+    found: set[tuple[str, str]] = set()
+    for prefix, app in (("/image", _router(ImageAPI)), ("/compute", _router(ComputeAPI)),
+                        ("/v1", _router(WorkflowAPI)), ("/identity", _router(IdentityAPI)),
+                        (volume.path, volume.app)):
+        routes = _routes(app, prefix)
+        assert routes, f"no routes found under {prefix}: a wrapper the fuzzer cannot see through"
+        found |= routes
     return found
 
 
@@ -159,6 +245,28 @@ def _router(cls):
     """The API's router, built on a bare instance (routes only name bound methods)."""
     api = cls.__new__(cls)
     return api.router()
+
+
+def _routes(app: Any, prefix: str) -> set[tuple[str, str]]:
+    """(method, path) of an ASGI app's routes: a Router's (a Mount's inside, with its path), or,
+    for a middleware (the microversion negotiation, the exception middleware), the app it wraps."""
+    from starlette.routing import Mount, Route, Router
+
+    found: set[tuple[str, str]] = set()
+    seen = 0
+    while not isinstance(app, Router):
+        inner = getattr(app, "app", None)
+        if inner is None or seen > 20:
+            return found
+        app, seen = inner, seen + 1
+    for route in app.routes:
+        if isinstance(route, Mount):
+            found |= _routes(route.app, prefix + route.path)
+        elif isinstance(route, Route):
+            found |= {(m, prefix + route.path) for m in route.methods or () if m != "HEAD"}
+        else:
+            raise AssertionError(f"a route the fuzzer does not know how to read: {route!r} under {prefix}")
+    return found
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -262,6 +370,21 @@ def mutate_key(doc: Any, key: str, index: int) -> Any:
 
 # -- the fixtures: real resources, so that requests get past the lookups --------------------------
 
+class _RetryBusy(httpx.HTTPTransport):
+    """The fixtures' requests, sent again after a 503 with Retry-After (the server shedding load,
+    which the properties allow: a busy machine must not fail the set-up of the fixtures)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _attempt in range(10):
+            response = super().handle_request(request)
+            if response.status_code != 503 or "retry-after" not in response.headers:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.5)
+        return response
+
+
 class Fixtures:
     """Real ids on the server under test, refreshed when the fuzzer deletes them."""
 
@@ -273,12 +396,19 @@ class Fixtures:
             "upload_id": [str(uuid.uuid4())], "flavor_id": ["1", "2", "3"],
             "name": ["image", "images", "member", "members"],
             "user_id": ["bob", "demo", "admin", "freezeframe"], "project_id": ["demo", "admin", "project-a"],
+            # the volume API: its URL's project is the caller's (the member's mostly; an admin may
+            # name any), real volumes, snapshots, attachments, metadata keys and the one type
+            "volume_project": ["project-a"] * 6 + ["admin-project", "project-b"],
+            "volume_id": [], "snapshot_id": [], "attachment_id": [], "key": ["k1", "k2", "nope"],
+            "type_id": [DEFAULT_VOLUME_TYPE_ID, "__DEFAULT__", "other"],
         }
         self.named: dict[str, str] = {}
+        self.volume_served = False
 
     def client(self, token: str = MEMBER_TOKEN) -> httpx.Client:
-        return httpx.Client(base_url=self.base, timeout=60,
-                            headers={"X-Auth-Token": token, "X-OpenStack-Nova-API-Version": "2.45"})
+        return httpx.Client(base_url=self.base, timeout=60, transport=_RetryBusy(),
+                            headers={"X-Auth-Token": token, "X-OpenStack-Nova-API-Version": "2.45",
+                                     "OpenStack-API-Version": "volume 3.71"})
 
     def pick(self, kind: str, index: int) -> str:
         values = self.ids[kind] or [str(uuid.UUID(int=index))]
@@ -303,7 +433,108 @@ class Fixtures:
                            in ("IMAGE_ACTIVE", "FAILED", "REVERTED", "CANCELLED"))
             actions = c.get(f"/compute/v2.1/servers/{server}/os-instance-actions").json().get("instanceActions", [])
             self.ids["request_id"] += [a["request_id"] for a in actions]
+            self.volume_served = c.get("/volume/v3/volumes").status_code == 200
+            if self.volume_served:
+                self._volume_fixtures(c)
         return self
+
+    # -- the volume API's fixtures: an available volume with metadata and a snapshot of it (with
+    # metadata), a volume attached to the server (through compute: an attachment, a mapping) and a
+    # volume reserved by the attachments API (an attachment without a connector).
+
+    VOLUME_FIXTURES = ("volume", "snapshot", "attached", "reserved")
+
+    def _volume_fixtures(self, c: httpx.Client) -> None:
+        for name in self.VOLUME_FIXTURES:
+            self._make_volume_fixture(c, name)
+
+    def _make_volume_fixture(self, c: httpx.Client, name: str) -> bool:
+        """(Re)make one named volume fixture; False when it could not be made (the run goes on
+        with what there is: the fixtures are a means to reach deep code, not a property)."""
+        if name == "volume":
+            vol = self._volume(c, "fuzz-volume", metadata={"k1": "v1", "k2": "v2"})
+            return vol is not None and self._replace("volume", "volume_id", vol)
+        if name == "snapshot":
+            vol = self.named.get("volume")
+            resp = c.post("/volume/v3/snapshots", json={"snapshot": {"volume_id": vol, "name": "fuzz-snap",
+                                                                     "metadata": {"k1": "v1"}}})
+            if resp.status_code != 202:
+                return False
+            snap = resp.json()["snapshot"]["id"]
+            if not self._settle(lambda: self._status(c, f"/volume/v3/snapshots/{snap}", "snapshot") == "available"):
+                return False
+            return self._replace("snapshot", "snapshot_id", snap)
+        if name == "attached":
+            vol = self._volume(c, "fuzz-attached")
+            server = self.named.get("server")
+            if vol is None or server is None:
+                return False
+            resp = c.post(f"/compute/v2.1/servers/{server}/os-volume_attachments",
+                          json={"volumeAttachment": {"volumeId": vol}})
+            if resp.status_code != 200:
+                return False
+            self._replace("attached", "volume_id", vol)
+            found = c.get(f"/volume/v3/volumes/{vol}").json()["volume"]["attachments"]
+            return bool(found) and self._replace("attached_attachment", "attachment_id", found[0]["attachment_id"])
+        if name == "reserved":
+            vol = self._volume(c, "fuzz-reserved")
+            if vol is None:
+                return False
+            resp = c.post("/volume/v3/attachments", json={"attachment": {
+                "volume_uuid": vol, "instance_uuid": self.named.get("server")}})
+            if resp.status_code != 200:
+                return False
+            self._replace("reserved", "volume_id", vol)
+            return self._replace("reserved_attachment", "attachment_id", resp.json()["attachment"]["id"])
+        raise ValueError(name)
+
+    def _replace(self, name: str, kind: str, new: str) -> bool:
+        old = self.named.get(name)
+        if old in self.ids[kind]:
+            self.ids[kind][self.ids[kind].index(old)] = new
+        else:
+            self.ids[kind].append(new)
+        self.named[name] = new
+        return True
+
+    def _volume(self, c: httpx.Client, name: str, **attrs: Any) -> str | None:
+        resp = c.post("/volume/v3/volumes", json={"volume": {"size": 1, "name": name, **attrs}})
+        if resp.status_code != 202:
+            return None
+        vol = resp.json()["volume"]["id"]
+        ok = self._settle(lambda: self._status(c, f"/volume/v3/volumes/{vol}", "volume") == "available")
+        return vol if ok else None
+
+    @staticmethod
+    def _status(c: httpx.Client, path: str, key: str) -> str | None:
+        resp = c.get(path)
+        return resp.json()[key]["status"] if resp.status_code == 200 else None
+
+    def _refresh_volumes(self, c: httpx.Client) -> None:
+        wanted = {"volume": "available", "snapshot": "available", "attached": "in-use", "reserved": "reserved"}
+        for name in self.VOLUME_FIXTURES:
+            kind = "snapshot" if name == "snapshot" else "volume"
+            current = self.named.get(name)
+            status = self._status(c, f"/volume/v3/{kind}s/{current}", kind) if current else None
+            if status == wanted[name] and name == "snapshot":
+                volume = c.get(f"/volume/v3/snapshots/{current}").json()["snapshot"]["volume_id"]
+                if volume != self.named.get("volume"):
+                    status = None           # a snapshot of the volume fixture, which was remade
+            if status == wanted[name] and name == "attached":
+                server = self.named.get("server")
+                if c.get(f"/compute/v2.1/servers/{server}/os-volume_attachments/{current}").status_code != 200:
+                    status = None           # attached, but not to the server fixture (remade)
+            if status != wanted[name]:
+                self._make_volume_fixture(c, name)
+
+    @staticmethod
+    def _settle(done: Callable[[], bool], timeout: float = 30) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            time.sleep(0.1)
+        return False
 
     def refresh(self) -> None:
         """Recreate the fixtures the fuzzer deleted (so later requests still reach deep code)."""
@@ -326,6 +557,11 @@ class Fixtures:
                     new = resp.json()["server"]["id"]
                     self.ids["server_id"][self.ids["server_id"].index(self.named["server"])] = new
                     self.named["server"] = new
+                    self._settle(lambda: (lambda s: s["status"] in ("ACTIVE", "ERROR")
+                                          and s["OS-EXT-STS:task_state"] is None)(
+                        c.get(f"/compute/v2.1/servers/{new}").json()["server"]))
+            if self.volume_served:
+                self._refresh_volumes(c)
 
     @staticmethod
     def _image(c: httpx.Client, name: str, data: bool = False, **attrs: Any) -> str:
@@ -394,13 +630,16 @@ def path_value(fix: Fixtures, kind: str) -> st.SearchStrategy[str]:
     return weighted((14, real), (2, st.uuids().map(str)), (2, st.sampled_from(BAD_SEGMENTS)), (1, text_any.map(_pct)))
 
 
-def query_strategy(fix: Fixtures, keys: tuple[str, ...]) -> st.SearchStrategy[str]:
+def query_strategy(fix: Fixtures, keys: tuple[str, ...],
+                   extra: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[str]:
     known = st.sampled_from(keys or ("limit",))
     key = weighted((4, known), (1, text_any))
     ids = st.integers(0, 1000).map(lambda i: fix.pick("image_id", i))
     value = st.one_of(numberish, text_any, ids, st.sampled_from(
         ["asc", "desc", "name:asc,id:desc", "created_at", "all", "shared", "public", "true", "false", "accepted",
          "IMAGE_ACTIVE", "snapshot", "in:" + ",".join(["a"] * 2000)]))
+    if extra is not None:
+        value = weighted((2, value), (3, extra))
     pair = st.tuples(key, value).map(lambda kv: f"{_pct(kv[0])}={_pct(kv[1])}")
     raw = st.sampled_from(["name=%00", "name=%ff", "%ff=1", "limit=%C2%B2", "marker=%ED%A0%80", "a", "=", "&&", "x=%zz"])
     many = st.integers(129, 300).map(lambda n: "&".join(f"p{i}=v" for i in range(n)))
@@ -419,7 +658,10 @@ def _header_name(text: str) -> str:
 
 
 def headers_strategy(endpoint: Endpoint, fix: Fixtures) -> st.SearchStrategy[list[tuple[str, bytes]]]:
-    token = st.sampled_from([MEMBER_TOKEN] * 10 + [ADMIN_TOKEN] * 4 + [OTHER_TOKEN, SERVICE_TOKEN, None, "bogus"])
+    if endpoint.service:
+        token = st.sampled_from([SERVICE_TOKEN] * 10 + [ADMIN_TOKEN] * 2 + [MEMBER_TOKEN] * 2 + [None, "bogus"])
+    else:
+        token = st.sampled_from([MEMBER_TOKEN] * 10 + [ADMIN_TOKEN] * 4 + [OTHER_TOKEN, SERVICE_TOKEN, None, "bogus"])
     numeric = st.one_of(numberish, st.sampled_from(LATIN1_DIGITS))
     parts: list[st.SearchStrategy] = [token.map(lambda t: [("X-Auth-Token", t.encode())] if t else [])]
     ctypes = {"data": "application/octet-stream", "patch": "application/openstack-images-v2.1-json-patch"}
@@ -448,9 +690,26 @@ def headers_strategy(endpoint: Endpoint, fix: Fixtures) -> st.SearchStrategy[lis
                             st.tuples(numeric, numeric).map(lambda ab: f"{ab[0]}.{ab[1]}"), text_any)
         nova = version.map(lambda v: [("X-OpenStack-Nova-API-Version", header_text(v))])
         generic = version.map(lambda v: [("OpenStack-API-Version", header_text("compute " + v))])
-        good = st.sampled_from(["2.1", "2.45", "2.47", "2.84", "2.96", "latest"]).map(
-            lambda v: [("X-OpenStack-Nova-API-Version", v.encode())])
+        good = st.sampled_from(["2.1", "2.45", "2.47", "2.49", "2.70", "2.75", "2.79", "2.84", "2.89", "2.96",
+                                "latest"]).map(lambda v: [("X-OpenStack-Nova-API-Version", v.encode())])
         parts.append(weighted((3, st.just([])), (4, good), (1, nova), (1, generic)))
+    if "volume_microversion" in endpoint.headers:
+        version = st.one_of(st.sampled_from(["3.0", "3.27", "3.44", "3.54", "3.67", "3.71", "3.72", "2.0", "4.0",
+                                             "latest", "LATEST", "3", "3.", ".71", "3.71.0", "03.71", "3.071",
+                                             "-3.71", "3.²", "3.\xb2", "3.7１"]),
+                            st.tuples(numeric, numeric).map(lambda ab: f"{ab[0]}.{ab[1]}"), text_any)
+        good = st.sampled_from(["3.71"] * 6 + ["3.0", "3.27", "3.44", "3.54", "3.63", "3.66", "latest"]).map(
+            lambda v: [("OpenStack-API-Version", f"volume {v}".encode())])
+        odd = version.map(lambda v: [("OpenStack-API-Version", header_text("volume " + v))])
+        shared = st.sampled_from([
+            [("OpenStack-API-Version", b"compute 2.1, volume 3.71")],
+            [("OpenStack-API-Version", b"compute 2.96"), ("OpenStack-API-Version", b"volume 3.50")],
+            [("OpenStack-API-Version", b"volume 3.71, volume 3.0")],
+            [("OpenStack-API-Version", b"VOLUME 3.71")], [("OpenStack-API-Version", b"volume")],
+            [("OpenStack-API-Version", b"volume3.71")], [("OpenStack-API-Version", b"volume  3.71")],
+            [("OpenStack-API-Version", b",,,")], [("X-OpenStack-Nova-API-Version", b"3.71")],
+            [("X-OpenStack-Volume-API-Version", b"3.71")]])
+        parts.append(weighted((2, st.just([])), (8, good), (2, odd), (1, shared)))
     ident = weighted((2, st.sampled_from(["bob", "project-a", "project-b", "member,reader", "admin", "service"])),
                      (1, text_any), (1, st.sampled_from(["x" * 256, "\xe9", "\xb2", "a,,b", ""])))
     # a service acting for a user (X-Service-Token with the user's identity in headers); in noauth
@@ -502,7 +761,9 @@ def body_strategies(fix: Fixtures) -> dict[str, st.SearchStrategy[Any]]:
             "name": name, "backup_type": st.sampled_from(["daily", "weekly"]),
             "rotation": st.one_of(st.integers(0, 5), numberish)})}),
     )
+    volume_shapes = volume_body_strategies(fix, ids, name, meta)
     return {
+        **volume_shapes,
         "image_create": image_create,
         "patch": patch,
         "member_add": st.fixed_dictionaries({"member": st.one_of(st.sampled_from(["project-b", "project-c"]),
@@ -519,6 +780,113 @@ def body_strategies(fix: Fixtures) -> dict[str, st.SearchStrategy[Any]]:
         "empty": st.just({}),
         "auth": auth_bodies(),
     }
+
+
+def volume_body_strategies(fix: Fixtures, image_ids: st.SearchStrategy[str], name: st.SearchStrategy[str],
+                           meta: st.SearchStrategy[dict]) -> dict[str, st.SearchStrategy[Any]]:
+    """Valid-shaped bodies of the volume API and of compute's volume routes."""
+    def real(kind: str) -> st.SearchStrategy[str]:
+        return st.integers(0, 1000).map(lambda i: fix.pick(kind, i))
+
+    volumes, snapshots, servers = real("volume_id"), real("snapshot_id"), real("server_id")
+    a_uuid = st.uuids().map(str)
+    # the largest volume allowed (16384 GiB by default) and just past it
+    largest = st.sampled_from([16383, 16384, 16385, 2**31 - 1, 2**31, 2**63])
+    size = weighted((6, st.integers(1, 3)), (1, st.integers(4, 20000)), (1, st.integers(-1, 0)), (1, largest),
+                    (1, st.sampled_from(["1", "2", " 2", "1.0", "²", "16384"])))
+    text = st.one_of(st.none(), name, st.text(max_size=10))
+    volume_meta = st.one_of(meta, st.just({"k1": "v1"}), st.dictionaries(st.sampled_from(["k1", "k2", "k3"]),
+                                                                          st.text(max_size=5), max_size=3))
+    source = st.one_of(st.just({}), st.just({}), volumes.map(lambda v: {"source_volid": v}),
+                       snapshots.map(lambda v: {"snapshot_id": v}), image_ids.map(lambda v: {"imageRef": v}),
+                       a_uuid.map(lambda v: {"snapshot_id": v}), a_uuid.map(lambda v: {"image_id": v}))
+    volume = st.tuples(st.fixed_dictionaries({"size": size}, optional={
+        "name": text, "description": text, "metadata": volume_meta,
+        "volume_type": st.sampled_from([None, "", "__DEFAULT__", DEFAULT_VOLUME_TYPE_ID, "lvm", "ssd"]),
+        "availability_zone": st.sampled_from([None, "", "nova", "az2"]),
+        "multiattach": st.sampled_from([False, True, None, "false"]),
+    }), source).map(lambda t: {"volume": {**t[0], **t[1]}})
+    volume_update = st.fixed_dictionaries({}, optional={
+        "name": text, "description": text, "metadata": volume_meta, "display_name": text,
+    }).map(lambda v: {"volume": v})
+    flag = st.one_of(st.booleans(), st.sampled_from(["true", "false", "yes", "0", "maybe", None, 1]))
+    volume_status = st.sampled_from(["available", "error", "in-use", "reserved", "error_deleting", "error_extending",
+                                     "creating", "deleting", "attaching", "detaching", "maintenance", "bogus"])
+    volume_action = st.one_of(
+        weighted((3, st.integers(1, 8)), (2, largest), (1, size)).map(lambda n: {"os-extend": {"new_size": n}}),
+        st.fixed_dictionaries({"status": volume_status}, optional={
+            "attach_status": st.sampled_from(["attached", "detached", "bogus"]),
+            "migration_status": st.sampled_from(["migrating", None])}).map(lambda v: {"os-reset_status": v}),
+        st.sampled_from([{"os-force_delete": {}}, {"os-force_delete": None}, {"bogus": {}},
+                         {"os-reset_status": {}}, {"os-attach": {"instance_uuid": str(uuid.UUID(int=1))}},
+                         {"os-detach": {}}, {"os-extend": {}}]),
+        flag.map(lambda v: {"os-set_bootable": {"bootable": v}}),
+        flag.map(lambda v: {"os-update_readonly_flag": {"readonly": v}}),
+    )
+    snapshot = st.fixed_dictionaries({"volume_id": volumes}, optional={
+        "name": text, "description": text, "force": flag, "metadata": volume_meta,
+        "display_name": text,
+    }).map(lambda v: {"snapshot": v})
+    snapshot_update = st.fixed_dictionaries({}, optional={"name": text, "description": text,
+                                                          "display_description": text}).map(
+        lambda v: {"snapshot": v})
+    snapshot_status = st.sampled_from(["available", "error", "creating", "deleting", "error_deleting", "bogus"])
+    report = st.fixed_dictionaries({"status": st.sampled_from(["creating", "deleting", "error", "error_deleting",
+                                                               "available", "bogus"])}, optional={
+        "progress": st.sampled_from(["90%", "100%", "40%", "", "x" * 20]),
+        "compute_snapshot_status": st.sampled_from(["running", "done", "error", "requested", "bogus"]),
+        "compute_error": st.text(max_size=20)})
+    snapshot_action = st.one_of(
+        snapshot_status.map(lambda v: {"os-reset_status": {"status": v}}),
+        st.sampled_from([{"os-force_delete": {}}, {"os-force_delete": None}, {"bogus": {}},
+                         {"os-reset_status": {}}, {"os-update_snapshot_status": {}}]),
+        report.map(lambda v: {"os-update_snapshot_status": v}),
+    )
+    connector = st.fixed_dictionaries({}, optional={
+        "host": st.sampled_from(["fuzz-host", "", "x" * 300]), "mountpoint": st.sampled_from(["/dev/vdc", "", 1]),
+        "initiator": st.sampled_from([None, "iqn.x"]), "platform": st.just("x86_64"), "os_type": st.just("linux"),
+        "multipath": st.booleans()})
+    attachment = st.fixed_dictionaries({"volume_uuid": volumes}, optional={
+        "instance_uuid": st.one_of(servers, a_uuid, st.none()), "connector": st.one_of(connector, st.none()),
+        "mode": st.sampled_from(["rw", "ro", "wo"]),
+    }).map(lambda v: {"attachment": v})
+    volume_attachment = st.fixed_dictionaries({"volumeId": volumes}, optional={
+        "device": st.sampled_from([None, "/dev/vdc", "vdd", "/dev/vda", "/dev/sdb", "/dev/vdz", "/dev/vd"]),
+        "tag": st.sampled_from(["db", "a/b", "x" * 61, ""]), "delete_on_termination": flag,
+    }).map(lambda v: {"volumeAttachment": v})
+    new_file = st.one_of(st.tuples(volumes, a_uuid).map(lambda t: f"volume-{t[0]}.{t[1]}"),
+                         st.sampled_from(["../etc/passwd", "", ".x", "a" * 300, "volume-x"]))
+    create_info = st.fixed_dictionaries({
+        "snapshot_id": st.one_of(snapshots, a_uuid), "type": st.sampled_from(["qcow2", "qcow2", "raw"]),
+        "new_file": new_file}, optional={"id": a_uuid})
+    assisted = st.fixed_dictionaries({"volume_id": volumes, "create_info": create_info}).map(
+        lambda v: {"snapshot": v})
+    return {
+        "volume": volume,
+        "volume_update": volume_update,
+        "volume_action": volume_action,
+        "metadata": volume_meta.map(lambda m: {"metadata": m}),
+        "meta": st.tuples(st.sampled_from(["k1", "k2", "nope"]), st.text(max_size=8)).map(
+            lambda kv: {"meta": {kv[0]: kv[1]}}),
+        "snapshot": snapshot,
+        "snapshot_update": snapshot_update,
+        "snapshot_action": snapshot_action,
+        "attachment": attachment,
+        "attachment_update": connector.map(lambda c: {"attachment": {"connector": c}}),
+        "attachment_action": st.sampled_from([{"os-complete": None}, {"os-complete": {}}, {"os-bogus": {}}]),
+        "volume_attachment": volume_attachment,
+        "assisted": assisted,
+    }
+
+
+def delete_infos(fix: Fixtures) -> st.SearchStrategy[str]:
+    """``delete_info`` of os-assisted-volume-snapshots DELETE: JSON as the volume service sends it."""
+    volumes = st.integers(0, 1000).map(lambda i: fix.pick("volume_id", i))
+    name = st.one_of(st.none(), volumes.map(lambda v: f"volume-{v}"), st.sampled_from(["../x", "", "a" * 300]))
+    doc = st.fixed_dictionaries({"volume_id": st.one_of(volumes, st.uuids().map(str))}, optional={
+        "type": st.sampled_from(["qcow2", "raw"]), "file_to_merge": name, "merge_target_file": name})
+    return st.one_of(doc.map(json.dumps), st.sampled_from(["{", "[]", "null", '{"volume_id": 1}', "{}", "[" * 3000,
+                                                           '{"volume_id": ' + "[" * 2000]))
 
 
 def auth_bodies() -> st.SearchStrategy[Any]:
@@ -575,16 +943,36 @@ def body_strategy(kind: str | None, shapes: dict[str, st.SearchStrategy[Any]]) -
     )
 
 
+def query_values(fix: Fixtures, ep: Endpoint) -> st.SearchStrategy[str] | None:
+    """Values the endpoint's own query parameters take (beyond the generic ones), or None."""
+    if ep.api == "volume":
+        real = st.sampled_from(["volume_id", "snapshot_id", "attachment_id", "server_id"]).flatmap(
+            lambda kind: st.integers(0, 1000).map(lambda i: fix.pick(kind, i)))
+        return st.one_of(real, st.sampled_from(
+            ["available", "in-use", "reserved", "creating", "error", "attached", "detached", "true", "false", "1",
+             "yes", "nova", "__DEFAULT__", DEFAULT_VOLUME_TYPE_ID, '{"k1": "v1"}', "{'k1': 'v1'}", '{"k1": 1}',
+             "{", "[]", "name:asc,id:desc", "size:desc", "bootable", "status:up", "id:asc,", ":asc", "project-a",
+             "project-b", "admin-project", "[" * 3000, '{"k1": ' + "[" * 2000, "{'k1': " + "{'a': " * 600]))
+    if "delete_info" in ep.query:
+        return delete_infos(fix)
+    return None
+
+
 def request_strategy(endpoints: list[Endpoint], fix: Fixtures) -> st.SearchStrategy[FuzzRequest]:
     shapes = body_strategies(fix)
     per_endpoint = []
     for ep in endpoints:
         names = [p.split("}")[0] for p in ep.path.split("{")[1:]]
-        path = st.tuples(*[path_value(fix, n) for n in names]).map(
+        path = st.tuples(*[path_value(fix, ep.kind_of(n)) for n in names]).map(
             lambda values, ep=ep, names=names: _fill(ep.path, names, values))
-        per_endpoint.append(st.builds(FuzzRequest, endpoint=st.just(ep), path=path,
-                                      query=query_strategy(fix, ep.query) if ep.method == "GET" else st.one_of(
-                                          st.just(""), st.just(""), query_strategy(fix, ())),
+        extra = query_values(fix, ep)
+        # the parameters it reads, whatever the method (DELETE ...?cascade=, ?delete_info=); else
+        # mostly none, and random ones
+        query = query_strategy(fix, ep.query, extra) if ep.method == "GET" or ep.query else st.one_of(
+            st.just(""), st.just(""), query_strategy(fix, (), extra))
+        if "delete_info" in ep.query:      # without it the request stops at its check: mostly one
+            query = weighted((3, delete_infos(fix).map(lambda d: "delete_info=" + _pct(d))), (2, query))
+        per_endpoint.append(st.builds(FuzzRequest, endpoint=st.just(ep), path=path, query=query,
                                       headers=headers_strategy(ep, fix), body=body_strategy(ep.body, shapes)))
     return st.sampled_from(range(len(per_endpoint))).flatmap(lambda i: per_endpoint[i])
 
@@ -642,12 +1030,17 @@ class FuzzResult:
                 f"violations: {len(self.violations)}; by status: {by_status}")
 
 
-def check_listings(base_url: str) -> list[str]:
-    """The three APIs' listings answer 200 for a member and an admin."""
+VOLUME_LISTINGS = ("/volume/v3/volumes/detail", "/volume/v3/snapshots/detail", "/volume/v3/attachments/detail")
+
+
+def check_listings(base_url: str, volume: bool = False) -> list[str]:
+    """The APIs' listings answer 200 for a member and an admin (the volume API's too if served)."""
     problems = []
+    paths = ("/image/v2/images", "/compute/v2.1/servers/detail", "/v1/workflows") + (VOLUME_LISTINGS if volume else ())
     for token in (MEMBER_TOKEN, ADMIN_TOKEN):
-        with httpx.Client(base_url=base_url, timeout=TIMEOUT, headers={"X-Auth-Token": token}) as c:
-            for path in ("/image/v2/images", "/compute/v2.1/servers/detail", "/v1/workflows"):
+        with httpx.Client(base_url=base_url, timeout=TIMEOUT, headers={"X-Auth-Token": token,
+                                                                        "OpenStack-API-Version": "volume 3.71"}) as c:
+            for path in paths:
                 resp = c.get(path)
                 if resp.status_code != 200:
                     problems.append(f"GET {path} ({'admin' if token == ADMIN_TOKEN else 'member'}): "
@@ -688,7 +1081,7 @@ def fuzz(base_url: str, api: str, examples: int, *, seed: int = SEED, stop_at_fi
         result.sent += 1
         if result.sent % LISTING_EVERY == 0:
             fix.refresh()
-            for problem in check_listings(base_url):
+            for problem in check_listings(base_url, fix.volume_served):
                 record(f"listing broken: {problem}", req)
         url = req.path + ("?" + req.query if req.query else "")
         try:
@@ -721,6 +1114,6 @@ def fuzz(base_url: str, api: str, examples: int, *, seed: int = SEED, stop_at_fi
     finally:
         client.close()
         result.seconds = time.monotonic() - started
-    for problem in check_listings(base_url):
+    for problem in check_listings(base_url, fix.volume_served):
         result.violations.append((f"listing broken: {problem}", "after the run"))
     return result

@@ -1,5 +1,5 @@
-"""Property-based fuzzing of every endpoint of the image, compute and workflow APIs, on SQLite
-and PostgreSQL (see ``tests/security/fuzzer.py`` for what is generated and the properties).
+"""Property-based fuzzing of every endpoint of the image, compute, workflow, identity and volume
+APIs, on SQLite and PostgreSQL (see ``tests/security/fuzzer.py`` for what is generated and the properties).
 
 A fixed seed makes every run send the same requests; ``FREEZEFRAME_FUZZ_EXAMPLES`` sets how many
 per API and database (default 300; ``bench/fuzz_bench.py`` runs the target of 5,000+).

@@ -149,7 +149,7 @@ def parse_delete_info(text: str | None) -> dict[str, Any]:
         raise errors.Invalid("Missing delete_info: the query parameter delete_info (JSON) is required")
     try:
         info = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):        # RecursionError: nested thousands deep
         raise errors.Invalid("Invalid delete_info: it is not JSON") from None
     if not isinstance(info, dict) or "volume_id" not in info or set(info) - {"type", "file_to_merge",
                                                                              "merge_target_file", "volume_id"}:

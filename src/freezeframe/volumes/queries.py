@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
@@ -126,14 +126,17 @@ def visible(session: Session, model: Any, ctx: RequestContext, row_id: str, noun
 
 
 def page(session: Session, model: Any, conditions: list[ColumnElement[bool]], listing: Listing,
-         noun: str) -> tuple[list[Any], int | None]:
-    """One page of rows (and the total count when asked for)."""
+         noun: str, keep: Callable[[Any], bool] | None = None) -> tuple[list[Any], int | None]:
+    """One page of rows (and the total count when asked for). ``keep``: a filter the database
+    cannot apply (metadata in a JSON column), applied before the page is cut, so a page is
+    never short while more rows match."""
     from sqlalchemy import func
 
+    stmt = select(model).where(*conditions)
     count = None
     if listing.with_count:
-        count = session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0
-    stmt = select(model).where(*conditions)
+        count = (sum(1 for r in session.scalars(stmt) if keep(r)) if keep is not None else
+                 session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)
     if listing.marker is not None:
         marker = session.get(model, listing.marker)
         if marker is None or marker.status == "deleted":
@@ -141,7 +144,15 @@ def page(session: Session, model: Any, conditions: list[ColumnElement[bool]], li
                                   "listed")
         stmt = stmt.where(_after(model, marker, listing.sort))
     order = [getattr(model, k).asc() if d == "asc" else getattr(model, k).desc() for k, d in listing.sort]
-    rows = list(session.scalars(stmt.order_by(*order).limit(listing.limit)))
+    stmt = stmt.order_by(*order)
+    if keep is None:
+        return list(session.scalars(stmt.limit(listing.limit))), count
+    rows = []
+    for row in session.scalars(stmt.execution_options(yield_per=200)):
+        if len(rows) >= listing.limit:
+            break
+        if keep(row):
+            rows.append(row)
     return rows, count
 
 

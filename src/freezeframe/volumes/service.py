@@ -166,9 +166,9 @@ class VolumeService:
                 conditions.append(Volume.bootable.is_(f["bootable"]))
             if "volume_type" in f and f["volume_type"] not in (self.settings.default_type, DEFAULT_TYPE_ID):
                 conditions.append(Volume.id.is_(None))      # no volume has another type
-            rows, count = queries.page(session, Volume, conditions, listing, "Volume")
-            if "metadata" in f:
-                rows = [r for r in rows if _matches(json.loads(r.metadata_json), f["metadata"])]
+            wanted = f.get("metadata")
+            rows, count = queries.page(session, Volume, conditions, listing, "Volume",
+                                       keep=(lambda r: _matches(json.loads(r.metadata_json), wanted)) if wanted else None)
             return rows, count, (_attachments(session, [r.id for r in rows]) if detail else {})
         rows, count, attached = await self.db.run(find)
         return rows, count, attached, listing
@@ -392,9 +392,9 @@ class VolumeService:
             for key in ("name", "status", "volume_id"):
                 if key in listing.filters:
                     conditions.append(getattr(VolumeSnapshot, key) == listing.filters[key])
-            rows, count = queries.page(session, VolumeSnapshot, conditions, listing, "Snapshot")
-            if "metadata" in listing.filters:
-                rows = [r for r in rows if _matches(json.loads(r.metadata_json), listing.filters["metadata"])]
+            wanted = listing.filters.get("metadata")
+            rows, count = queries.page(session, VolumeSnapshot, conditions, listing, "Snapshot",
+                                       keep=(lambda r: _matches(json.loads(r.metadata_json), wanted)) if wanted else None)
             return rows, count
         rows, count = await self.db.run(find)
         return rows, count, listing
