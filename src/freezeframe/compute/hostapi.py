@@ -13,8 +13,11 @@ conductor reads it from there.
     POST   /host/v1/servers/{server_id}/boot       a BootRequest: images fetched here, disk made, domain started
     DELETE /host/v1/servers/{server_id}?domain=D[&adopted=1]
     PUT    /host/v1/snapshots/{snapshot_id}        begin: {"domain", "disk", "quiesce", "require_quiesce", "max_frozen"}
-    POST   /host/v1/snapshots/{snapshot_id}/export {"domain"}: where and how to read it
-    DELETE /host/v1/snapshots/{snapshot_id}?domain=D    end: export stopped, point in time released
+                                        or a group: {"domain", "disks": [target...],
+                                        "volumes": [{"volume_id", "new_file"}...], "quiesce", ...}
+    POST   /host/v1/snapshots/{snapshot_id}/export {"domain"[, "disk"]}: where and how to read it (a
+                                        group's disk: each one an export of its own)
+    DELETE /host/v1/snapshots/{snapshot_id}?domain=D    end: exports stopped, point in time released
     GET    /host/v1/domains/{domain}/volumes               the attached volumes, as the domain runs them
     PUT    /host/v1/domains/{domain}/volumes/{volume_id}   attach: {"target", "path", "format"}
     DELETE /host/v1/domains/{domain}/volumes/{volume_id}   detach
@@ -49,7 +52,7 @@ from freezeframe.common.web.request import ctx_of, json_body
 from freezeframe.common.web.errors import status_of
 from freezeframe.compute import hostwire
 from freezeframe.compute.drivers import qcow2chain
-from freezeframe.compute.drivers.base import VolumeJob
+from freezeframe.compute.drivers.base import VolumeJob, export_workdir, export_workdirs
 from freezeframe.compute.hostside import BootRequest, LocalHost
 
 LOG = logging.getLogger(__name__)
@@ -151,12 +154,20 @@ class HostAPI:
         if not isinstance(body, dict):
             raise errors.Invalid("the body must be a JSON object")
         name = hostwire.domain_name(body.get("domain"))
-        disk = hostwire.domain_name(body.get("disk"))
         flags = {k: body.get(k, False) for k in ("quiesce", "require_quiesce")}
         max_frozen = body.get("max_frozen", 1.0)
         if not all(isinstance(v, bool) for v in flags.values()) or not isinstance(max_frozen, (int, float)) \
                 or not 0 < max_frozen <= 60:
             raise errors.Invalid("quiesce/require_quiesce: booleans; max_frozen: seconds, at most 60")
+        if "disk" not in body and ("disks" in body or "volumes" in body):
+            disks, volumes = hostwire.group_request(body)
+
+            def begin_group():
+                workdir.mkdir(parents=True, exist_ok=True)
+                return self.host.driver.begin_group_snapshot(name, sid, workdir, disks=disks, volumes=volumes,
+                                                             max_frozen=float(max_frozen), **flags)
+            return JSONResponse(hostwire.group_to_json(await self.pool.run(begin_group, wait=30)))
+        disk = hostwire.domain_name(body.get("disk"))
 
         def begin():
             workdir.mkdir(parents=True, exist_ok=True)
@@ -169,11 +180,18 @@ class HostAPI:
         sid, workdir = self._snapshot_dir(request)
         body = await json_body(request)
         name = hostwire.domain_name(body.get("domain") if isinstance(body, dict) else None)
+        disk = body.get("disk") if isinstance(body, dict) else None
+        disk = None if disk is None else hostwire.disk_name(disk)
+        driver = self.host.driver
 
         def export() -> dict:
-            self.host.driver.open_snapshot(name, sid, workdir).close()       # still there (else DriverError)
-            source = self.host.driver.snapshot_source(name, sid, workdir)
-            return self.export(source, workdir, f"snapshot-{sid}")
+            if disk is None:            # (the one disk of a snapshot, as before groups)
+                driver.open_snapshot(name, sid, workdir).close()       # still there (else DriverError)
+                source = driver.snapshot_source(name, sid, workdir)
+                return self.export(source, workdir, f"snapshot-{sid}")
+            driver.open_snapshot(name, sid, workdir, disk=disk).close()
+            source = driver.snapshot_source(name, sid, workdir, disk=disk)
+            return self.export(source, export_workdir(workdir, disk), f"snapshot-{sid}-{disk}")
         return JSONResponse(await self.pool.run(export, wait=30))
 
     async def end(self, request: Request) -> Response:
@@ -182,7 +200,8 @@ class HostAPI:
         name = hostwire.domain_name(request.query_params.get("domain"))
 
         def end() -> None:
-            self.unexport(workdir)
+            for where in export_workdirs(workdir):      # each disk's export, then the point in time
+                self.unexport(where)
             self.host.driver.end_snapshot(name, sid, workdir)
         await self.pool.run(end, wait=30)
         return Response(status_code=204)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 
@@ -19,8 +19,9 @@ from freezeframe.common.context import Actor
 from freezeframe.common.httpclient import ServiceClient
 from freezeframe.common.remote import RemoteError, Unreachable
 from freezeframe.compute import hostwire, nbdexport
-from freezeframe.compute.drivers.base import (DomainInfo, DomainNotFound, DriverError, GuestSpec, QuiesceFailed,
-                                              SnapshotHandle, SnapshotReader, VirtDriver, VolumeDisk, VolumeJob)
+from freezeframe.compute.drivers.base import (DomainInfo, DomainNotFound, DriverError, GroupHandle, GuestSpec,
+                                              QuiesceFailed, SnapshotHandle, SnapshotReader, VirtDriver, VolumeDisk,
+                                              VolumeJob, group_disks)
 from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostside import Booted, BootRequest
 from freezeframe.compute.nbd import NbdError
@@ -150,16 +151,27 @@ class RemoteDriver(VirtDriver):
                                      "require_quiesce": require_quiesce, "max_frozen": max_frozen})
         return hostwire.handle_from_json(doc, workdir)
 
-    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> SnapshotReader:
-        info = self.client.call("POST", f"/snapshots/{hostwire.snapshot_id(snapshot_id)}/export",
-                                json={"domain": name})
+    def begin_group_snapshot(self, name: str, snapshot_id: str, workdir: Path, *, disks: Sequence[str],
+                             volumes: Sequence[tuple[str, Path]], quiesce: bool, require_quiesce: bool,
+                             max_frozen: float = 1.0) -> GroupHandle:
+        disks, volumes = group_disks(disks, volumes)
+        doc = self.client.call("PUT", f"/snapshots/{hostwire.snapshot_id(snapshot_id)}",
+                               json={"domain": name, "disks": disks,
+                                     "volumes": [{"volume_id": vid, "new_file": str(new)} for vid, new in volumes],
+                                     "quiesce": quiesce, "require_quiesce": require_quiesce,
+                                     "max_frozen": max_frozen})
+        return hostwire.group_from_json(doc)
+
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> SnapshotReader:
+        body = {"domain": name} if disk is None else {"domain": name, "disk": hostwire.disk_name(disk)}
+        info = self.client.call("POST", f"/snapshots/{hostwire.snapshot_id(snapshot_id)}/export", json=body)
         return self.open_export(info)
 
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         self.client.call("DELETE", f"/snapshots/{hostwire.snapshot_id(snapshot_id)}",
                          params={"domain": hostwire.domain_name(name)})
 
-    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path):
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None):
         raise DriverError("a remote point in time is read through open_snapshot")
 
     # -- volumes (seed 002): the file paths are the same on every host (the share's mount) ---------

@@ -10,11 +10,13 @@ from typing import Any
 from freezeframe.common import errors
 from freezeframe.common.strict import is_uuid
 from freezeframe.compute.drivers import qcow2chain
-from freezeframe.compute.drivers.base import DiskInfo, DomainInfo, PowerState, SnapshotHandle, VolumeDisk
+from freezeframe.compute.drivers.base import DiskInfo, DomainInfo, GroupHandle, PowerState, SnapshotHandle, VolumeDisk
 
 PREFIX = "/host/v1"
 _DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _TARGET = re.compile(r"^vd[a-z]{1,2}$")
+_DISK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")     # a disk's target: also a directory name
+MAX_GROUP = 64
 
 
 def domain_name(value: Any) -> str:
@@ -53,6 +55,41 @@ def handle_from_json(doc: dict[str, Any], workdir: Path) -> SnapshotHandle:
     return SnapshotHandle(snapshot_id=doc["snapshot_id"], domain=doc["domain"], disk=doc["disk"],
                           virtual_size=doc["virtual_size"], workdir=workdir, quiesced=doc["quiesced"],
                           frozen_seconds=doc["frozen_seconds"])
+
+
+# -- groups (seed 003) -----------------------------------------------------------------------------
+def disk_name(value: Any) -> str:
+    """A disk's target (vda, sdb, ...) as a request names it."""
+    if not isinstance(value, str) or not _DISK.match(value):
+        raise errors.Invalid(f"Invalid disk {value!r}: a device name such as vda")
+    return value
+
+
+def group_request(body: dict[str, Any]) -> tuple[list[str], list[tuple[str, Path]]]:
+    """The disks and volumes of a group snapshot request: {"disks": [target...], "volumes":
+    [{"volume_id", "new_file"}...]}."""
+    disks, volumes = body.get("disks", []), body.get("volumes", [])
+    if not isinstance(disks, list) or not isinstance(volumes, list) or len(disks) + len(volumes) > MAX_GROUP:
+        raise errors.Invalid(f"disks and volumes: lists, at most {MAX_GROUP} entries together")
+    out = []
+    for v in volumes:
+        if not isinstance(v, dict):
+            raise errors.Invalid("each volume: {\"volume_id\", \"new_file\"}")
+        out.append((volume_id(v.get("volume_id")), qcow2chain.host_path(v.get("new_file"), "new_file")))
+    return [disk_name(d) for d in disks], out
+
+
+def group_to_json(handle: GroupHandle) -> dict[str, Any]:
+    return {"snapshot_id": handle.snapshot_id, "domain": handle.domain,
+            "disks": [{"target": t, "virtual_size": size} for t, size in handle.disks],
+            "volumes": list(handle.volumes), "quiesced": handle.quiesced, "frozen_seconds": handle.frozen_seconds}
+
+
+def group_from_json(doc: dict[str, Any]) -> GroupHandle:
+    return GroupHandle(snapshot_id=doc["snapshot_id"], domain=doc["domain"],
+                       disks=tuple((d["target"], int(d["virtual_size"])) for d in doc["disks"]),
+                       volumes=tuple(doc["volumes"]), quiesced=bool(doc["quiesced"]),
+                       frozen_seconds=float(doc["frozen_seconds"]))
 
 
 # -- volumes (seed 002) --------------------------------------------------------------------------

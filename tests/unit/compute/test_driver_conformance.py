@@ -8,6 +8,10 @@ The volume operations (seed 002) run on the fake, on the fake behind the host AP
 ``RemoteDriver`` a conductor on another host uses, in process), and on libvirt: attach, three
 assisted snapshots, the deletes of the middle one (commit), of the newest (rebase onto the
 base) and of the last (flatten), detach — the chain and the data checked after each step.
+
+Group snapshots (seed 003) run on the same three: the local disks and two volumes of a guest at
+one point in time (one freeze), each disk read by name, idempotent, released as a whole; a
+failure after the volumes' switch leaves them on their old files; a stopped domain's group.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import pytest
 
 from freezeframe.common import errors
 from freezeframe.compute.drivers.base import (
-    DomainNotFound, DriverError, GuestSpec, PowerState, QuiesceFailed, VirtDriver, VolumeDisk, VolumeJob,
+    DomainNotFound, DriverError, GroupHandle, GuestSpec, PowerState, QuiesceFailed, SnapshotHandle, VirtDriver,
+    VolumeDisk, VolumeJob,
 )
 from freezeframe.compute.drivers.fake import FakeDriver
 from tests.libvirt.test_libvirt_snapshot import GuestLab, libvirt_unavailable, read_snapshot
@@ -137,7 +142,9 @@ def remote_setup(tmp_path):
 
     local = fake_setup(tmp_path)
     host = LocalHost("h1", LockedDriver(local.driver, timeout=5), lambda actor: None, tmp_path / "instances")
-    api = HostAPI(host, Policy(None), tmp_path / "instances" / "_snapshots", lambda *a: {}, lambda *a: None)
+    exports: list[tuple] = []            # (source, export workdir, export name) the host API asked for
+    api = HostAPI(host, Policy(None), tmp_path / "instances" / "_snapshots",
+                  lambda *a: exports.append(a) or {}, lambda *a: None)
     app = Starlette(routes=[Mount("/host/v1", app=api.router())], exception_handlers=HANDLERS)
     service = RequestContext("freezeframe", "service", frozenset({"service"}), service_roles=frozenset({"service"}))
 
@@ -157,6 +164,8 @@ def remote_setup(tmp_path):
                   new_driver=lambda: remote, off_timeout=0, workdir=local.workdir, volume_guest=local.volume_guest,
                   share=local.share)
     setup.local = local.driver           # the host's own driver (behind the lock), for the tests' hooks
+    setup.exports = exports
+    setup.host_workdir = tmp_path / "instances" / "_snapshots"
     yield setup
     client.close()
     loop.call_soon_threadsafe(loop.stop)
@@ -624,3 +633,235 @@ def test_fake_keeps_only_names_beside_the_fake_volume_driver(tmp_path):
     assert drv.volume_disks("names") == [VolumeDisk(vid, "vdb", base, "raw")]
     drv.detach_volume("names", vid)
     assert PersistentFakeDriver(state).volume_disks("names") == []
+
+
+# -- group snapshots (seed 003) -----------------------------------------------------------------------------
+class OneDisk:
+    """The driver seen through one disk of a group (what ``read_snapshot`` reads)."""
+
+    def __init__(self, drv: VirtDriver, disk: str) -> None:
+        self.drv, self.disk = drv, disk
+
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path):
+        return self.drv.open_snapshot(name, snapshot_id, workdir, disk=self.disk)
+
+
+def read_group_disk(s: Setup, h: GroupHandle, workdir: Path, disk: str, out: Path) -> Path | None:
+    """A local disk of a group, streamed as the workflow does (through the host API: what it was
+    asked to export)."""
+    if s.kind == "remote":
+        before = len(s.exports)
+        assert s.driver.open_snapshot(h.domain, h.snapshot_id, workdir, disk=disk) is None
+        source, where, export_name = s.exports[before]
+        assert where == s.host_workdir / h.snapshot_id / "disk-exports" / disk
+        assert export_name == f"snapshot-{h.snapshot_id}-{disk}" and Path(source.path).name == f"{disk}.raw"
+        return None
+    one = SnapshotHandle(h.snapshot_id, h.domain, disk, dict(h.disks)[disk], workdir, h.quiesced, h.frozen_seconds)
+    return read_snapshot(OneDisk(s.driver, disk), one, out)
+
+
+def inject_failure_after_the_switch(s: Setup, monkeypatch) -> None:
+    """The local disks' point in time fails once the volumes moved."""
+    if s.kind == "libvirt":
+        def refused(dom, backup):
+            raise DriverError("starting the backup: refused (injected)")
+        monkeypatch.setattr(s.driver, "_backup_begin", refused)
+    else:
+        (s.local if s.kind == "remote" else s.driver).fail_on["copy"] = DriverError("copy refused (injected)")
+
+
+@pytest.mark.timeout(300)
+def test_group_snapshot(vsetup, monkeypatch):
+    drv, name, share = vsetup.driver, vsetup.volume_guest, vsetup.share
+    wd = vsetup.workdir("group")
+    vols = []
+    for target in ("vdc", "vdd"):
+        vid, base = volume_file(share)
+        drv.attach_volume(name, VolumeDisk(vid, target, base, "raw"))
+        vols.append((vid, target, base))
+    try:
+        info = drv.get_info(name)
+        disks = [d.target for d in info.disks if d.target not in ("vdc", "vdd")]
+        files = {d.target: d.path for d in info.disks}
+        data = {vid: qemu_read(base, "raw") for vid, _t, base in vols}
+        volumes = [(vid, overlay(share, vid, "g1", base, "raw")) for vid, _t, base in vols]
+        sid = str(uuid.uuid4())
+
+        # A failure once the volumes moved: back on their old files, nothing left.
+        inject_failure_after_the_switch(vsetup, monkeypatch)
+        with pytest.raises(DriverError, match="injected" if vsetup.kind != "remote" else "hypervisor failed"):
+            drv.begin_group_snapshot(name, sid, wd, disks=disks, volumes=volumes, quiesce=True, require_quiesce=True)
+        monkeypatch.undo()
+        if vsetup.kind != "libvirt":
+            (vsetup.local if vsetup.kind == "remote" else drv).fail_on.pop("copy")
+        assert drv.volume_disks(name) == [VolumeDisk(vid, t, base, "raw") for vid, t, base in vols]
+        if vsetup.kind != "remote":
+            assert not wd.exists()
+            assert_thawed(vsetup, name)
+
+        events = len(drv.events) if isinstance(drv, FakeDriver) else 0
+        h = drv.begin_group_snapshot(name, sid, wd, disks=disks, volumes=volumes, quiesce=True, require_quiesce=True)
+        assert (h.snapshot_id, h.domain) == (sid, name)
+        assert h.quiesced and 0 < h.frozen_seconds < 1.0
+        assert h.disks == tuple((d.target, d.virtual_size) for d in info.disks if d.target in disks)
+        assert h.volumes == tuple(vid for vid, _f in volumes)
+        if isinstance(drv, FakeDriver):
+            assert [e for e, n in drv.events[events:] if n == name] == ["freeze", "thaw"]     # frozen once
+        if vsetup.kind != "remote":
+            assert_thawed(vsetup, name)
+        assert drv.volume_disks(name) == [VolumeDisk(vid, t, new, "qcow2") for (vid, t, _b), (_v, new)
+                                          in zip(vols, volumes)]
+        assert drv.begin_group_snapshot(name, sid, wd, disks=disks, volumes=volumes, quiesce=True,
+                                        require_quiesce=True) == h                          # idempotent
+        for t in disks:
+            out = read_group_disk(vsetup, h, wd, t, wd.parent / f"group-{t}.qcow2")
+            if out is not None:
+                assert_same_content(out, files[t])
+        for vid, _t, base in vols:
+            assert qemu_read(base, "raw") == data[vid]         # the old file: the volume's point in time
+        if vsetup.kind != "remote":
+            with pytest.raises(DriverError):
+                drv.open_snapshot(name, sid, wd, disk="vdc")    # a volume is not read through the group
+            if len(disks) > 1:
+                with pytest.raises(DriverError):
+                    drv.open_snapshot(name, sid, wd)            # which one?
+        drv.end_snapshot(name, sid, wd)
+        drv.end_snapshot(name, sid, wd)                                                      # idempotent
+        if vsetup.kind != "remote":
+            assert not wd.exists()
+            with pytest.raises(DriverError):
+                drv.open_snapshot(name, sid, wd, disk=disks[0])
+        assert [v.path for v in drv.volume_disks(name)] == [new for _v, new in volumes]     # they stay
+        with pytest.raises(errors.Invalid):
+            drv.begin_group_snapshot(name, sid, wd, disks=[], volumes=[], quiesce=False, require_quiesce=False)
+    finally:
+        for vid, _t, _b in vols:
+            drv.detach_volume(name, vid)
+
+
+@pytest.mark.timeout(300)
+def test_group_snapshot_of_a_stopped_domain(vsetup):
+    if vsetup.kind == "remote":
+        pytest.skip("the host API boots servers from images; the stopped case is the local driver's")
+    drv, share = vsetup.driver, vsetup.share
+    spec = vsetup.new_spec("grpstop")
+    drv.spawn(spec)
+    drv.power_off(spec.name, timeout=vsetup.off_timeout)
+    vid, base = volume_file(share)
+    drv.attach_volume(spec.name, VolumeDisk(vid, "vdc", base, "raw"))
+    new = overlay(share, vid, "g1", base, "raw")
+    wd = vsetup.workdir("grpstop")
+    h = drv.begin_group_snapshot(spec.name, "gs", wd, disks=["vda", "vdb"], volumes=[(vid, new)], quiesce=True,
+                                 require_quiesce=True)
+    assert not h.quiesced and h.frozen_seconds == 0 and [t for t, _s in h.disks] == ["vda", "vdb"]
+    assert drv.volume_disks(spec.name) == [VolumeDisk(vid, "vdc", new, "qcow2")]
+    for t, path in zip(("vda", "vdb"), (spec.root_disk, *spec.extra_disks)):
+        assert_same_content(read_group_disk(vsetup, h, wd, t, wd.parent / f"grpstop-{t}.qcow2"), path)
+    drv.end_snapshot(spec.name, "gs", wd)
+    assert not wd.exists()
+    drv.power_on(spec.name)
+    assert drv.volume_disks(spec.name) == [VolumeDisk(vid, "vdc", new, "qcow2")]
+    drv.destroy(spec.name)
+
+
+def test_fake_group_interrupted_attempts_are_undone(tmp_path, monkeypatch):
+    """An attempt that died after the switch (its record left, nothing cleaned): the next call
+    (another process) moves the volumes back and takes the group anew; end_snapshot alone also
+    puts them back. A volume already on its new file, no attempt of ours having moved it, is
+    taken as done."""
+    s = fake_setup(tmp_path)
+    drv, name = s.driver, s.agent_guest
+    vid, base = volume_file(s.share)
+    drv.attach_volume(name, VolumeDisk(vid, "vdc", base, "raw"))
+
+    class Died(BaseException):
+        pass
+
+    for ending in ("resume", "end"):
+        new = overlay(s.share, vid, ending, drv.volume_disks(name)[0].path, drv.volume_disks(name)[0].format)
+        before = drv.volume_disks(name)[0]
+        wd = tmp_path / ending
+
+        def died(source, target):
+            raise Died()
+        monkeypatch.setattr(drv, "_point_in_time", died)
+        monkeypatch.setattr(drv, "_release", lambda *a, **k: None)
+        with pytest.raises(Died):
+            drv.begin_group_snapshot(name, ending, wd, disks=["vda"], volumes=[(vid, new)], quiesce=False,
+                                     require_quiesce=False)
+        monkeypatch.undo()
+        assert drv.volume_disks(name)[0].path == new
+        other = FakeDriver(host=drv.host)
+        if ending == "end":
+            other.end_snapshot(name, ending, wd)
+            assert drv.volume_disks(name) == [before] and not wd.exists()
+            continue
+        h = other.begin_group_snapshot(name, ending, wd, disks=["vda"], volumes=[(vid, new)], quiesce=True,
+                                       require_quiesce=True)
+        assert h.quiesced and drv.volume_disks(name)[0].path == new
+        other.open_snapshot(name, ending, wd).close()            # one disk: no need to name it
+        other.end_snapshot(name, ending, wd)
+        assert drv.volume_disks(name)[0].path == new
+
+    # Already on its new file (say, the volume's own assisted snapshot): done, not moved again.
+    now = drv.volume_disks(name)[0]
+    h = drv.begin_group_snapshot(name, "there", tmp_path / "there", disks=[], volumes=[(vid, now.path)],
+                                 quiesce=True, require_quiesce=True)
+    assert h.volumes == (vid,) and h.disks == () and drv.volume_disks(name) == [now]
+    drv.end_snapshot(name, "there", tmp_path / "there")
+    assert drv.volume_disks(name) == [now]
+
+
+def test_fake_group_quiesce_rules(tmp_path):
+    s = fake_setup(tmp_path)
+    drv = s.driver
+    vid, base = volume_file(s.share)
+    drv.attach_volume(s.noagent_guest, VolumeDisk(vid, "vdc", base, "raw"))
+    new = overlay(s.share, vid, "q", base, "raw")
+    with pytest.raises(QuiesceFailed):
+        drv.begin_group_snapshot(s.noagent_guest, "q", tmp_path / "q", disks=["vda"], volumes=[(vid, new)],
+                                 quiesce=True, require_quiesce=True)
+    assert not (tmp_path / "q").exists() and drv.volume_disks(s.noagent_guest)[0].path == base
+    h = drv.begin_group_snapshot(s.noagent_guest, "q", tmp_path / "q", disks=["vda"], volumes=[(vid, new)],
+                                 quiesce=True, require_quiesce=False)
+    assert not h.quiesced and h.frozen_seconds == 0
+    drv.end_snapshot(s.noagent_guest, "q", tmp_path / "q")
+
+    drv.freeze_seconds = 0.2                     # longer than max_frozen: not quiesced, thawed, undone
+    vid2, base2 = volume_file(s.share)
+    drv.attach_volume(s.agent_guest, VolumeDisk(vid2, "vdc", base2, "raw"))
+    new2 = overlay(s.share, vid2, "slow", base2, "raw")
+    with pytest.raises(QuiesceFailed):
+        drv.begin_group_snapshot(s.agent_guest, "slow", tmp_path / "slow", disks=["vda", "vdb"],
+                                 volumes=[(vid2, new2)], quiesce=True, require_quiesce=True, max_frozen=0.1)
+    assert_thawed(s, s.agent_guest)
+    assert drv.volume_disks(s.agent_guest)[0].path == base2 and not (tmp_path / "slow").exists()
+    drv.fail_on["thaw"] = RuntimeError("thaw lost")
+    drv.freeze_seconds = 0.0
+    with pytest.raises(RuntimeError):
+        drv.begin_group_snapshot(s.agent_guest, "t", tmp_path / "t", disks=["vda"], volumes=[(vid2, new2)],
+                                 quiesce=True, require_quiesce=True)
+    del drv.fail_on["thaw"]
+    assert_thawed(s, s.agent_guest)
+    assert drv.volume_disks(s.agent_guest)[0].path == base2
+
+
+def test_persistent_fake_group_survives_a_restart(tmp_path):
+    from freezeframe.compute.drivers.fake import PersistentFakeDriver
+
+    state = tmp_path / "domains.json"
+    drv = PersistentFakeDriver(state)
+    spec = GuestSpec(name="grp", uuid=str(uuid.uuid4()), vcpus=1, memory_mb=64, root_disk=fake_disk(tmp_path / "vda"),
+                     guest_agent=True)
+    drv.spawn(spec)
+    vid, base = volume_file(tmp_path)
+    drv.attach_volume("grp", VolumeDisk(vid, "vdb", base, "raw"))
+    new = overlay(tmp_path, vid, "g", base, "raw")
+    h = drv.begin_group_snapshot("grp", "g", tmp_path / "g", disks=["vda"], volumes=[(vid, new)], quiesce=True,
+                                 require_quiesce=True)
+    again = PersistentFakeDriver(state)                          # a new process
+    assert again.volume_disks("grp") == [VolumeDisk(vid, "vdb", new, "qcow2")]
+    assert again.begin_group_snapshot("grp", "g", tmp_path / "g", disks=["vda"], volumes=[(vid, new)],
+                                      quiesce=True, require_quiesce=True) == h
+    again.end_snapshot("grp", "g", tmp_path / "g")
+    assert PersistentFakeDriver(state).volume_disks("grp") == [VolumeDisk(vid, "vdb", new, "qcow2")]

@@ -13,11 +13,16 @@ import abc
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from freezeframe.common import errors
 from freezeframe.compute.nbd import Extent
-from freezeframe.compute.nbdexport import Source
+from freezeframe.compute.nbdexport import EXPORT_DIR, Source, stop_export
+
+# In a point in time's workdir: the exports to another host of each disk of a group, one
+# directory per disk (the host API's export of ``disk`` keeps its state in
+# ``<workdir>/disk-exports/<disk>/export``; a one-disk snapshot's in ``<workdir>/export``).
+DISK_EXPORTS = "disk-exports"
 
 
 class PowerState(enum.StrEnum):
@@ -74,6 +79,52 @@ class SnapshotHandle:
     workdir: Path
     quiesced: bool            # the guest's filesystems were frozen at the point in time
     frozen_seconds: float     # how long they were frozen (0 when not quiesced)
+
+
+@dataclass(frozen=True)
+class GroupHandle:
+    """One point in time of several disks of a domain (an instance-level snapshot): each local
+    disk in ``disks`` readable (``open_snapshot(..., disk=target)``) until ``end_snapshot``, each
+    volume in ``volumes`` continuing on its new file (its old file is its point in time)."""
+    snapshot_id: str
+    domain: str
+    disks: tuple[tuple[str, int], ...]   # (target, virtual_size) of each local disk held for reading
+    volumes: tuple[str, ...]             # volume ids now on their new files
+    quiesced: bool
+    frozen_seconds: float
+
+
+def export_workdir(workdir: Path, disk: str | None) -> Path:
+    """Where the export to another host of the point in time in ``workdir`` (of its ``disk``,
+    for a group) keeps its state (under it, ``nbdexport.EXPORT_DIR``)."""
+    return Path(workdir) if disk is None else Path(workdir) / DISK_EXPORTS / disk
+
+
+def export_workdirs(workdir: Path) -> list[Path]:
+    """Every export workdir of the point in time in ``workdir`` (the one-disk one first)."""
+    disks = Path(workdir) / DISK_EXPORTS
+    return [Path(workdir), *(sorted(p for p in disks.iterdir() if p.is_dir()) if disks.is_dir() else [])]
+
+
+def stop_exports(workdir: Path) -> None:
+    """Stop every export to another host of the point in time in ``workdir`` (idempotent)."""
+    for where in export_workdirs(workdir):
+        stop_export(where / EXPORT_DIR)
+
+
+def group_disks(disks: Sequence[str], volumes: Sequence[tuple[str, Path]]) -> tuple[list[str], list[tuple[str, Path]]]:
+    """The arguments of ``begin_group_snapshot``, checked: no disk or volume twice, something to take."""
+    if isinstance(disks, str):
+        raise errors.Invalid("disks must be a list of disk targets, not a string")
+    disks = [str(d) for d in disks]
+    volumes = [(str(v), Path(f)) for v, f in volumes]
+    if len(set(disks)) != len(disks):
+        raise errors.Invalid(f"a disk is named twice in {disks}")
+    if len({v for v, _f in volumes}) != len(volumes) or len({f for _v, f in volumes}) != len(volumes):
+        raise errors.Invalid("a volume (or a new file) is named twice")
+    if not disks and not volumes:
+        raise errors.Invalid("a group snapshot needs at least one disk or volume")
+    return disks, volumes
 
 
 @dataclass(frozen=True)
@@ -166,21 +217,50 @@ class VirtDriver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> SnapshotReader:
-        """A reader of the point in time ``begin_snapshot`` made, from any process (also after a
-        crash). DriverError when it no longer exists (the domain stopped, the job ended...)."""
+    def begin_group_snapshot(self, name: str, snapshot_id: str, workdir: Path, *, disks: Sequence[str],
+                             volumes: Sequence[tuple[str, Path]], quiesce: bool, require_quiesce: bool,
+                             max_frozen: float = 1.0) -> GroupHandle:
+        """One point in time of several disks of a domain (an instance-level snapshot).
+
+        Running domain: freeze once (when ``quiesce`` and an agent answers; a failed freeze is
+        QuiesceFailed with ``require_quiesce``, else the group is crash-consistent; never frozen
+        longer than ``max_frozen``) and, inside that one freeze, switch every volume of
+        ``volumes`` — (volume id, new file: a qcow2 the volume driver made whose backing file is
+        the disk's current file) — onto its new file, all in one external disk-only snapshot,
+        and hold every local disk of ``disks`` in one pull-mode backup job (each disk an export
+        named by its target); then thaw. Both kinds in one group: the vCPUs are also paused
+        across the two steps, so that they are one instant even for writes no freeze stops.
+        Not running: volumes switched in the persistent definition, local disks served from
+        their files. ``disks`` or ``volumes`` may be empty (not both).
+
+        Idempotent by ``snapshot_id`` (a record in ``workdir``): a call that finds its group
+        complete and still held returns it again; one that finds an interrupted attempt moves
+        that attempt's volumes back and takes the group anew. A volume already on its new file
+        when no attempt of this group moved it is taken as done. A failure after volumes were
+        switched moves them back (their new files emptied again) and releases the job before
+        raising: nothing half-done."""
+
+    @abc.abstractmethod
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> SnapshotReader:
+        """A reader of the point in time ``begin_snapshot`` (or ``begin_group_snapshot``: of its
+        local ``disk``; None: the single disk of a one-disk snapshot) made, from any process
+        (also after a crash). DriverError when it no longer exists (the domain stopped, the job
+        ended...) or holds no such disk."""
 
     @abc.abstractmethod
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
-        """Release the point in time (end the backup job / export, and any export of it to
-        another host under ``workdir/export``), make sure the guest is thawed, remove ``workdir``. Idempotent, and works in a new process after a crash (it
-        needs only what the workflow persisted)."""
+        """Release the point in time — of every disk of a group (end the backup job / exports,
+        and any export of it to another host under ``workdir``), make sure the guest is thawed,
+        remove ``workdir``. The volumes of a group taken whole stay on their new files (they are
+        its result); those of an attempt that never completed (a crash inside
+        ``begin_group_snapshot``) are moved back. Idempotent, and works in a new process after
+        a crash (it needs only what the workflow persisted)."""
 
     @abc.abstractmethod
-    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path) -> Source:
-        """Where the point in time ``begin_snapshot`` made is served on this host (a local NBD
-        export, or a file), so the host API can export it to a conductor on another host
-        (``compute/nbdexport.py``). DriverError when it no longer exists."""
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> Source:
+        """Where the point in time ``begin_snapshot`` made (of a group: its local ``disk``) is
+        served on this host (a local NBD export, or a file), so the host API can export it to a
+        conductor on another host (``compute/nbdexport.py``). DriverError when it no longer exists."""
 
     # -- volumes (seed 002) -------------------------------------------------------------------
     # An attached volume is a file disk whose serial is the volume id; the domain's definition

@@ -18,6 +18,12 @@ backs onto the current file, and a delete merges the chain for real with ``qemu-
 writes into the chain survives every merge as it would under libvirt. Beside the fake volume
 driver, which makes no overlay files, only the chain's names are kept (``FakeDomain.chains``),
 with the same rules (Nova's semantics, the same refusals).
+
+A group snapshot (seed 003) freezes once and, inside, switches its volumes (as above) and copies
+each of its local disks; ``begin_snapshot`` is a group of one disk. Its record is written before
+anything moves, so a call after an attempt that died half-way moves that attempt's volumes back
+(and a failure moves them back at once), as the libvirt driver does; ``fail_on["copy"]`` fails
+a group after its volumes' switch.
 """
 
 from __future__ import annotations
@@ -30,16 +36,16 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from freezeframe.common import errors
 from freezeframe.compute.drivers import qcow2chain
 from freezeframe.compute.drivers.base import (
-    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
-    QuiesceFailed, SnapshotHandle, VirtDriver, VolumeDisk, VolumeJob,
+    DiskInfo, DomainInfo, DomainNotFound, DriverError, GroupHandle, GuestSpec, PowerState,
+    QuiesceFailed, SnapshotHandle, VirtDriver, VolumeDisk, VolumeJob, group_disks, stop_exports,
 )
 from freezeframe.compute.nbd import Extent
-from freezeframe.compute.nbdexport import EXPORT_DIR, FileSource, stop_export
+from freezeframe.compute.nbdexport import FileSource
 
 CHUNK = 1 << 20
 RECORD = "fake-snapshot.json"
@@ -136,6 +142,39 @@ class FileReader:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class _Switch:
+    """A volume's move onto its new file, and what to restore to undo it."""
+    volume_id: str
+    before: VolumeDisk
+    new_file: Path
+    names_only: bool
+    chain: list[tuple[str, str]] | None      # its chain of names before (None: none kept)
+
+
+def _plan_json(plan: _Switch) -> dict:
+    return {"volume_id": plan.volume_id, "new_file": str(plan.new_file), "names_only": plan.names_only,
+            "chain": plan.chain, "before": {**vars(plan.before), "path": str(plan.before.path)}}
+
+
+def _plan_from_json(doc: dict) -> _Switch:
+    before = VolumeDisk(**{**doc["before"], "path": Path(doc["before"]["path"])})
+    chain = [(n, f) for n, f in doc["chain"]] if doc.get("chain") is not None else None
+    return _Switch(doc["volume_id"], before, Path(doc["new_file"]), doc["names_only"], chain)
+
+
+def _handle(doc: dict) -> SnapshotHandle:
+    return SnapshotHandle(snapshot_id=doc["snapshot_id"], domain=doc["domain"], disk=doc["disks"][0],
+                          virtual_size=doc["sizes"][0], workdir=Path(doc["workdir"]), quiesced=doc["quiesced"],
+                          frozen_seconds=doc["frozen_seconds"])
+
+
+def _group_handle(doc: dict) -> GroupHandle:
+    return GroupHandle(snapshot_id=doc["snapshot_id"], domain=doc["domain"],
+                       disks=tuple(zip(doc["disks"], doc["sizes"])), volumes=tuple(v for v, _f in doc["volumes"]),
+                       quiesced=doc["quiesced"], frozen_seconds=doc["frozen_seconds"])
 
 
 class FakeDriver(VirtDriver):
@@ -249,30 +288,69 @@ class FakeDriver(VirtDriver):
             dom.frozen = False
 
     # -- snapshots -------------------------------------------------------------------------------
+    # A point in time is a group: local disks copied (a fake may copy) and volumes switched onto
+    # their new files, inside one freeze; ``begin_snapshot`` is a group of one disk. The record
+    # (``fake-snapshot.json``) is written before anything moves, so that an attempt that died
+    # half-way is seen (and undone) by the next call.
     def begin_snapshot(self, name: str, disk: str, snapshot_id: str, workdir: Path, *,
                        quiesce: bool, require_quiesce: bool, max_frozen: float = 1.0) -> SnapshotHandle:
         self._maybe_fail("begin_snapshot")
         workdir = Path(workdir).absolute()
-        dom = self._domain(name)
-        source = dom.disks().get(disk)
-        if source is None:
-            raise DriverError(f"domain {name} has no disk {disk}")
-        previous = self._record(workdir)
-        if previous is not None:
-            if (previous.snapshot_id, previous.domain, previous.disk) == (snapshot_id, name, disk):
-                return previous                     # idempotent: the same snapshot again
-            self.end_snapshot(previous.domain, previous.snapshot_id, workdir)
+        doc = self._begin_group(name, snapshot_id, workdir, [disk], [], quiesce=quiesce,
+                                require_quiesce=require_quiesce, max_frozen=max_frozen)
+        return _handle(doc)
 
-        # A shut-off domain's disk is consistent as it is (no freeze).
+    def begin_group_snapshot(self, name: str, snapshot_id: str, workdir: Path, *, disks: Sequence[str],
+                             volumes: Sequence[tuple[str, Path]], quiesce: bool, require_quiesce: bool,
+                             max_frozen: float = 1.0) -> GroupHandle:
+        self._maybe_fail("begin_group_snapshot")
+        disks, volumes = group_disks(disks, volumes)
+        volumes = [(vid, qcow2chain.host_path(new_file, "new_file")) for vid, new_file in volumes]
+        doc = self._begin_group(name, snapshot_id, Path(workdir).absolute(), disks, volumes, quiesce=quiesce,
+                                require_quiesce=require_quiesce, max_frozen=max_frozen)
+        return _group_handle(doc)
+
+    def _begin_group(self, name: str, snapshot_id: str, workdir: Path, disks: list[str],
+                     volumes: list[tuple[str, Path]], *, quiesce: bool, require_quiesce: bool,
+                     max_frozen: float) -> dict:
+        dom = self._domain(name)
+        sources = dom.disks()
+        for disk in disks:
+            if disk not in sources:
+                raise DriverError(f"domain {name} has no disk {disk}")
+        for vid, _new in volumes:
+            if self._volume(dom, vid).target in disks:
+                raise errors.Invalid(f"disk {self._volume(dom, vid).target} is volume {vid}: name it once, as a volume")
+        wanted = {"snapshot_id": snapshot_id, "domain": name, "disks": disks,
+                  "volumes": [[vid, str(new)] for vid, new in volumes]}
+        previous = self._load(workdir)
+        if previous is not None:
+            if ({k: previous.get(k) for k in wanted} == wanted and previous["phase"] == "running"
+                    and self._held(previous, volumes=True)):
+                return previous                     # idempotent: the same snapshot again
+            self._release(previous["domain"], previous, workdir,
+                          move_back=previous["phase"] != "running" or previous["snapshot_id"] == snapshot_id)
+
+        plans = [self._switch_plan(dom, vid, new) for vid, new in volumes]
+        # A shut-off domain's disks are consistent as they are (no freeze).
         live = dom.state is not PowerState.SHUTDOWN
         can_quiesce = dom.state is PowerState.RUNNING and dom.agent
         if live and require_quiesce and not can_quiesce:
             raise QuiesceFailed(f"no guest agent answers in {name}: cannot quiesce")
 
         workdir.mkdir(parents=True, exist_ok=True)
-        handle = SnapshotHandle(snapshot_id=snapshot_id, domain=name, disk=disk,
-                                virtual_size=virtual_size(source), workdir=workdir,
-                                quiesced=False, frozen_seconds=0.0)
+        doc = {**wanted, "workdir": str(workdir), "phase": "starting", "quiesced": False, "frozen_seconds": 0.0,
+               "sizes": [virtual_size(sources[d]) for d in disks],
+               "moved": [_plan_json(plan) for plan in plans if plan is not None]}
+        self._save_record(workdir, doc)
+
+        def take() -> None:
+            for plan in plans:
+                if plan is not None:
+                    self._switch(dom, plan)
+            for disk in disks:
+                self._point_in_time(sources[disk], workdir / f"{disk}.raw")
+
         quiesced, frozen = False, 0.0
         try:
             if live and (quiesce or require_quiesce) and can_quiesce:
@@ -285,23 +363,20 @@ class FakeDriver(VirtDriver):
                         if require_quiesce:
                             raise QuiesceFailed(f"freezing {name}: {exc}") from exc
                     if quiesced or not require_quiesce:
-                        self._point_in_time(source, workdir / f"{disk}.raw")
+                        take()
                 finally:
                     self._thaw(dom)                 # always, even on failure
                     frozen = time.monotonic() - t0
                 if not quiesced and require_quiesce:
                     raise QuiesceFailed(f"{name} stayed frozen past {max_frozen} s: not quiesced")
             else:
-                self._point_in_time(source, workdir / f"{disk}.raw")
+                take()
         except BaseException:
-            self.end_snapshot(name, snapshot_id, workdir)
+            self._release(name, doc, workdir, move_back=True)
             raise
-        handle = replace(handle, quiesced=quiesced, frozen_seconds=frozen if quiesced else 0.0)
-        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(handle).items()}
-        tmp = workdir / (RECORD + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, workdir / RECORD)
-        return handle
+        doc.update(phase="running", quiesced=quiesced, frozen_seconds=frozen if quiesced else 0.0)
+        self._save_record(workdir, doc)
+        return doc
 
     def _point_in_time(self, source: Path, target: Path) -> None:
         """The fake's "backup": a flattened sparse raw copy (a qcow2 overlay through qemu-img)."""
@@ -315,40 +390,106 @@ class FakeDriver(VirtDriver):
             sparse_copy(source, target, self.copy_delay)
 
     @staticmethod
-    def _record(workdir: Path) -> SnapshotHandle | None:
+    def _save_record(workdir: Path, doc: dict) -> None:
+        tmp = workdir / (RECORD + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, workdir / RECORD)
+
+    @staticmethod
+    def _load(workdir: Path) -> dict | None:
         try:
             doc = json.loads((workdir / RECORD).read_text())
         except (OSError, ValueError):
             return None
-        return SnapshotHandle(**{**doc, "workdir": Path(doc["workdir"])})
+        if "disks" not in doc:          # a one-disk record written before groups
+            doc = {"snapshot_id": doc["snapshot_id"], "domain": doc["domain"], "disks": [doc["disk"]],
+                   "volumes": [], "workdir": doc["workdir"], "phase": "running", "quiesced": doc["quiesced"],
+                   "frozen_seconds": doc["frozen_seconds"], "sizes": [doc["virtual_size"]], "moved": []}
+        return doc
 
-    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> FileReader:
-        self._maybe_fail("open_snapshot")
-        workdir = Path(workdir).absolute()
-        handle = self._record(workdir)
-        if handle is None or handle.snapshot_id != snapshot_id:
+    def _held(self, doc: dict, *, volumes: bool = False) -> bool:
+        dom = self.host.domains.get(doc["domain"])
+        if dom is None:
+            return False
+        if not all((Path(doc["workdir"]) / f"{d}.raw").exists() for d in doc["disks"]):
+            return False
+        return not volumes or all(vid in dom.volumes and dom.volumes[vid].path == Path(new)
+                                  for vid, new in doc["volumes"])
+
+    def _member(self, name: str, snapshot_id: str, workdir: Path, disk: str | None) -> Path:
+        """The copy of the snapshot's ``disk`` (None: its only one)."""
+        doc = self._load(workdir)
+        if doc is None or doc["snapshot_id"] != snapshot_id or doc["phase"] != "running":
             raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
+        if disk is None:
+            if len(doc["disks"]) != 1:
+                raise DriverError(f"snapshot {snapshot_id} holds {len(doc['disks'])} disks: name the one to read")
+            disk = doc["disks"][0]
+        if disk not in doc["disks"]:
+            raise DriverError(f"snapshot {snapshot_id} of {doc['domain']} holds no disk {disk}")
         if name not in self.host.domains:
             raise DriverError(f"snapshot {snapshot_id} is gone: domain {name} was destroyed")
-        return FileReader(workdir / f"{handle.disk}.raw", read_delay=self.read_delay)
+        return workdir / f"{disk}.raw"
 
-    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path) -> FileSource:
-        workdir = Path(workdir).absolute()
-        handle = self._record(workdir)
-        if handle is None or handle.snapshot_id != snapshot_id or name not in self.host.domains:
-            raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
-        return FileSource(str(workdir / f"{handle.disk}.raw"), "raw")
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> FileReader:
+        self._maybe_fail("open_snapshot")
+        return FileReader(self._member(name, snapshot_id, Path(workdir).absolute(), disk), read_delay=self.read_delay)
+
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> FileSource:
+        return FileSource(str(self._member(name, snapshot_id, Path(workdir).absolute(), disk)), "raw")
 
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         self._maybe_fail("end_snapshot")
         workdir = Path(workdir).absolute()
-        stop_export(workdir / EXPORT_DIR)       # whatever served it to another host goes first
+        doc = self._load(workdir)
+        # A group taken whole keeps its volumes on their new files; an attempt that died
+        # half-way has them moved back.
+        self._release(name, doc, workdir, move_back=doc is not None and doc["phase"] != "running")
+
+    def _release(self, name: str, doc: dict | None, workdir: Path, *, move_back: bool) -> None:
+        stop_exports(workdir)                   # whatever served it to another host goes first
         with self.host.lock:
             dom = self.host.domains.get(name)
             if dom is not None and dom.frozen:
                 self.host.events.append(("thaw", name))
                 dom.frozen = False
+            if dom is not None and doc is not None and move_back:
+                for moved in doc.get("moved", []):
+                    self._unswitch(dom, _plan_from_json(moved))
         shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- volumes (seed 002) ------------------------------------------------------------------------
+    def _switch_plan(self, dom: FakeDomain, volume_id: str, new_file: Path) -> _Switch | None:
+        """How the volume moves onto ``new_file`` (None: it is there already), checked."""
+        current = self._volume(dom, volume_id)
+        if current.path == new_file:
+            return None
+        if new_file.parent != current.path.parent:
+            raise errors.Invalid(f"new_file {new_file} is not in the directory of the volume's file {current.path}")
+        # The fake volume driver makes no overlay: then only the chain's names are kept.
+        names_only = volume_id in dom.chains or not new_file.exists()
+        if not names_only:
+            qcow2chain.check_overlay(new_file, current.path, current.format)
+        return _Switch(volume_id, current, new_file, names_only, dom.chains.get(volume_id))
+
+    def _switch(self, dom: FakeDomain, plan: _Switch) -> None:
+        with self.host.lock:
+            dom.volumes[plan.volume_id] = replace(plan.before, path=plan.new_file, format="qcow2")
+            if plan.names_only:
+                dom.chains[plan.volume_id] = [(plan.new_file.name, "qcow2"),
+                                              *(plan.chain or [(plan.before.path.name, plan.before.format)])]
+
+    def _unswitch(self, dom: FakeDomain, plan: _Switch) -> None:
+        """Back on the old file, as libvirt moves it back (when it is on the new one)."""
+        with self.host.lock:
+            now = dom.volumes.get(plan.volume_id)
+            if now is None or now.path != plan.new_file:
+                return
+            dom.volumes[plan.volume_id] = plan.before
+            if plan.chain is None:
+                dom.chains.pop(plan.volume_id, None)
+            else:
+                dom.chains[plan.volume_id] = plan.chain
 
     # -- volumes (seed 002) ------------------------------------------------------------------------
     def _volume(self, dom: FakeDomain, volume_id: str) -> VolumeDisk:
@@ -396,26 +537,13 @@ class FakeDriver(VirtDriver):
         self._maybe_fail("volume_snapshot_create")
         new_file = qcow2chain.host_path(new_file, "new_file")
         dom = self._domain(name)
-        current = self._volume(dom, volume_id)
-        if current.path == new_file:
+        plan = self._switch_plan(dom, volume_id, new_file)
+        if plan is None:
             return False, 0.0                                   # done already
-        if new_file.parent != current.path.parent:
-            raise errors.Invalid(f"new_file {new_file} is not in the directory of the volume's file {current.path}")
-        # The fake volume driver makes no overlay: then only the chain's names are kept.
-        names_only = volume_id in dom.chains or not new_file.exists()
-        if not names_only:
-            qcow2chain.check_overlay(new_file, current.path, current.format)
         live = dom.state is not PowerState.SHUTDOWN
         can_quiesce = dom.state is PowerState.RUNNING and dom.agent
         if live and require_quiesce and not can_quiesce:
             raise QuiesceFailed(f"no guest agent answers in {name}: cannot quiesce")
-        before = dom.chains.get(volume_id)
-
-        def switch() -> None:
-            with self.host.lock:
-                dom.volumes[volume_id] = replace(current, path=new_file, format="qcow2")
-                if names_only:
-                    dom.chains[volume_id] = [(new_file.name, "qcow2"), *(before or [(current.path.name, current.format)])]
 
         quiesced, frozen = False, 0.0
         try:
@@ -429,21 +557,16 @@ class FakeDriver(VirtDriver):
                         if require_quiesce:
                             raise QuiesceFailed(f"freezing {name}: {exc}") from exc
                     if quiesced or not require_quiesce:
-                        switch()
+                        self._switch(dom, plan)
                 finally:
                     self._thaw(dom)                 # always, even on failure
                     frozen = time.monotonic() - t0
                 if not quiesced and require_quiesce:
                     raise QuiesceFailed(f"{name} stayed frozen past {max_frozen} s: not quiesced")
             else:
-                switch()
+                self._switch(dom, plan)
         except BaseException:
-            with self.host.lock:                    # back on the old file, as libvirt moves it back
-                dom.volumes[volume_id] = current
-                if before is None:
-                    dom.chains.pop(volume_id, None)
-                else:
-                    dom.chains[volume_id] = before
+            self._unswitch(dom, plan)               # back on the old file, as libvirt moves it back
             raise
         return quiesced, frozen if quiesced else 0.0
 
@@ -562,6 +685,18 @@ class PersistentFakeDriver(FakeDriver):
     def volume_snapshot_create(self, name: str, volume_id: str, new_file: Path, **kw) -> tuple[bool, float]:
         try:
             return super().volume_snapshot_create(name, volume_id, new_file, **kw)
+        finally:
+            self._save()
+
+    def begin_group_snapshot(self, name: str, snapshot_id: str, workdir: Path, **kw) -> GroupHandle:
+        try:
+            return super().begin_group_snapshot(name, snapshot_id, workdir, **kw)
+        finally:
+            self._save()
+
+    def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
+        try:
+            super().end_snapshot(name, snapshot_id, workdir)
         finally:
             self._save()
 

@@ -7,6 +7,14 @@ all within ``max_frozen``. QEMU then serves the point in time on a unix socket; 
 workflow reads its data ranges over NBD and streams them into the upload: the disk is never
 copied locally (Nova bug 1262914). Shut-off domain: ``qemu-nbd --read-only`` serves its chain.
 
+A group (seed 003: an instance-level snapshot) is one point in time of several disks: inside the
+one freeze, the chosen volumes continue on their new files (one external disk-only snapshot,
+REUSE_EXT: one QEMU transaction) and the chosen local disks are held by one backup job (libvirt
+allows one per domain), each an NBD export named by its target; the vCPUs are paused across
+the two (a few ms) so that they are one instant for any write. ``begin_snapshot`` is a group of
+one disk. A group that fails half-way moves its volumes back (active commit + pivot, or
+``qemu-img commit`` when stopped) and empties their new files again.
+
 Volumes (attach, detach, assisted snapshots) are in ``libvirt_volumes.py``.
 
 Everything a later call needs is in ``<workdir>/snapshot.json`` or in libvirt itself (the
@@ -28,20 +36,22 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import libvirt
 
+from freezeframe.common import errors
 from freezeframe.compute.drivers import libvirt_agent as agent
 from freezeframe.compute.drivers import libvirt_xml as lxml
+from freezeframe.compute.drivers import qcow2chain
 from freezeframe.compute.drivers.base import (
-    DiskInfo, DomainInfo, DomainNotFound, DriverError, GuestSpec, PowerState,
-    QuiesceFailed, SnapshotHandle, VirtDriver,
+    DiskInfo, DomainInfo, DomainNotFound, DriverError, GroupHandle, GuestSpec, PowerState,
+    QuiesceFailed, SnapshotHandle, VirtDriver, VolumeDisk, group_disks, stop_exports,
 )
-from freezeframe.compute.drivers.libvirt_volumes import DETACH_TIMEOUT, LibvirtVolumes
-from freezeframe.compute.nbdexport import EXPORT_DIR, NbdSource, stop_export
+from freezeframe.compute.drivers.libvirt_volumes import _DISK_SNAPSHOT_FLAGS, DETACH_TIMEOUT, LibvirtVolumes
+from freezeframe.compute.nbdexport import NbdSource
 from freezeframe.compute.nbd import NbdClient, NbdError
 
 LOG = logging.getLogger(__name__)
@@ -137,24 +147,72 @@ def supports_direct_io(path: Path) -> bool:
 
 # -- the snapshot record ------------------------------------------------------------------------
 @dataclass
+class _Disk:
+    """A local disk of a point in time, and where it is served."""
+    target: str
+    export: str              # the NBD export name (the target)
+    virtual_size: int
+    socket: str              # the NBD server's unix socket
+    pid: int = 0             # its qemu-nbd process ("export")
+
+
+@dataclass
+class _Volume:
+    """A volume of a group, switched onto ``new_file`` by the snapshot (``ours``) or found there."""
+    volume_id: str
+    target: str
+    old_path: str
+    old_format: str
+    new_file: str
+    ours: bool
+
+    def before(self) -> VolumeDisk:
+        return VolumeDisk(self.volume_id, self.target, Path(self.old_path), self.old_format)
+
+
+@dataclass
 class _Record:
-    """What ``<workdir>/snapshot.json`` holds about one snapshot."""
+    """What ``<workdir>/snapshot.json`` holds about one point in time: a group of local disks
+    and volumes (``begin_snapshot``: a group of one disk)."""
     snapshot_id: str
     domain: str
-    disk: str
-    method: str              # "backup" (running domain) | "export" (shut-off domain)
-    socket: str              # the NBD server's unix socket
-    export: str              # its export name
-    virtual_size: int
-    phase: str               # "freezing" | "starting" | "running"
+    method: str              # "backup" (running domain) | "export" (shut-off domain) | "volumes" (no local disk)
+    phase: str               # "starting" | "freezing" | "running" | "failed" (a move back that failed)
+    disks: list[_Disk] = field(default_factory=list)
+    volumes: list[_Volume] = field(default_factory=list)
     quiesced: bool = False
     frozen_seconds: float = 0.0
-    pid: int = 0             # the qemu-nbd process ("export")
+    paused: bool = False     # the vCPUs are paused by this attempt (until it resumes them)
+
+    def disk(self, target: str | None) -> _Disk:
+        """The local disk ``target`` (None: the only one)."""
+        if target is None:
+            if len(self.disks) != 1:
+                raise DriverError(f"snapshot {self.snapshot_id} of {self.domain} holds "
+                                  f"{len(self.disks)} disks ({', '.join(d.target for d in self.disks) or 'none'}): "
+                                  "name the one to read")
+            return self.disks[0]
+        found = next((d for d in self.disks if d.target == target), None)
+        if found is None:
+            raise DriverError(f"snapshot {self.snapshot_id} of {self.domain} holds no disk {target}")
+        return found
+
+    def same(self, snapshot_id: str, domain: str, disks: list[str], volumes: list[tuple[str, Path]]) -> bool:
+        return ((self.snapshot_id, self.domain) == (snapshot_id, domain)
+                and [d.target for d in self.disks] == disks
+                and [(v.volume_id, Path(v.new_file)) for v in self.volumes] == volumes)
 
     def handle(self, workdir: Path) -> SnapshotHandle:
-        return SnapshotHandle(snapshot_id=self.snapshot_id, domain=self.domain, disk=self.disk,
-                              virtual_size=self.virtual_size, workdir=workdir,
+        disk = self.disk(None)
+        return SnapshotHandle(snapshot_id=self.snapshot_id, domain=self.domain, disk=disk.target,
+                              virtual_size=disk.virtual_size, workdir=workdir,
                               quiesced=self.quiesced, frozen_seconds=self.frozen_seconds)
+
+    def group_handle(self) -> GroupHandle:
+        return GroupHandle(snapshot_id=self.snapshot_id, domain=self.domain,
+                           disks=tuple((d.target, d.virtual_size) for d in self.disks),
+                           volumes=tuple(v.volume_id for v in self.volumes),
+                           quiesced=self.quiesced, frozen_seconds=self.frozen_seconds)
 
     def save(self, workdir: Path) -> None:
         tmp = workdir / (RECORD + ".tmp")
@@ -164,20 +222,29 @@ class _Record:
     @classmethod
     def load(cls, workdir: Path) -> _Record | None:
         try:
-            return cls(**json.loads((workdir / RECORD).read_text()))
-        except (OSError, ValueError, TypeError):
+            doc = json.loads((workdir / RECORD).read_text())
+            if "disks" not in doc:        # written by a one-disk driver (before groups): its one disk
+                doc["disks"] = [{"target": doc["disk"], "export": doc["export"], "virtual_size": doc["virtual_size"],
+                                 "socket": doc["socket"], "pid": doc.get("pid", 0)}]
+                for key in ("disk", "export", "virtual_size", "socket", "pid"):
+                    doc.pop(key, None)
+            doc["disks"] = [_Disk(**d) for d in doc["disks"]]
+            doc["volumes"] = [_Volume(**v) for v in doc.get("volumes", [])]
+            return cls(**doc)
+        except (OSError, ValueError, TypeError, KeyError):
             return None
 
 
-def _socket_path(workdir: Path, snapshot_id: str) -> Path:
-    """The NBD socket, in a new private directory: in the workdir when the path fits a unix
-    socket's 108 bytes, else a fresh one under the temp dir (recorded in snapshot.json)."""
-    path = workdir / "nbd" / "sock"
-    if len(str(path)) < 100:
-        shutil.rmtree(path.parent, ignore_errors=True)
-        path.parent.mkdir(mode=0o700, parents=True)
+def _socket_dir(workdir: Path, snapshot_id: str, longest: int) -> Path:
+    """A new private directory for the NBD sockets: in the workdir when every socket path
+    (names up to ``longest`` bytes) fits a unix socket's 108 bytes, else a fresh one under the
+    temp dir (the record names the sockets)."""
+    path = workdir / "nbd"
+    if len(str(path)) + 1 + longest < 100:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(mode=0o700, parents=True)
         return path
-    return Path(tempfile.mkdtemp(prefix=f"ff-nbd-{snapshot_id[:8]}-")) / "sock"
+    return Path(tempfile.mkdtemp(prefix=f"ff-nbd-{snapshot_id[:8]}-"))
 
 
 def _socket_dir_for_qemu(sock: Path, qemu_owner: tuple[int, int] | None) -> None:
@@ -373,67 +440,193 @@ class LibvirtDriver(LibvirtVolumes, VirtDriver):
         return agent.ping(dom, timeout)
 
     # -- snapshots --------------------------------------------------------------------------------
+    # A point in time is a group: local disks held for reading (one backup job of a running
+    # domain, a qemu-nbd per disk of a stopped one) and volumes switched onto new files, at one
+    # instant; ``begin_snapshot`` is a group of one disk.
     def begin_snapshot(self, name: str, disk: str, snapshot_id: str, workdir: Path, *,
                        quiesce: bool, require_quiesce: bool, max_frozen: float = 1.0) -> SnapshotHandle:
         workdir = Path(workdir).absolute()
+        with self._errors(f"snapshot {snapshot_id} of {name}"):
+            rec = self._begin_group(name, snapshot_id, workdir, [disk], [], quiesce=quiesce,
+                                    require_quiesce=require_quiesce, max_frozen=max_frozen)
+        return rec.handle(workdir)
+
+    def begin_group_snapshot(self, name: str, snapshot_id: str, workdir: Path, *, disks: Sequence[str],
+                             volumes: Sequence[tuple[str, Path]], quiesce: bool, require_quiesce: bool,
+                             max_frozen: float = 1.0) -> GroupHandle:
+        disks, volumes = group_disks(disks, volumes)
+        volumes = [(vid, qcow2chain.host_path(new_file, "new_file")) for vid, new_file in volumes]
+        with self._errors(f"snapshot {snapshot_id} of {name}"):
+            rec = self._begin_group(name, snapshot_id, Path(workdir).absolute(), disks, volumes, quiesce=quiesce,
+                                    require_quiesce=require_quiesce, max_frozen=max_frozen)
+        return rec.group_handle()
+
+    def _begin_group(self, name: str, snapshot_id: str, workdir: Path, disks: list[str],
+                     volumes: list[tuple[str, Path]], *, quiesce: bool, require_quiesce: bool,
+                     max_frozen: float) -> _Record:
         dom = self._dom(name)
-        found = [d for d in self._info(dom).disks if d.target == disk]
-        if not found:
-            raise DriverError(f"domain {name} has no disk {disk}")
-        info = found[0]
+        local = {d.target: d for d in self._info(dom).disks}
+        for target in disks:
+            if target not in local:
+                raise DriverError(f"domain {name} has no disk {target}")
+        attached = {vid: self._attached(dom, vid) for vid, _new in volumes}
+        for vid, _new in volumes:
+            if attached[vid].target in disks:
+                raise errors.Invalid(f"disk {attached[vid].target} is volume {vid}: name it once, as a volume")
 
         previous = _Record.load(workdir)
         if previous is not None:
-            if ((previous.snapshot_id, previous.domain, previous.disk) == (snapshot_id, name, disk)
-                    and previous.phase == "running" and self._serving(previous, workdir)):
-                return previous.handle(workdir)          # still there: reuse it
-            self.end_snapshot(previous.domain, previous.snapshot_id, workdir)
+            if (previous.same(snapshot_id, name, disks, volumes) and previous.phase == "running"
+                    and self._serving(previous, workdir, volumes=True)):
+                return previous                               # still there: reuse it
+            # Another snapshot, or an attempt of this one that did not complete (or whose job
+            # is gone): released, the volumes it moved put back, and the group taken anew.
+            self._release(previous.domain, previous, workdir,
+                          move_back=previous.phase != "running" or previous.snapshot_id == snapshot_id)
+            attached = {vid: self._attached(dom, vid) for vid, _new in volumes}
+
+        planned = []
+        for vid, new_file in volumes:
+            current = attached[vid]
+            if current.path == new_file:                      # switched already (not by an attempt we know)
+                planned.append(_Volume(vid, current.target, "", "", str(new_file), ours=False))
+                continue
+            if new_file.parent != current.path.parent:
+                raise errors.Invalid(f"new_file {new_file} is not in the directory of the volume's file {current.path}")
+            qcow2chain.check_overlay(new_file, current.path, current.format)
+            planned.append(_Volume(vid, current.target, str(current.path), current.format, str(new_file), ours=True))
 
         if not dom.isActive():
-            return self._begin_export(name, info, snapshot_id, workdir)
-
+            return self._begin_stopped(dom, snapshot_id, workdir, [local[t] for t in disks], planned)
         want_quiesce = quiesce or require_quiesce
         agent_ok = (want_quiesce and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
                     and self.agent_available(name))
         if require_quiesce and not agent_ok:
             raise QuiesceFailed(f"no guest agent answers in {name}: cannot quiesce")
-        return self._begin_backup(dom, info, snapshot_id, workdir, agent_ok=agent_ok,
-                                  require_quiesce=require_quiesce, max_frozen=max_frozen)
+        return self._begin_live(dom, snapshot_id, workdir, [local[t] for t in disks], planned, agent_ok=agent_ok,
+                                require_quiesce=require_quiesce, max_frozen=max_frozen)
 
-    def _begin_backup(self, dom: libvirt.virDomain, info: DiskInfo, snapshot_id: str, workdir: Path,
-                      *, agent_ok: bool, require_quiesce: bool, max_frozen: float) -> SnapshotHandle:
-        """A pull-mode backup: QEMU keeps the point in time (copy-before-write into a sparse
-        scratch file) and serves it over NBD; nothing is copied until it is read."""
+    def _begin_live(self, dom: libvirt.virDomain, snapshot_id: str, workdir: Path, disks: list[DiskInfo],
+                    volumes: list[_Volume], *, agent_ok: bool, require_quiesce: bool, max_frozen: float) -> _Record:
+        """A running domain: inside one freeze, the volumes' snapshot (one transaction) and one
+        pull-mode backup of the local disks (QEMU keeps their point in time: copy-before-write
+        into sparse scratch files; served over NBD; nothing is copied until it is read)."""
         name = dom.name()
         workdir.mkdir(parents=True, exist_ok=True)
-        sock = _socket_path(workdir, snapshot_id)
-        rec = _Record(snapshot_id=snapshot_id, domain=name, disk=info.target, method="backup",
-                      socket=str(sock), export=info.target, virtual_size=info.virtual_size,
-                      phase="freezing" if agent_ok else "starting")
+        switch = [v for v in volumes if v.ours]
+        sock = _socket_dir(workdir, snapshot_id, len("sock")) / "sock" if disks else None
+        rec = _Record(snapshot_id=snapshot_id, domain=name, method="backup" if disks else "volumes",
+                      phase="freezing" if agent_ok and (disks or switch) else "starting",
+                      disks=[_Disk(d.target, d.target, d.virtual_size, str(sock)) for d in disks], volumes=volumes)
         rec.save(workdir)
+        t0 = time.monotonic()
         try:
-            # Made before the freeze: libvirt creating it takes several QEMU jobs while frozen.
-            scratch = workdir / f"{info.target}.scratch.qcow2"
-            _run(["qemu-img", "create", "-q", "-f", "qcow2", str(scratch), str(info.virtual_size)])
             xml = dom.XMLDesc(0)
-            _socket_dir_for_qemu(sock, lxml.qemu_owner(xml))
-            all_targets = [t for t, _p, _f in lxml.disks(xml)]
-            backup = lxml.pull_backup_xml(all_targets, info.target, sock, scratch)
-            if agent_ok:
-                rec.quiesced, rec.frozen_seconds = self._frozen_backup(
-                    dom, backup, max_frozen=max_frozen, require_quiesce=require_quiesce)
-            else:
-                self._backup_begin(dom, backup)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._abort_backup(dom, workdir)
-            self._remove(workdir, rec)
+            backup = snapshot = None
+            if disks:
+                # Made before the freeze: libvirt creating them takes several QEMU jobs while frozen.
+                scratches = {d.target: workdir / f"{d.target}.scratch.qcow2" for d in disks}
+                for d in disks:
+                    _run(["qemu-img", "create", "-q", "-f", "qcow2", str(scratches[d.target]), str(d.virtual_size)])
+                _socket_dir_for_qemu(sock, lxml.qemu_owner(xml))
+                backup = lxml.pull_backup_xml([t for t, _p, _f in lxml.disks(xml)], scratches, sock)
+            if switch:
+                snapshot = lxml.disks_snapshot_xml(lxml.all_disk_targets(xml),
+                                                   {v.target: Path(v.new_file) for v in switch})
+
+            def take() -> None:
+                # Both kinds: two QEMU operations, one instant — the vCPUs stop across them (a
+                # freeze stops no write to a raw device, and without one nothing would).
+                with self._vcpus_paused(dom, rec, workdir) if backup and snapshot else contextlib.nullcontext():
+                    if snapshot is not None:
+                        with self._errors(f"snapshot of the volumes of {name}"):
+                            dom.snapshotCreateXML(snapshot, _DISK_SNAPSHOT_FLAGS)
+                    if backup is not None:
+                        self._backup_begin(dom, backup)
+
+            if backup is not None or snapshot is not None:
+                if agent_ok:
+                    rec.quiesced, rec.frozen_seconds = self._frozen(dom, take, max_frozen=max_frozen,
+                                                                    require_quiesce=require_quiesce)
+                else:
+                    take()
+            for v in switch:
+                self._sync_persistent(dom, v.volume_id)
+        except BaseException as exc:
+            self._undo(name, rec, workdir, exc)
             raise
         rec.phase = "running"
         rec.save(workdir)
-        LOG.info("snapshot %s of %s:%s taken (quiesced=%s, frozen %.3f s), served at %s",
-                 snapshot_id, name, info.target, rec.quiesced, rec.frozen_seconds, sock)
-        return rec.handle(workdir)
+        LOG.info("snapshot %s of %s taken: disks %s, volumes %s (quiesced=%s, frozen %.3f s, %.3f s)%s",
+                 snapshot_id, name, [d.target for d in disks], [v.volume_id for v in volumes], rec.quiesced,
+                 rec.frozen_seconds, time.monotonic() - t0, f", served at {sock}" if sock else "")
+        return rec
+
+    def _begin_stopped(self, dom: libvirt.virDomain, snapshot_id: str, workdir: Path, disks: list[DiskInfo],
+                       volumes: list[_Volume]) -> _Record:
+        """A shut-off domain's disks are their own point in time: each local disk served
+        read-only by a ``qemu-nbd`` (its shared lock keeps the domain from starting meanwhile),
+        in a process of its own that outlives ours, so an upload resumed after a crash reads the
+        same bytes; each volume moved onto its new file in the persistent definition."""
+        name = dom.name()
+        switch = [v for v in volumes if v.ours]
+        if switch:
+            self._not_saved(dom)
+        workdir.mkdir(parents=True, exist_ok=True)
+        where = _socket_dir(workdir, snapshot_id, max(len(d.target) for d in disks) + 5) if disks else None
+        rec = _Record(snapshot_id=snapshot_id, domain=name, method="export" if disks else "volumes", phase="starting",
+                      disks=[_Disk(d.target, d.target, d.virtual_size, str(where / f"{d.target}.sock")) for d in disks],
+                      volumes=volumes)
+        rec.save(workdir)
+        try:
+            for info, disk in zip(disks, rec.disks):
+                pid_file = workdir / f"qemu-nbd-{info.target}.pid"
+                try:
+                    # --fork: returns once the socket is listening; the server then runs detached.
+                    _run(["qemu-nbd", "--read-only", "--persistent", "--shared=16", "--fork",
+                          f"--format={info.format}", f"--export-name={disk.export}", f"--socket={disk.socket}",
+                          f"--pid-file={pid_file}", str(info.path)], timeout=60)
+                finally:
+                    with contextlib.suppress(OSError, ValueError):     # it may have started all the same
+                        disk.pid = int(pid_file.read_text().strip())
+                    rec.save(workdir)
+            for v in switch:
+                self._persist(dom, v.volume_id, Path(v.new_file), "qcow2")
+        except BaseException as exc:
+            self._undo(name, rec, workdir, exc)
+            if isinstance(exc, DriverError) and "lock" in str(exc):
+                raise DriverError(f"a disk of {name} is in use (locked by another process): {exc}") from exc
+            raise
+        rec.phase = "running"
+        rec.save(workdir)
+        LOG.info("snapshot %s of shut-off %s: disks %s served by qemu-nbd (pids %s), volumes %s",
+                 snapshot_id, name, [d.target for d in disks], [d.pid for d in rec.disks],
+                 [v.volume_id for v in volumes])
+        return rec
+
+    @contextlib.contextmanager
+    def _vcpus_paused(self, dom: libvirt.virDomain, rec: _Record, workdir: Path) -> Iterator[None]:
+        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            yield
+            return
+        rec.paused = True                 # (an attempt that dies paused: its cleanup resumes it)
+        rec.save(workdir)
+        with self._errors(f"pausing {dom.name()}"):
+            dom.suspend()
+        try:
+            yield
+        finally:
+            self._resume_vcpus(dom, "after its snapshot")
+            rec.paused = False
+            rec.save(workdir)
+
+    def _undo(self, name: str, rec: _Record, workdir: Path, cause: BaseException) -> None:
+        """A begin that failed: everything it did released, its volumes moved back."""
+        try:
+            self._release(name, rec, workdir, move_back=True)
+        except Exception as exc:
+            raise DriverError(f"snapshot {rec.snapshot_id} of {name} failed ({cause}) and could not be undone: "
+                              f"{exc}") from cause
 
     def _frozen_backup(self, dom: libvirt.virDomain, backup: str, *, max_frozen: float,
                        require_quiesce: bool) -> tuple[bool, float]:
@@ -483,65 +676,50 @@ class LibvirtDriver(LibvirtVolumes, VirtDriver):
                 hint = " (QEMU may run as an unprivileged user: each parent of the workdir needs o+x)"
             raise DriverError(f"starting the backup of {dom.name()}: {exc.get_error_message()}{hint}") from exc
 
-    def _begin_export(self, name: str, info: DiskInfo, snapshot_id: str, workdir: Path) -> SnapshotHandle:
-        """A shut-off domain's disk is its own point in time: served read-only by ``qemu-nbd``
-        (its shared lock keeps the domain from starting meanwhile), in a process of its own
-        that outlives ours, so an upload resumed after a crash reads the same bytes."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        sock = _socket_path(workdir, snapshot_id)
-        rec = _Record(snapshot_id=snapshot_id, domain=name, disk=info.target, method="export",
-                      socket=str(sock), export=info.target, virtual_size=info.virtual_size,
-                      phase="starting")
-        rec.save(workdir)
-        pid_file = workdir / "qemu-nbd.pid"
-        try:
-            # --fork: returns once the socket is listening; the server then runs detached.
-            _run(["qemu-nbd", "--read-only", "--persistent", "--shared=16", "--fork",
-                  f"--format={info.format}", f"--export-name={info.target}", f"--socket={sock}",
-                  f"--pid-file={pid_file}", str(info.path)], timeout=60)
-            rec.pid = int(pid_file.read_text().strip())
-        except BaseException as exc:
-            with contextlib.suppress(OSError, ValueError):     # it may have started all the same
-                rec.pid = int(pid_file.read_text().strip())
-            self._stop_export(rec)
-            self._remove(workdir, rec)
-            if isinstance(exc, DriverError) and "lock" in str(exc):
-                raise DriverError(f"the disk of {name} is in use (locked by another process): {exc}") from exc
-            raise
-        rec.phase = "running"
-        rec.save(workdir)
-        LOG.info("snapshot %s of shut-off %s:%s served by qemu-nbd (pid %d) at %s",
-                 snapshot_id, name, info.target, rec.pid, sock)
-        return rec.handle(workdir)
-
-    def _serving(self, rec: _Record, workdir: Path) -> bool:
-        """Is the point in time still there (the backup job, or the qemu-nbd process)?"""
-        if rec.method == "export":
-            return self._export_alive(rec)
+    def _serving(self, rec: _Record, workdir: Path, *, volumes: bool = False) -> bool:
+        """Is the point in time still there (the backup job, or every qemu-nbd; with ``volumes``
+        also every volume on its new file)?"""
         try:
             dom = self._dom(rec.domain)
         except DomainNotFound:
             return False
-        return self._our_backup_job(dom, workdir) is not None
+        if rec.method == "backup" and self._our_backup_job(dom, workdir) is None:
+            return False
+        if rec.method == "export" and not all(self._export_alive(d) for d in rec.disks):
+            return False
+        if volumes and rec.volumes:
+            try:
+                now = {v.volume_id: v.path for v in lxml.volume_disks(self._xml(dom))}
+            except DriverError:
+                return False
+            return all(now.get(v.volume_id) == Path(v.new_file) for v in rec.volumes)
+        return True
 
-    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> NbdClient:
+    def _serving_disk(self, rec: _Record, disk: _Disk, workdir: Path) -> bool:
+        if rec.method == "export":
+            return self._export_alive(disk)
+        return self._serving(rec, workdir)
+
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> NbdClient:
         workdir = Path(workdir).absolute()
         rec = _Record.load(workdir)
         if rec is None or rec.snapshot_id != snapshot_id:
             raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
-        if rec.phase != "running" or not self._serving(rec, workdir):
+        member = rec.disk(disk)
+        if rec.phase != "running" or not self._serving_disk(rec, member, workdir):
             raise DriverError(f"snapshot {snapshot_id} of {rec.domain} is gone (its "
                               f"{'backup job' if rec.method == 'backup' else 'qemu-nbd export'} ended)")
         try:
-            return NbdClient(rec.socket, rec.export)
+            return NbdClient(member.socket, member.export)
         except NbdError as exc:
             raise DriverError(f"reading snapshot {snapshot_id}: {exc}") from exc
 
-    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path) -> NbdSource:
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> NbdSource:
         rec = _Record.load(Path(workdir).absolute())
         if rec is None or rec.snapshot_id != snapshot_id or rec.phase != "running":
             raise DriverError(f"no snapshot {snapshot_id} in {workdir}")
-        return NbdSource(rec.socket, rec.export)
+        member = rec.disk(disk)
+        return NbdSource(member.socket, member.export)
 
     # -- the backup job -----------------------------------------------------------------------
     def _our_backup_job(self, dom: libvirt.virDomain, workdir: Path) -> dict | None:
@@ -571,53 +749,86 @@ class LibvirtDriver(LibvirtVolumes, VirtDriver):
             time.sleep(0.05)
         return True
 
-    # -- the qemu-nbd export ------------------------------------------------------------------------
+    # -- the qemu-nbd exports ----------------------------------------------------------------------
     @staticmethod
-    def _export_alive(rec: _Record) -> bool:
-        """Is our qemu-nbd running (and that pid still ours, not a reused one)?"""
-        if not rec.pid:
+    def _export_alive(disk: _Disk) -> bool:
+        """Is the disk's qemu-nbd running (and that pid still ours, not a reused one)?"""
+        if not disk.pid:
             return False
         try:
-            cmdline = Path(f"/proc/{rec.pid}/cmdline").read_bytes()
-            status = Path(f"/proc/{rec.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = Path(f"/proc/{disk.pid}/cmdline").read_bytes()
+            status = Path(f"/proc/{disk.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             return False
-        return f"--socket={rec.socket}".encode() in cmdline and status != "Z"
+        return f"--socket={disk.socket}".encode() in cmdline and status != "Z"
 
-    def _stop_export(self, rec: _Record) -> None:
-        if not self._export_alive(rec):
+    def _stop_export(self, disk: _Disk) -> None:
+        if not self._export_alive(disk):
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signal.SIGTERM)
+            os.kill(disk.pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while self._export_alive(rec) and time.monotonic() < deadline:
+        while self._export_alive(disk) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if self._export_alive(rec):
+        if self._export_alive(disk):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
+                os.kill(disk.pid, signal.SIGKILL)
 
     # -- end --------------------------------------------------------------------------------------
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         workdir = Path(workdir).absolute()
-        stop_export(workdir / EXPORT_DIR)       # whatever served it to another host goes first
         rec = _Record.load(workdir)
+        # A group taken whole keeps its volumes on their new files (its result); an attempt that
+        # never completed (its process died inside the begin) has its volumes moved back.
+        with self._errors(f"ending snapshot {snapshot_id} of {name}"):
+            self._release(name, rec, workdir, move_back=rec is not None and rec.phase != "running")
+
+    def _release(self, name: str, rec: _Record | None, workdir: Path, *, move_back: bool) -> None:
+        """End what the point in time in ``workdir`` holds: its exports to other hosts, the
+        backup job, the qemu-nbd processes; resume and thaw a guest an attempt left paused or
+        frozen; with ``move_back``, the volumes it switched go back onto their old files. Then
+        ``workdir`` is removed — unless a volume could not be moved back: the record stays (a
+        later call tries again) and DriverError says so."""
+        stop_exports(workdir)               # whatever served it to another host goes first
         try:
             dom = self._dom(name)
         except DomainNotFound:
             dom = None
         if dom is not None and dom.isActive():
             if self._abort_backup(dom, workdir):
-                LOG.info("snapshot %s: ended the backup job of %s", snapshot_id, name)
+                LOG.info("snapshot %s: ended the backup job of %s", rec.snapshot_id if rec else workdir.name, name)
+            if rec is not None and rec.paused and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                self._resume_vcpus(dom, "after an interrupted snapshot")
+                LOG.warning("resumed %s, left paused by an interrupted snapshot", name)
             if rec is not None and rec.phase == "freezing":
                 self._ensure_thawed(dom)     # we died inside the freeze window
         if rec is not None and rec.method == "export":
-            self._stop_export(rec)
+            for disk in rec.disks:
+                self._stop_export(disk)
+        if rec is not None and move_back and dom is not None:
+            failed = []
+            for v in rec.volumes:
+                if not v.ours:
+                    continue
+                try:
+                    with self._errors(f"moving volume {v.volume_id} of {name} back"):
+                        self._move_back(dom, v.before(), Path(v.new_file))
+                except errors.FreezeframeError as exc:
+                    failed.append(f"{v.volume_id}: {exc}")
+            if failed:
+                rec.phase, rec.paused = "failed", False
+                with contextlib.suppress(OSError):
+                    rec.save(workdir)
+                raise DriverError(f"snapshot {rec.snapshot_id} of {name}: volume(s) could not be moved back onto "
+                                  f"their old files ({'; '.join(failed)}): their new files must not be removed")
         self._remove(workdir, rec)
 
     @staticmethod
     def _remove(workdir: Path, rec: _Record | None) -> None:
-        if rec is not None and workdir not in Path(rec.socket).parents:
-            shutil.rmtree(Path(rec.socket).parent, ignore_errors=True)
+        if rec is not None:
+            for parent in {Path(d.socket).parent for d in rec.disks}:
+                if workdir not in parent.parents:
+                    shutil.rmtree(parent, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
     def _ensure_thawed(self, dom: libvirt.virDomain) -> None:

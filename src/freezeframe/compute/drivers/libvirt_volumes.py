@@ -236,6 +236,32 @@ class LibvirtVolumes:
             raise DriverError(f"volume {before.volume_id} of {dom.name()} stays on {new_file} after a failed "
                               f"snapshot (moving it back failed: {exc}): that file must not be removed") from exc
 
+    def _move_back(self, dom: libvirt.virDomain, before: VolumeDisk, new_file: Path) -> None:
+        """Undo a switch of the volume onto ``new_file`` that a group snapshot made and could not
+        complete: back onto ``before.path`` with what the guest wrote meanwhile (running: active
+        commit + pivot; not running: ``qemu-img commit`` and the persistent definition), then
+        ``new_file`` emptied again (``qcow2chain.reset_overlay``) unless the volume's chain
+        still holds it — so a retry may switch onto it again. Nothing to do for a volume that
+        is not on ``new_file`` (never switched, moved back already, or detached)."""
+        if dom.isActive():
+            self._undo_volume_snapshot(dom, before, new_file)
+            chain = [p for p, _f in lxml.volume_chain(self._xml(dom), before.volume_id)]
+        else:
+            now = lxml.volume_disk(self._xml(dom), before.volume_id)
+            if now is None:
+                return
+            if now.path == new_file:
+                self._not_saved(dom)
+                LOG.warning("%s (not running): moving volume %s back onto %s after a failed snapshot", dom.name(),
+                            before.volume_id, before.path)
+                path, fmt = qcow2chain.merge(new_file, "qcow2", file_to_merge=new_file.name,
+                                             merge_target_file=before.path.name)
+                self._persist(dom, before.volume_id, path, fmt)
+                now = VolumeDisk(now.volume_id, now.target, path, fmt)
+            chain = [layer.path for layer in qcow2chain.chain(now.path, now.format)]
+        if chain and new_file not in chain and new_file.exists():
+            qcow2chain.reset_overlay(new_file)
+
     @_guarded("merging a volume's chain")
     def volume_snapshot_delete(self, name: str, volume_id: str, *, file_to_merge: str | None,
                                merge_target_file: str | None, progress: VolumeJob | None = None) -> None:
@@ -315,16 +341,22 @@ class LibvirtVolumes:
             return
         t0 = time.monotonic()
         dom.suspend()
+        LibvirtVolumes._resume_vcpus(dom, "after flushing its disks")
+        LOG.info("%s: flushed its disks (paused %.3f s)", dom.name(), time.monotonic() - t0)
+
+    @staticmethod
+    def _resume_vcpus(dom: libvirt.virDomain, why: str) -> None:
+        """Resume a domain we paused (a few tries: a resume right after a pause may be refused)."""
         for attempt in range(3):
             try:
                 dom.resume()
-                break
+                return
             except libvirt.libvirtError as exc:
+                if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                    return
                 if attempt == 2:
-                    raise DriverError(f"{dom.name()} stays paused after flushing its disks: "
-                                      f"{exc.get_error_message()}") from exc
+                    raise DriverError(f"{dom.name()} stays paused {why}: {exc.get_error_message()}") from exc
                 time.sleep(0.1)
-        LOG.info("%s: flushed its disks (paused %.3f s)", dom.name(), time.monotonic() - t0)
 
     def _await_chain(self, dom: libvirt.virDomain, volume_id: str, done: Callable[[list[Path]], bool]) -> None:
         """libvirt updates the disk's chain as it processes the job's end: wait (boundedly)."""

@@ -127,20 +127,24 @@ def qemu_owner(xml: str) -> tuple[int, int] | None:
     return None
 
 
-def pull_backup_xml(all_targets: list[str], disk: str, socket: Path, scratch: Path) -> str:
-    """A pull-mode backup of ``disk`` served over NBD on ``socket`` (export name: the disk's
-    target), with an existing qcow2 ``scratch`` (BACKUP_BEGIN_REUSE_EXTERNAL); every other
-    disk is listed with backup='no', or libvirt would export it too."""
+def pull_backup_xml(all_targets: list[str], scratches: dict[str, Path], socket: Path) -> str:
+    """A pull-mode backup of the disks of ``scratches`` (target -> an existing qcow2 scratch
+    file, BACKUP_BEGIN_REUSE_EXTERNAL), one job served over NBD on ``socket``, each disk an
+    export named by its target; every other disk is listed with backup='no', or libvirt would
+    export it too."""
     root = ET.Element("domainbackup", mode="pull")
     _sub(root, "server", transport="unix", socket=str(socket))
     disks_el = _sub(root, "disks")
     for name in all_targets:
-        if name == disk:
+        if name in scratches:
             d = _sub(disks_el, "disk", name=name, backup="yes", type="file", exportname=name)
             _sub(d, "driver", type="qcow2")
-            _sub(d, "scratch", file=str(scratch))
+            _sub(d, "scratch", file=str(scratches[name]))
         else:
             _sub(disks_el, "disk", name=name, backup="no")
+    missing = set(scratches) - set(all_targets)
+    if missing:
+        raise ValueError(f"no disk {', '.join(sorted(missing))} to back up")
     return ET.tostring(root, encoding="unicode")
 
 
@@ -249,13 +253,23 @@ def with_source(disk: ET.Element, path: Path, fmt: str) -> str:
 def disk_snapshot_xml(all_targets: list[str], target: str, new_file: Path) -> str:
     """An external disk-only snapshot of ``target`` onto the existing qcow2 ``new_file``
     (REUSE_EXT); every other disk listed with snapshot='no' (else libvirt snapshots it too)."""
+    return disks_snapshot_xml(all_targets, {target: new_file})
+
+
+def disks_snapshot_xml(all_targets: list[str], new_files: dict[str, Path]) -> str:
+    """One external disk-only snapshot (one QEMU transaction: one instant) of the disks of
+    ``new_files`` (target -> the existing qcow2 it continues on, REUSE_EXT); every other disk
+    listed with snapshot='no'."""
     root = ET.Element("domainsnapshot")
     disks_el = _sub(root, "disks")
     for name in all_targets:
-        if name == target:
+        if name in new_files:
             d = _sub(disks_el, "disk", name=name, snapshot="external", type="file")
             _sub(d, "driver", type="qcow2")
-            _sub(d, "source", file=str(new_file))
+            _sub(d, "source", file=str(new_files[name]))
         else:
             _sub(disks_el, "disk", name=name, snapshot="no")
+    missing = set(new_files) - set(all_targets)
+    if missing:
+        raise ValueError(f"no disk {', '.join(sorted(missing))} to snapshot")
     return ET.tostring(root, encoding="unicode")

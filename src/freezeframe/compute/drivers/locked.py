@@ -1,7 +1,7 @@
 """At most one host-bound operation per server at a time, whatever its kind.
 
 ``LockedDriver`` wraps a host's driver: every operation that changes a domain (spawn, destroy,
-power, begin/end of a snapshot, attach/detach of a volume, a volume snapshot's create or
+power, begin/end of a snapshot (of one disk or a group), attach/detach of a volume, a volume snapshot's create or
 merge) holds that domain's lock; another one waits at most
 ``timeout`` seconds, then fails with what holds the lock and since when (a Conflict: 409 in an
 API, a retried step in a workflow). Reads (info, list, agent ping, reading a point in time, the
@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 from freezeframe.common import errors
 from freezeframe.compute.drivers.base import (
-    DomainInfo, GuestSpec, SnapshotHandle, SnapshotReader, VirtDriver, VolumeDisk, VolumeJob,
+    DomainInfo, GroupHandle, GuestSpec, SnapshotHandle, SnapshotReader, VirtDriver, VolumeDisk, VolumeJob,
 )
 
 T = TypeVar("T")
@@ -81,6 +81,10 @@ class LockedDriver(VirtDriver):
         return self._exclusive(name, f"snapshot {snapshot_id} (begin)",
                                lambda: self.inner.begin_snapshot(name, disk, snapshot_id, workdir, **kw))
 
+    def begin_group_snapshot(self, name: str, snapshot_id: str, workdir: Path, **kw: Any) -> GroupHandle:
+        return self._exclusive(name, f"snapshot {snapshot_id} (begin, group)",
+                               lambda: self.inner.begin_group_snapshot(name, snapshot_id, workdir, **kw))
+
     def end_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> None:
         self._exclusive(name, f"snapshot {snapshot_id} (end)",
                         lambda: self.inner.end_snapshot(name, snapshot_id, workdir))
@@ -110,11 +114,15 @@ class LockedDriver(VirtDriver):
     def agent_available(self, name: str, timeout: float = 2.0) -> bool:
         return self.inner.agent_available(name, timeout)
 
-    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path) -> SnapshotReader:
-        return self.inner.open_snapshot(name, snapshot_id, workdir)
+    def open_snapshot(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> SnapshotReader:
+        if disk is None:            # (as before groups: a driver of one-disk snapshots serves it too)
+            return self.inner.open_snapshot(name, snapshot_id, workdir)
+        return self.inner.open_snapshot(name, snapshot_id, workdir, disk=disk)
 
-    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path):
-        return self.inner.snapshot_source(name, snapshot_id, workdir)
+    def snapshot_source(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None):
+        if disk is None:
+            return self.inner.snapshot_source(name, snapshot_id, workdir)
+        return self.inner.snapshot_source(name, snapshot_id, workdir, disk=disk)
 
     def volume_disks(self, name: str) -> list[VolumeDisk]:
         return self.inner.volume_disks(name)

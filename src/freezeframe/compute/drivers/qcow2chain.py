@@ -196,3 +196,20 @@ def merge(active: Path, fmt: str, *, file_to_merge: str | None, merge_target_fil
     _run(["rebase", "-u", "-f", above.format, "-b", relative(layers[j].path, above.path),
           "-F", layers[j].format, str(above.path)], 60)
     return top.path, top.format
+
+
+def reset_overlay(path: Path) -> None:
+    """Empty the qcow2 overlay ``path`` again: the same backing file (named as its header names
+    it) and backing format, the same size and cluster size, no data of its own (the file itself
+    is kept: its owner and mode stay). For a disk moved back off ``path`` (its data committed
+    into the backing file): a later REUSE_EXT snapshot onto ``path`` must show the guest its
+    current data, not the clusters it wrote before the move back."""
+    out = _run(["info", "-U", "--output=json", "-f", "qcow2", str(path)], 60)
+    try:
+        doc = json.loads(out)
+        backing, fmt = doc["backing-filename"], doc.get("backing-filename-format")
+        size, cluster = int(doc["virtual-size"]), int(doc.get("cluster-size", 65536))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DriverError(f"{path} is not an overlay (no backing file): it cannot be emptied again") from exc
+    _run(["create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}", "-u", "-b", backing,
+          "-F", image_format(fmt), str(path), str(size)], 60)
