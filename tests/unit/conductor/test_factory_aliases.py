@@ -106,7 +106,9 @@ def test_the_snapshot_flow_persisted_under_its_conductor_name_is_rebuilt(conduct
                                "kwargs": {"workflow_id": "w", "kind": "snapshot"}}}
     assert current_factory(conductor.registry, detail) == snapshot.FACTORY
     flow = taskflow.engines.helpers.flow_from_detail(detail)
-    assert [atom.name for atom in flow] == ["guard_image", "take_local_snapshot", "upload_snapshot", "finish"]
+    # (the instance-level snapshot's device steps do nothing for such a root-only flow)
+    assert [atom.name for atom in flow] == ["guard_image", "prepare_volumes", "take_local_snapshot", "upload_disks",
+                                            "package", "upload_snapshot", "finish"]
 
 
 def test_a_flow_persisted_under_an_unknown_factory_is_refused_clearly(conductor, registry):

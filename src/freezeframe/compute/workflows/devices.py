@@ -48,6 +48,10 @@ VOLUME_SNAPSHOTS, CHILDREN = "volume_snapshots", "children"
 WORKFLOW_KEY, DEVICE_KEY = "os_freezeframe_workflow", "os_freezeframe_device"
 PARENT, CHILD_IMAGES = "os_freezeframe_parent_image", "os_freezeframe_child_images"
 RECHECK = 0.2          # seconds between looks at the volume service while a step waits for it
+# The longest the guest stays frozen for a group (the agent's freeze of every filesystem plus one
+# snapshotCreateXML and one backupBegin; ~0.3-0.8 s under TCG here): past it, thawed at once and
+# the group undone (QuiesceFailed with os_require_quiesce, else taken crash-consistent).
+GROUP_MAX_FROZEN = 3.0
 
 
 def _params(workflow_id: str) -> dict[str, Any]:
@@ -107,25 +111,50 @@ class PrepareVolumes(task.Task):
         _save(workflow_id, **{VOLUME_SNAPSHOTS: ready})
 
     def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
-        """Give every volume snapshot up: compute's part reported as error when it was never
-        taken (the volume side removes the new file and the snapshot), else deleted (the volume
-        side merges it away)."""
+        """Give every volume snapshot up: compute's part reported as error when the guest never
+        switched to its new file (the volume side removes the file and the snapshot), else
+        reported done and deleted once available (the volume side merges it away)."""
+        rt = runtime.current()
         base._record_failure(workflow_id, kwargs)
-        wf = runtime.current().db.run_sync(lambda s: s.get(Workflow, workflow_id))
+        wf, inst = rt.db.run_sync(lambda s: base._load(s, workflow_id, authorize=False))
         plan = base.plan_of(wf)
         if not plan or not plan.get("volumes"):
             return
         with _volumes(wf) as volumes:
-            for snap in _members(wf, volumes).values():
-                give_up(volumes, snap, f"instance snapshot {workflow_id} reverted")
+            members = _members(wf, volumes)
+            switched = _switched(inst, volumes, members) if any(
+                s["status"] == "creating" for s in members.values()) else set()
+            for snap in members.values():
+                give_up(volumes, snap, f"instance snapshot {workflow_id} reverted",
+                        switched=snap["id"] in switched)
 
 
-def give_up(volumes, snap: dict[str, Any], reason: str) -> None:
+def _switched(inst, volumes, members: dict[str, dict[str, Any]]) -> set[str]:
+    """The snapshots whose new file the guest runs on now (the group was taken)."""
+    disks = {d.volume_id: d.path.name for d in base.driver_of(inst).volume_disks(inst.domain_name)}
+    out = set()
+    for vid, snap in members.items():
+        new_file = volumes.snapshot_admin_metadata(snap["id"]).get("new_file")
+        if new_file and disks.get(vid) == new_file:
+            out.add(snap["id"])
+    return out
+
+
+def give_up(volumes, snap: dict[str, Any], reason: str, *, switched: bool = False) -> None:
     """Compute's part never taken: reported as error (the volume side removes the new file; the
     snapshot, in error and owned by the image that goes too, is deleted by the volume service's
-    owner sweep). Taken: deleted (merged away). Being completed: retried later (the engine
-    retries an incomplete revert) — never left behind."""
+    owner sweep). Taken (``switched``: the guest runs on the new file): reported done — never
+    error, which would remove a file in use — and deleted once available. Being completed:
+    retried later (the engine retries an incomplete revert) — never left behind."""
     try:
+        if snap["status"] == "creating" and switched:
+            try:
+                volumes.update_snapshot_status(snap["id"], "creating", "100%", "done")
+            except CinderError as exc:
+                if exc.status != 409:
+                    raise
+            raise errors.Conflict(f"volume snapshot {snap['id']} is being completed: it is deleted once it is "
+                                  "available (retried)")
         if snap["status"] == "creating":
             try:
                 volumes.update_snapshot_status(snap["id"], "error", None, "error", compute_error=reason)
@@ -167,15 +196,8 @@ def take_group(workflow_id: str, wf: Workflow, inst, params: dict[str, Any], wor
             if attached is None:
                 raise errors.Conflict(f"volume {vol['volume_id']} is no longer attached to server {inst.id}")
             wanted.append((vol["volume_id"], attached.path.parent / member["new_file"]))
-        if wf.state == W.LOCAL_SNAPSHOT_STARTED:
-            # Resumed: a point in time half taken by a dead conductor cannot be trusted to be one
-            # instant for every disk: released, and redone only if no volume moved yet.
-            driver.end_snapshot(inst.domain_name, workflow_id, workdir)
-            moved = {d.volume_id for d in driver.volume_disks(inst.domain_name)
-                     if any(d.volume_id == vid and d.path == path for vid, path in wanted)}
-            if moved:
-                raise errors.Conflict("the instance snapshot was interrupted after its volumes were switched: "
-                                      "its point in time is lost")
+        # Resumed in LOCAL_SNAPSHOT_STARTED: begin_group_snapshot with the same id reuses a group
+        # the dead conductor completed (one instant) or undoes a partial one and takes it again.
 
         def start(session) -> None:
             base._move(session, workflow_id, W.LOCAL_SNAPSHOT_STARTED, progress=0)
@@ -185,7 +207,8 @@ def take_group(workflow_id: str, wf: Workflow, inst, params: dict[str, Any], wor
         workdir.mkdir(parents=True, exist_ok=True)
         handle = driver.begin_group_snapshot(inst.domain_name, workflow_id, workdir, disks=disks, volumes=wanted,
                                              quiesce=params.get("quiesce", False),
-                                             require_quiesce=params.get("require_quiesce", False))
+                                             require_quiesce=params.get("require_quiesce", False),
+                                             max_frozen=GROUP_MAX_FROZEN)
         layouts: dict[str, Layout] = {}
         for target in disks:
             reader = driver.open_snapshot(inst.domain_name, workflow_id, workdir, disk=target)
