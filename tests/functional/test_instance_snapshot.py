@@ -6,7 +6,6 @@ when a device fails; the image's deletion takes its volume snapshots with it."""
 import json
 import time
 
-import httpx
 import pytest
 
 from tests.conftest import start_server
