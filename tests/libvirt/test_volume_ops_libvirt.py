@@ -57,14 +57,17 @@ class Guest:
     def dom(self):
         return self.lab.driver.conn.lookupByName(self.name)
 
+    def agent(self, execute: str, timeout: float, **arguments):
+        """One guest agent command (a subclass may reach the agent another way)."""
+        from freezeframe.compute.drivers import libvirt_agent as agent     # (libvirt may not be installed)
+        return agent.command(self.dom, execute, timeout, **arguments)
+
     def sh(self, script: str, timeout: float = 60) -> str:
         """Run ``script`` with busybox sh; its stdout (the test fails on a non-zero exit)."""
-        from freezeframe.compute.drivers import libvirt_agent as agent     # (libvirt may not be installed)
-        pid = agent.command(self.dom, "guest-exec", 5, path="/bin/sh", arg=["-c", script],
-                            **{"capture-output": True})["pid"]
+        pid = self.agent("guest-exec", 5, path="/bin/sh", arg=["-c", script], **{"capture-output": True})["pid"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = agent.command(self.dom, "guest-exec-status", 5, pid=pid)
+            status = self.agent("guest-exec-status", 5, pid=pid)
             if status.get("exited"):
                 out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
                 err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
@@ -485,8 +488,8 @@ def test_detach_live_offline_and_from_a_guest_that_does_not_let_go(vlab, guest):
     assert drv.volume_disks(name) == []
     drv.power_on(name)
 
-    # The harness's guest boots with acpi=off: it never answers the unplug request.
-    spec = vlab.spec("deaf", agent=False, cmdline="ff.nodata ff.noagent")
+    # A guest booted with acpi=off never answers the unplug request.
+    spec = vlab.spec("deaf", agent=False, cmdline="ff.nodata ff.noagent acpi=off")
     vlab.boot(spec)
     vlab.wait_ready(spec.name, agent=False)
     deaf = vlab.new_driver()

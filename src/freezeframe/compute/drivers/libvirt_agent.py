@@ -36,11 +36,19 @@ def command(dom: libvirt.virDomain, execute: str, timeout: float, **arguments: o
 
 
 def ping(dom: libvirt.virDomain, timeout: float) -> bool:
-    try:
-        command(dom, "guest-ping", timeout)
-    except AgentError:
-        return False
-    return True
+    """Does the agent answer within ``timeout``? libvirt answers "not connected" at once until
+    it has (re)connected the agent's channel — 0.2-0.3 s after a restart of this process — so
+    that answer is asked again until the time is up, not taken as the guest's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            command(dom, "guest-ping", max(0.1, deadline - time.monotonic()))
+        except AgentError as exc:
+            if "not connected" in str(exc) and time.monotonic() + 0.1 < deadline:
+                time.sleep(0.1)
+                continue
+            return False
+        return True
 
 
 def freeze(dom: libvirt.virDomain, timeout: float) -> int:
