@@ -182,6 +182,15 @@ def vsetup(request, tmp_path) -> Setup:
     return libvirt_setup(request.getfixturevalue("libvirt_lab"))
 
 
+@pytest.fixture(params=["fake", pytest.param("libvirt", marks=pytest.mark.libvirt)])
+def local_vsetup(request, tmp_path) -> Setup:
+    """The setups of a stopped domain's volume operations: the local drivers (the host API
+    boots servers from images only, so a remote one has no stopped domain of a spec here)."""
+    if request.param == "fake":
+        return fake_setup(tmp_path)
+    return libvirt_setup(request.getfixturevalue("libvirt_lab"))
+
+
 # -- helpers -------------------------------------------------------------------------------------------
 def assert_same_content(a: Path, b: Path) -> None:
     proc = subprocess.run(["qemu-img", "compare", "-U", str(a), str(b)], capture_output=True, text=True)
@@ -533,9 +542,8 @@ def test_volume_bad_requests(vsetup):
 
 
 @pytest.mark.timeout(120)
-def test_volume_snapshot_of_a_stopped_domain_moves_the_definition(vsetup):
-    if vsetup.kind == "remote":
-        pytest.skip("the host API boots servers from images; the stopped case is the local driver's")
+def test_volume_snapshot_of_a_stopped_domain_moves_the_definition(local_vsetup):
+    vsetup = local_vsetup
     drv, share = vsetup.driver, vsetup.share
     spec = vsetup.new_spec("volstop")
     drv.spawn(spec)
@@ -740,9 +748,8 @@ def test_group_snapshot(vsetup, monkeypatch):
 
 
 @pytest.mark.timeout(300)
-def test_group_snapshot_of_a_stopped_domain(vsetup):
-    if vsetup.kind == "remote":
-        pytest.skip("the host API boots servers from images; the stopped case is the local driver's")
+def test_group_snapshot_of_a_stopped_domain(local_vsetup):
+    vsetup = local_vsetup
     drv, share = vsetup.driver, vsetup.share
     spec = vsetup.new_spec("grpstop")
     drv.spawn(spec)

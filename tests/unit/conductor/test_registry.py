@@ -57,7 +57,8 @@ def test_flows_persisted_under_the_old_factory_name_still_resolve():
         registry.add_kind(kind)
     assert resolve(registry.factory(old)) is snapshot.make_flow
     flow = snapshot.KINDS[0].make_flow(workflow_id="w", kind="snapshot")
-    assert [atom.name for atom in flow] == ["guard_image", "take_local_snapshot", "upload_snapshot", "finish"]
+    assert [atom.name for atom in flow] == ["guard_image", "prepare_volumes", "take_local_snapshot", "upload_disks",
+                                            "package", "upload_snapshot", "finish"]
     with pytest.raises(ValueError):
         resolve("make_flow")
 
