@@ -49,7 +49,7 @@ def compute_app(settings: Settings) -> Starlette:
     from freezeframe.common.policy import Policy
     from freezeframe.common.web.errors import HANDLERS
     from freezeframe.common.web.mount import PublicPaths
-    from freezeframe.compute import nbdexport
+    from freezeframe.blockdata import nbdexport
     from freezeframe.compute.drivers.locked import LockedDriver
     from freezeframe.compute.hostapi import HostAPI
     from freezeframe.compute.hosts import Heartbeat, HostRegistry

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from freezeframe.compute.drivers.base import DomainNotFound, DriverError, GuestSpec, PowerState, QuiesceFailed
-from freezeframe.compute.nbd import NbdError
-from freezeframe.compute.qcow2stream import Layout, stream
+from freezeframe.blockdata.nbd import NbdError
+from freezeframe.blockdata.qcow2stream import Layout, stream
 
 pytestmark = [pytest.mark.libvirt]
 

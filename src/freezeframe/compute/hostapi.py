@@ -4,7 +4,7 @@ Only services call it (rule ``freezeframe:host:operate``: the service credential
 identity of the user the work is for beside it — a boot fetches that user's images with their
 rights). Every operation that changes a domain holds its lock (``drivers/locked.py``); the
 point in time of a snapshot never leaves the host as a file: ``export`` serves it over NBD on
-TCP, TLS with credentials made for that one export (``compute/nbdexport.py``), and the
+TCP, TLS with credentials made for that one export (``blockdata/nbdexport.py``), and the
 conductor reads it from there.
 
     GET    /host/v1                                this host: name, driver

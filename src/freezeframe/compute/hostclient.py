@@ -18,13 +18,14 @@ from freezeframe.common import errors
 from freezeframe.common.context import Actor
 from freezeframe.common.httpclient import ServiceClient
 from freezeframe.common.remote import RemoteError, Unreachable
-from freezeframe.compute import hostwire, nbdexport
+from freezeframe.blockdata import nbdexport
+from freezeframe.compute import hostwire
 from freezeframe.compute.drivers.base import (DomainInfo, DomainNotFound, DriverError, GroupHandle, GuestSpec,
                                               QuiesceFailed, SnapshotHandle, SnapshotReader, VirtDriver, VolumeDisk,
                                               VolumeJob, group_disks)
 from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostside import Booted, BootRequest
-from freezeframe.compute.nbd import NbdError
+from freezeframe.blockdata.nbd import NbdError
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=60.0, pool=30.0)
 

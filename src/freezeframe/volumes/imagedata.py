@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from freezeframe.common import errors
-from freezeframe.compute.nbd import Extent, NbdClient, NbdError
-from freezeframe.compute.nbdexport import FileSource, _image_opts
+from freezeframe.blockdata.nbd import Extent, NbdClient, NbdError
+from freezeframe.blockdata.nbdexport import FileSource, _image_opts
 from freezeframe.volumes.drivers import qemuimg
 from freezeframe.volumes.drivers.base import DataSource, VolumeDriverError
 

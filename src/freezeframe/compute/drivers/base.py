@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from freezeframe.common import errors
-from freezeframe.compute.nbd import Extent
-from freezeframe.compute.nbdexport import EXPORT_DIR, Source, stop_export
+from freezeframe.blockdata.nbd import Extent
+from freezeframe.blockdata.nbdexport import EXPORT_DIR, Source, stop_export
 
 # In a point in time's workdir: the exports to another host of each disk of a group, one
 # directory per disk (the host API's export of ``disk`` keeps its state in
@@ -260,7 +260,7 @@ class VirtDriver(abc.ABC):
     def snapshot_source(self, name: str, snapshot_id: str, workdir: Path, disk: str | None = None) -> Source:
         """Where the point in time ``begin_snapshot`` made (of a group: its local ``disk``) is
         served on this host (a local NBD export, or a file), so the host API can export it to a
-        conductor on another host (``compute/nbdexport.py``). DriverError when it no longer exists."""
+        conductor on another host (``blockdata/nbdexport.py``). DriverError when it no longer exists."""
 
     # -- volumes (seed 002) -------------------------------------------------------------------
     # An attached volume is a file disk whose serial is the volume id; the domain's definition

@@ -44,8 +44,8 @@ from freezeframe.compute.drivers.base import (
     DiskInfo, DomainInfo, DomainNotFound, DriverError, GroupHandle, GuestSpec, PowerState,
     QuiesceFailed, SnapshotHandle, VirtDriver, VolumeDisk, VolumeJob, group_disks, stop_exports,
 )
-from freezeframe.compute.nbd import Extent
-from freezeframe.compute.nbdexport import FileSource
+from freezeframe.blockdata.nbd import Extent
+from freezeframe.blockdata.nbdexport import FileSource
 
 CHUNK = 1 << 20
 RECORD = "fake-snapshot.json"

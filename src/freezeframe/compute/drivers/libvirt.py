@@ -51,8 +51,8 @@ from freezeframe.compute.drivers.base import (
     QuiesceFailed, SnapshotHandle, VirtDriver, VolumeDisk, group_disks, stop_exports,
 )
 from freezeframe.compute.drivers.libvirt_volumes import _DISK_SNAPSHOT_FLAGS, DETACH_TIMEOUT, LibvirtVolumes
-from freezeframe.compute.nbdexport import NbdSource
-from freezeframe.compute.nbd import NbdClient, NbdError
+from freezeframe.blockdata.nbdexport import NbdSource
+from freezeframe.blockdata.nbd import NbdClient, NbdError
 
 LOG = logging.getLogger(__name__)
 RECORD = "snapshot.json"

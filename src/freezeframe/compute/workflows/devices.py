@@ -34,7 +34,7 @@ from typing import Any
 from taskflow import task
 
 from freezeframe.common import errors
-from freezeframe.compute.qcow2stream import Layout
+from freezeframe.blockdata.qcow2stream import Layout
 from freezeframe.compute.workflows import snapshot as base
 from freezeframe.conductor import runtime
 from freezeframe.conductor.interrupts import Waiting

@@ -34,7 +34,7 @@ from taskflow.patterns import linear_flow
 from freezeframe.common.context import Actor
 from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.drivers.base import DriverError, VirtDriver
-from freezeframe.compute.qcow2stream import Layout, stream
+from freezeframe.blockdata.qcow2stream import Layout, stream
 from freezeframe.compute.snapshot_hooks import SnapshotHooks, SnapshotTarget
 from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostclient import HostUnavailable

@@ -27,7 +27,7 @@ from typing import Any
 from taskflow import task
 from taskflow.patterns import linear_flow
 
-from freezeframe.compute.qcow2stream import Layout, stream
+from freezeframe.blockdata.qcow2stream import Layout, stream
 from freezeframe.conductor import runtime
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.states import WorkflowState as W

@@ -9,7 +9,7 @@ not installable from PyPI; this is the read-only subset, tested against real QEM
 Two transports: a unix socket on the same host (``NbdClient(path, export)``), or TCP to another
 host (``NbdClient.connect_tcp``), there normally upgraded to TLS with the protocol's own
 ``NBD_OPT_STARTTLS`` (what ``qemu-nbd --tls-creds`` speaks) before the export is even named.
-``compute/nbdexport.py`` starts such exports and makes their per-operation credentials.
+``blockdata/nbdexport.py`` starts such exports and makes their per-operation credentials.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from freezeframe.compute.nbd import NbdClient
+from freezeframe.blockdata.nbd import NbdClient
 
 QEMU_NBD = "qemu-nbd"
 LIFETIME = datetime.timedelta(days=1)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe.compute import nbdexport
-from freezeframe.compute.nbd import NbdClient, NbdError, NbdTlsError
-from freezeframe.compute.nbdexport import ExportError, FileSource, NbdSource, open_client, start_export, stop_export
+from freezeframe.blockdata import nbdexport
+from freezeframe.blockdata.nbd import NbdClient, NbdError, NbdTlsError
+from freezeframe.blockdata.nbdexport import ExportError, FileSource, NbdSource, open_client, start_export, stop_export
 
 MiB = 1 << 20
 WRITES = [(MiB, 64 * 1024, 0x5A), (8 * MiB, 128 * 1024, 0xA5), (40 * MiB + 4096, 4096, 0x11)]

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from freezeframe.compute.nbdexport import ExportCredentials, ExportInfo, client_context
+from freezeframe.blockdata.nbdexport import ExportCredentials, ExportInfo, client_context
 
 
 def test_certificates_are_made_for_this_export():

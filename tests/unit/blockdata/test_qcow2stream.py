@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe.compute.qcow2stream import CLUSTER, Layout, cluster_runs, stream
+from freezeframe.blockdata.qcow2stream import CLUSTER, Layout, cluster_runs, stream
 
 MiB = 1 << 20
 TiB = 1 << 40

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe.compute.nbd import NbdClient, NbdError
+from freezeframe.blockdata.nbd import NbdClient, NbdError
 
 MiB = 1 << 20
 
