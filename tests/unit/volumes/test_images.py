@@ -16,7 +16,7 @@ import pytest
 
 from freezeframe.common import errors
 from freezeframe.common.context import Actor
-from freezeframe.compute.qcow2stream import Layout, stream
+from freezeframe.blockdata.qcow2stream import Layout, stream
 from freezeframe.conductor import runtime
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import Registry, Scan
