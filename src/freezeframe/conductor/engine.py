@@ -555,16 +555,8 @@ class Conductor:
                             self._board_trouble(exc)
                         else:
                             LOG.exception("conductor scan failed")
-            if self._wake.wait(self._next_look()):
+            if self._wake.wait(self._poll):
                 self._wake.clear()
-
-    def _next_look(self) -> float:
-        """How long the scan loop may sleep: its poll interval, or less when a workflow put off
-        for a shorter while (``Waiting`` with a short ``retry_in``) is due sooner."""
-        due = [until for until in list(self._backoff.values())]
-        if not due:
-            return self._poll
-        return max(0.01, min(self._poll, min(due) - time.monotonic()))
 
     def _keep_loop(self) -> None:
         """Renew every held lease every TTL/3. Nothing else runs on this thread: a slow jobboard
