@@ -337,8 +337,7 @@ class Conductor:
             with self._guard:       # the report came while the step was deciding to wait
                 woken = workflow_id in self._woken
             self._backoff[workflow_id] = time.monotonic() + (0.0 if woken else max(0.0, exc.retry_in))
-            if woken:
-                self._wake.set()
+            self._wake.set()        # the scan loop recomputes how long it sleeps (a short retry_in)
             LOG.info("workflow %s waits: %s (looked at again in %.1fs, or when woken)", workflow_id, exc, exc.retry_in)
         except HostAway as exc:
             self._let_go(claim)
@@ -555,8 +554,15 @@ class Conductor:
                             self._board_trouble(exc)
                         else:
                             LOG.exception("conductor scan failed")
-            if self._wake.wait(self._poll):
+            if self._wake.wait(self._next_look()):
                 self._wake.clear()
+
+    def _next_look(self) -> float:
+        """How long the scan loop may sleep: its poll interval, or less when a workflow put off
+        for a shorter while (``Waiting`` with a short ``retry_in``) is due sooner."""
+        now = time.monotonic()
+        due = [until for until in list(self._backoff.values()) if until > now]
+        return max(0.01, min([self._poll, *(until - now for until in due)]))
 
     def _keep_loop(self) -> None:
         """Renew every held lease every TTL/3. Nothing else runs on this thread: a slow jobboard

@@ -83,3 +83,16 @@ def test_on_redis_a_board_claim_without_the_lease_is_given_up(tmp_path, db, regi
         assert owners(db)["on-a"] == "conductor-a"
         assert {o.workflow_id for o in board.offers("x", None)} == {"on-a"}     # given up: claimable again
         board.close()
+
+
+def test_the_scan_loop_sleeps_no_longer_than_the_earliest_backoff(db, registry, tmp_path):
+    """A workflow that waits 0.2 s (``Waiting(retry_in=0.2)``) is looked at again after 0.2 s,
+    not after the poll interval; backoffs already past do not make the loop spin."""
+    import time
+    c, _ = conductor(db, registry, DatabaseBoard(db, registry, TTL), "conductor-a", None, tmp_path)
+    assert c._next_look() == c._poll                    # nothing put off: the poll interval
+    now = time.monotonic()
+    c._backoff.update({"soon": now + 0.2, "later": now + 60.0, "past": now - 5.0})
+    assert 0.0 < c._next_look() <= 0.2
+    c._backoff.pop("soon")
+    assert c._next_look() == pytest.approx(c._poll)     # the past one neither spins nor shortens it
