@@ -33,6 +33,8 @@ class Instance(Base):
     root_target: Mapped[str] = mapped_column(String(20), default="vda")
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
     guest_agent: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A bare-metal server (Nova's Ironic driver: instance.node): the node it is; None for a VM.
+    node: Mapped[str | None] = mapped_column(String(36), index=True)
     metadata_json: Mapped[str] = mapped_column(Text, default="{}")
     # Image properties a snapshot inherits (image_* system metadata in Nova), as JSON.
     system_metadata: Mapped[str] = mapped_column(Text, default="{}")

@@ -6,7 +6,8 @@ Revises: 0007
 The bare-metal service (seed 004): ``baremetal_nodes`` (Ironic's node, with the agent's token,
 address and last heartbeat in their own columns), ``baremetal_ports`` (MACs the agent looks its
 node up by) and ``baremetal_transfers`` (each node snapshot's WebDAV path and credential). New
-tables only: nothing to backfill.
+tables, and compute's ``instances.node`` (a bare-metal server's node; NULL for every VM: nothing
+to backfill).
 """
 from alembic import op
 import sqlalchemy as sa
@@ -91,9 +92,15 @@ def upgrade() -> None:
         sa.UniqueConstraint('username', name='uq_baremetal_transfers_username'),
     )
     op.create_index('ix_baremetal_transfers_node_id', 'baremetal_transfers', ['node_id'])
+    with op.batch_alter_table('instances') as batch:
+        batch.add_column(sa.Column('node', sa.String(length=36), nullable=True))
+        batch.create_index('ix_instances_node', ['node'])
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('instances') as batch:
+        batch.drop_index('ix_instances_node')
+        batch.drop_column('node')
     op.drop_index('ix_baremetal_transfers_node_id', table_name='baremetal_transfers')
     op.drop_table('baremetal_transfers')
     op.drop_index('ix_baremetal_ports_node_id', table_name='baremetal_ports')
