@@ -7,7 +7,7 @@ import socket
 import time
 import uuid
 
-from tests.conftest import new_image
+from tests.conftest import MEMBER_TOKEN, new_image
 from tests.functional.test_images_data import OCTET, wait_status
 
 
@@ -160,3 +160,28 @@ def test_an_empty_final_part_commits_what_was_kept(fresh_server):
         assert put_part(service, image["id"], upload_id, len(data), b"", True).status_code == 204
         shown = service.get(f"/v2/images/{image['id']}").json()
         assert shown["status"] == "active" and shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+
+
+def test_a_discarded_upload_leaves_the_image_queued_and_uploadable(fresh_server):
+    """DELETE .../uploads/{id} (service role): what was kept goes, the image is queued again, and
+    a new upload (another id) fills it; only the service may, and only the upload in progress."""
+    data = os.urandom(5 << 20)
+    upload_id = str(uuid.uuid4())
+    with fresh_server.service_client() as service:
+        image = new_image(service)
+        assert put_part(service, image["id"], upload_id, 0, data[: 3 << 20], False).status_code == 202
+        assert service.delete(f"/v2/images/{image['id']}/uploads/{uuid.uuid4()}").status_code == 404
+        partial = fresh_server.data_dir / "images" / ".partial"
+        assert [p for p in partial.iterdir() if p.name.endswith(upload_id)]        # kept, so far
+        with fresh_server.client(MEMBER_TOKEN) as member:
+            assert member.delete(f"/v2/images/{image['id']}/uploads/{upload_id}").status_code == 403
+        assert service.get(f"/v2/images/{image['id']}").json()["status"] == "saving"
+        assert service.delete(f"/v2/images/{image['id']}/uploads/{upload_id}").status_code == 204
+        shown = service.get(f"/v2/images/{image['id']}").json()
+        assert shown["status"] == "queued" and shown["size"] is None
+        assert service.get(f"/v2/images/{image['id']}/uploads/{upload_id}").status_code == 404
+        assert not [p for p in partial.iterdir() if p.name.endswith(upload_id)]    # and gone
+        again = str(uuid.uuid4())
+        assert put_part(service, image["id"], again, 0, data, True).status_code == 204
+        assert service.get(f"/v2/images/{image['id']}").json()["status"] == "active"
+        assert service.get(f"/v2/images/{image['id']}/file").content == data

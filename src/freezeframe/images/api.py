@@ -66,6 +66,7 @@ class ImageAPI:
             # Freezeframe extensions for the snapshot workflows (role "service"):
             Route(r + "/actions/kill", self.kill, methods=["POST"]),
             Route(r + "/uploads/{upload_id}", self.upload_offset, methods=["GET"]),
+            Route(r + "/uploads/{upload_id}", self.discard_upload, methods=["DELETE"]),
             Route(r + "/tags/{tag}", self.add_tag, methods=["PUT"]),
             Route(r + "/tags/{tag}", self.delete_tag, methods=["DELETE"]),
             Route(r + "/members", self.list_members, methods=["GET"]),
@@ -172,6 +173,11 @@ class ImageAPI:
         p = request.path_params
         offset = await self.data.upload_offset(ctx_of(request), p["image_id"], p["upload_id"])
         return JSONResponse({"upload_id": p["upload_id"], "offset": offset})
+
+    async def discard_upload(self, request: Request) -> Response:
+        p = request.path_params
+        await self.data.discard_upload(ctx_of(request), p["image_id"], p["upload_id"])
+        return Response(status_code=204)
 
     async def kill(self, request: Request) -> Response:
         await self.images.kill(ctx_of(request), request.path_params["image_id"])

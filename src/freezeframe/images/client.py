@@ -224,6 +224,10 @@ class GlanceClient(ServiceClient):
         """Bytes the image service kept of a resumable upload (where to resume)."""
         return int(self._json("GET", f"/v2/images/{image_id}/uploads/{upload_id}")["offset"])
 
+    def discard_upload(self, image_id: str, upload_id: str) -> None:
+        """Give up resumable upload ``upload_id``: its kept data goes, the image is queued again."""
+        self._call("DELETE", f"/v2/images/{image_id}/uploads/{upload_id}")
+
     def kill(self, image_id: str) -> None:
         self._call("POST", f"/v2/images/{image_id}/actions/kill")
 

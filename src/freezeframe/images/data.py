@@ -192,6 +192,29 @@ class ImageData:
         await self.db.run(find)
         return await self.store.io.run(self.store.kept, image_id, upload_id)
 
+    async def discard_upload(self, ctx: RequestContext, image_id: str, upload_id: str) -> None:
+        """Give up a resumable upload: what it kept is removed and the image is queued again
+        (Glance's answer to a failed upload), ready for another upload — a bare-metal snapshot
+        that is aborted leaves its pre-created image as it was given."""
+        if not ctx.is_service:
+            raise errors.Forbidden("Resumable uploads are for the snapshot workflows only (role 'service')")
+
+        def find(session: Session) -> Image:
+            image = queries.get_visible(session, ctx, image_id)
+            check_owner(self.policy, ctx, image, "freezeframe:image:upload_part")
+            if image.upload_id != upload_id:
+                raise errors.NotFound(f"Image {image_id} has no upload {upload_id} in progress")
+            return image
+        await self.db.run(find)
+        parked = self._parked.pop((image_id, upload_id), None)
+        if parked is not None:
+            await parked[0].abort()
+        else:       # (kept by another process of the service: its partial data goes here)
+            kept = await self.store.io.run(self.store.kept, _FILE.key_prefix + image_id, upload_id)
+            if kept:
+                await self.store.io.run(lambda: self.store.writer(_FILE.key_prefix + image_id, upload_id, kept).abort())
+        await self._revert(image_id, upload_id, _FILE)
+
     async def _receive_part(self, image_id: str, upload_id: str, pipeline: Pipeline,
                             body: AsyncIterator[bytes], content_length: int | None) -> int:
         if content_length is None:
