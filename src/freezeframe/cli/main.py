@@ -168,9 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "to copy into auth.policy_file and change)")
     pol.set_defaults(func=_policy)
 
-    from freezeframe.cli import identity, image
+    from freezeframe.cli import baremetal, identity, image
     from freezeframe.cli import server, volume, workflow
 
+    baremetal.register(sub)
     identity.register(sub)
     image.register(sub)
     server.register(sub)

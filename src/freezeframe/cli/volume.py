@@ -23,14 +23,12 @@ import contextlib
 import functools
 import os
 import re
-import ssl
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from freezeframe.cli import cloud
+from freezeframe.cli import cloud, endpoints
 from freezeframe.cli.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from freezeframe.cli.image import UsageError, _console as console, _key_value, _positive, fail, print_json, spinner
 from freezeframe.cli.ride import Ride
@@ -47,7 +45,6 @@ OVERRIDES = ("block_storage_endpoint_override", "volumev3_endpoint_override", "v
 CATALOG_TYPES = ("block-storage", "volumev3", "volume")
 _V3 = re.compile(r"/v3(/[^/]+)?$")
 _OLD_VERSION = re.compile(r"/v[12](\.\d+)?(/[^/]+)?$")
-_ROOT = re.compile(r"(/image|/compute(/v2(\.1)?)?|/volume(/v3(/[^/]+)?)?)$")
 
 LIST_COLUMNS = [("ID", "id"), ("Name", "name"), ("Status", "status"), ("Size", "size"),
                 ("Attached to", "attachments")]
@@ -64,14 +61,8 @@ COMPUTE_STATUS = "compute_snapshot_status"
 # -- where the volume API is -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VolumeEndpoint:
-    url: str            # the Cinder v3 root: /volumes is under it
-    image_url: str      # the Glance root, for looking up images by name
-    token: str | None
-    verify: bool | ssl.SSLContext = True
-    source: str = ""    # where the URL came from, for messages
-    image_source: str = ""
+# The resolved volume endpoint (url: the Cinder v3 root, /volumes is under it).
+VolumeEndpoint = endpoints.Endpoint
 
 
 def add_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -91,72 +82,17 @@ def normalise_url(url: str) -> str:
     return url + "/v3"
 
 
-def _root(url: str) -> str:
-    """The root of a Freezeframe image, compute or volume URL (what `serve` mounts them under)."""
-    return _ROOT.sub("", re.sub(r"/v2(\.\d+)?$", "", url.strip().rstrip("/")))
-
-
-def _cloud_layer(name: str, env: Mapping[str, str], cwd: Path | None) -> dict[str, Any]:
-    raw, path = cloud.load_cloud(name, env, cwd)
-    values = cloud.cloud_values(name, raw, path)      # logs in for password / application credential clouds
-    layer: dict[str, Any] = {}
-    where = f"cloud {name!r} in {path}"
-    option = next((o for o in OVERRIDES if raw.get(o)), None)
-    if option:
-        layer["volume"] = (str(raw[option]), where)
-    elif "login" in values:
-        found = next((url for t in CATALOG_TYPES if (url := values["login"].url(t))), None)
-        if found:
-            layer["volume"] = (found, f"the catalog of {where}")
-    if raw.get("compute_endpoint_override"):
-        layer["compute"] = (str(raw["compute_endpoint_override"]), where)
-    if "url" in values:
-        layer["image"] = values["url"]
-    return layer
+_root = endpoints.root
+SERVICE = endpoints.Service("volume", "--os-volume-url", OVERRIDES, CATALOG_TYPES, ("OS_VOLUME_URL",), VOLUME_PATH,
+                            normalise_url)
 
 
 def resolve(*, cloud_name: str | None = None, image_url: str | None = None, volume_url: str | None = None,
             compute_url: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None,
             cwd: Path | None = None) -> VolumeEndpoint:
     """The volume API's root, plus the image endpoint's token; ConfigError if none is known."""
-    env = os.environ if env is None else env
-    flags = {key: (value, option) for key, value, option in (
-        ("volume", volume_url, "--os-volume-url"), ("compute", compute_url, "--os-compute-url"),
-        ("image", image_url, "--os-image-url")) if value}
-    layers = [flags]
-    if cloud_name:
-        layers.append(_cloud_layer(cloud_name, env, cwd))
-    environment = {}
-    for key, names in (("volume", ("OS_VOLUME_URL",)), ("compute", ("OS_COMPUTE_URL",)),
-                       ("image", ("OS_IMAGE_URL", "OS_ENDPOINT"))):
-        found = next((var for var in names if env.get(var)), None)
-        if found:
-            environment[key] = (env[found], found)
-    layers.append(environment)
-    if not cloud_name and env.get("OS_CLOUD") and not any(layer for layer in layers):
-        layers.append(_cloud_layer(env["OS_CLOUD"], env, cwd))
-
-    def first(key: str) -> tuple[str, str] | None:
-        return next((layer[key] for layer in layers if key in layer), None)
-
-    volume, compute, image = first("volume"), first("compute"), first("image")
-    if volume is not None:
-        url, source = normalise_url(volume[0]), volume[1]
-    else:
-        # A Freezeframe compute URL (.../compute/v2.1) names the root; Nova's (host:8774) does not.
-        named = compute if compute is not None and re.search(r"/compute(/v2(\.1)?)?/?$", compute[0]) else image
-        if named is None:
-            raise cloud.ConfigError("no volume endpoint: pass --os-volume-url URL (e.g. http://127.0.0.1:9292"
-                                    "/volume/v3) or --os-image-url URL, set OS_VOLUME_URL or OS_IMAGE_URL, or pick a "
-                                    "cloud from clouds.yaml with --os-cloud / OS_CLOUD")
-        url = normalise_url(_root(named[0]) + VOLUME_PATH)
-        source = f"the {'compute' if named is compute else 'image'} URL from {named[1]}"
-    # The token and TLS settings come from the image endpoint's layers; with only a volume URL
-    # known, the root it names stands in for the image URL.
-    base = cloud.resolve(cloud=cloud_name, token=token, env=env, cwd=cwd,
-                         image_url=image_url if image else _root(url) + "/image")
-    return VolumeEndpoint(url=url, image_url=base.url, token=base.token, verify=base.verify, source=source,
-                          image_source=base.source)
+    return endpoints.resolve_service(SERVICE, url=volume_url, cloud_name=cloud_name, image_url=image_url,
+                                     compute_url=compute_url, token=token, env=env, cwd=cwd)
 
 
 # -- failures as exit codes ------------------------------------------------------------------
