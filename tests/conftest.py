@@ -16,6 +16,10 @@ from typing import Iterator
 import httpx
 import pytest
 
+# Every `freezeframe serve` / `conductor` a test starts serves its bare-metal transfer area on a
+# port of its own (the default, 127.0.0.1:6387, would be shared by the processes of a test).
+os.environ.setdefault("FREEZEFRAME_BAREMETAL__WEBDAV_BIND", "127.0.0.1:0")
+
 ADMIN_TOKEN = "admin-token-0123456789"
 MEMBER_TOKEN = "member-token-0123456789"
 OTHER_TOKEN = "other-token-0123456789"

@@ -11,8 +11,8 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from freezeframe.assembly import (build_authenticator, build_catalog, build_compute, build_identity, build_services,
-                                  build_volume)
+from freezeframe.assembly import (build_authenticator, build_baremetal, build_catalog, build_compute, build_identity,
+                                  build_services, build_volume)
 from freezeframe.common.web.errors import HANDLERS
 from freezeframe.compute.api import ComputeAPI
 from freezeframe.conductor.api import WorkflowAPI
@@ -35,6 +35,7 @@ def build_app(settings: Settings) -> Starlette:
     identity = build_identity(settings, services.db)
     authenticator = build_authenticator(settings, identity, serving=True)
     build_volume(settings, services, authenticator)       # before compute: its conductor runs volume work too
+    build_baremetal(settings, services, authenticator)    # (and bare-metal work)
     build_compute(settings, services, authenticator, with_conductor=settings.conductor.enabled)
     LOG.info("database %s, store %s", redact(settings.database_url), settings.store_path)
 
@@ -82,6 +83,9 @@ def build_app(settings: Settings) -> Starlette:
     if services.volume is not None:
         from freezeframe.volumes.api import VolumeAPI
         mounted.append(VolumeAPI(services.volume).mounted())
+    if services.baremetal is not None:
+        from freezeframe.baremetal.api import BaremetalAPI
+        mounted.append(BaremetalAPI(services.baremetal).mounted())
     routes = [Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"])]
     for m in mounted:
         routes += m.routes()

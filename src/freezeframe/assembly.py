@@ -45,6 +45,7 @@ from freezeframe.volumes.client import CinderClient
 from freezeframe.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from freezeframe.baremetal.service import BaremetalService
     from freezeframe.volumes.service import VolumeService
 
 LOG = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class Services:
     volume_manager: Any = None
     # Compute's way to the volume API, acting for a user (attachments, assisted snapshot reports).
     volumes_for: Callable[[Actor], Any] | None = None
+    # The bare-metal service (Ironic v1) and the manager its workflows run with (baremetal.enabled).
+    baremetal: "BaremetalService | None" = None
+    baremetal_manager: Any = None
 
 
 def build_services(settings: Settings, *, role: str | None = None) -> Services:
@@ -124,6 +128,15 @@ def service_volume_client(settings: Settings, authenticator: Authenticator,
                          per_actor=lambda actor: {"project_id": actor.project_id or ""})
 
 
+def service_baremetal_client(settings: Settings, authenticator: Authenticator,
+                             inprocess: InProcess | None = None) -> Callable[[Actor], Any]:
+    """How compute reaches the bare-metal API, acting for a user (bare-metal servers: adopt,
+    createImage, delete). ``inprocess`` only where this process mounts it (baremetal.enabled)."""
+    from freezeframe.compute.baremetal_ops import BaremetalClient
+    return acting_client(settings, authenticator, inprocess, BaremetalClient, "/baremetal",
+                         settings.endpoint("baremetal"))
+
+
 def acting_client(settings: Settings, authenticator: Authenticator, inprocess: InProcess | None, cls: type[T],
                   local_path: str, url: str, *, in_process: bool = True,
                   per_actor: Callable[[Actor], dict[str, Any]] | None = None) -> Callable[[Actor], T]:
@@ -165,13 +178,16 @@ def build_runtime(settings: Settings, db, images, *, leases: Leases | None = Non
                    pause_seconds=testing.fault_pause_seconds, leases=leases, local=local or {})
 
 
-def conductor_hosts(settings: Settings, hosts: Hosts) -> Callable[[], frozenset[str] | None]:
+def conductor_hosts(settings: Settings, hosts: Hosts, *,
+                    extra: frozenset[str] = frozenset()) -> Callable[[], frozenset[str] | None]:
     """The hosts whose host-bound work a conductor claims, asked at every claim: of
     conductor.hosts (comma-separated; empty or "*": any), those it can reach now — its own
-    host, and every registered compute host that is up and answers from here."""
+    host, and every registered compute host that is up and answers from here — plus ``extra``
+    (what this process itself serves: the bare-metal transfer area's host) where wanted."""
     names = frozenset(h.strip() for h in settings.conductor.hosts.split(",") if h.strip())
     wanted = None if not names or "*" in names else names
-    return lambda: hosts.serving(wanted)
+    own = extra if wanted is None else extra & wanted
+    return lambda: hosts.serving(wanted) | own
 
 
 def host_credentials(settings: Settings, authenticator: Authenticator) -> tuple[dict, Callable[[Actor], dict]]:
@@ -214,6 +230,10 @@ def register_work(settings: Settings, services: Services, hosts: Hosts, images, 
         from freezeframe.volumes import conductor_hooks as volume_hooks
         volume_hooks.register(services.registry)
         local.update(volume_hooks.local_api(services.volume_manager))
+    if services.baremetal_manager is not None:
+        from freezeframe.baremetal import conductor_hooks as baremetal_hooks
+        baremetal_hooks.register(services.registry)
+        local.update(baremetal_hooks.local_api(services.baremetal_manager))
     install_runtime(build_runtime(settings, services.db, images, leases=leases, local=local))
 
 
@@ -223,10 +243,21 @@ def build_conductor(settings: Settings, services: Services, hosts: Hosts, images
     leases = Leases(services.db, services.liveness.member_id, settings.conductor.lease_ttl,
                     services.registry.terminal_states)
     register_work(settings, services, hosts, images, leases=leases, api_started_at=api_started_at)
+    companions, extra_hosts = [], frozenset()
+    if services.baremetal_manager is not None:
+        # The bare-metal transfer area is served by this conductor (unless baremetal.webdav_bind is
+        # empty): it is then the designated host (baremetal.transfer_host) whose area-bound work
+        # (snapshot, abort, teardown) it claims.
+        from freezeframe.baremetal.webdav import area_server
+        webdav = area_server(services.baremetal_manager)
+        if webdav is not None:
+            companions.append(webdav)
+            extra_hosts = frozenset({settings.baremetal.transfer_host})
     return Conductor(services.db, services.liveness, database_url=settings.database_url, registry=services.registry,
-                     leases=leases, board=services.workflows.board, hosts=conductor_hosts(settings, hosts),
+                     leases=leases, board=services.workflows.board,
+                     hosts=conductor_hosts(settings, hosts, extra=extra_hosts),
                      max_workers=settings.conductor.workers, scan_interval=settings.conductor.scan_interval,
-                     workflows=services.workflows)
+                     workflows=services.workflows, companions=companions)
 
 
 def build_driver(settings: Settings) -> VirtDriver:
@@ -271,9 +302,14 @@ def build_compute(settings: Settings, services: Services, authenticator: Authent
         services.conductor = build_conductor(settings, services, hosts, images, api_started_at=api_started_at)
     else:       # workflows wait (owner None) for a `freezeframe conductor`
         register_work(settings, services, hosts, images, leases=None, api_started_at=api_started_at)
+    # Bare-metal servers: the bare-metal API of this process (build_baremetal ran first), or the
+    # one endpoints.baremetal names; None: createImage/adopt of a node are a 409.
+    local_bm = services.baremetal is not None
+    baremetal_for = service_baremetal_client(settings, authenticator, services.inprocess if local_bm else None) \
+        if local_bm or settings.endpoints.baremetal else None
     services.compute = ComputeService(services.db, hosts, images, services.workflows, policy=services.policy,
                                       max_concurrent_snapshots=settings.compute.max_concurrent_snapshots,
-                                      volumes_for=services.volumes_for)
+                                      volumes_for=services.volumes_for, baremetal_for=baremetal_for)
 
 
 def build_volume(settings: Settings, services: Services, authenticator: Authenticator) -> None:
@@ -292,6 +328,27 @@ def build_volume(settings: Settings, services: Services, authenticator: Authenti
                                             ComputeAssist(compute_for), images_for=images)
     services.volume = VolumeService(services.db, services.workflows, policy=services.policy, settings=settings.volume,
                                     manager=services.volume_manager)
+
+
+def build_baremetal(settings: Settings, services: Services, authenticator: Authenticator) -> None:
+    """The bare-metal service (Ironic v1) and its manager, with the enabled hardware types and
+    interfaces: the workflows it hands to the conductor run the interfaces here (the snapshot's
+    host-bound steps where the transfer area is: baremetal.transfer_host)."""
+    if not settings.baremetal.enabled:
+        return
+    from freezeframe.baremetal.drivers import Interfaces
+    from freezeframe.baremetal.manager import BaremetalManager
+    from freezeframe.baremetal.service import BaremetalService
+
+    bm = settings.baremetal
+    interfaces = Interfaces(bm, data_dir=settings.data_dir)
+    images = service_image_client(settings, authenticator, services.inprocess)
+    services.baremetal_manager = BaremetalManager(services.db, interfaces, bm, images_for=images,
+                                                  data_dir=settings.data_dir,
+                                                  api_url=bm.api_url or settings.endpoint("baremetal"))
+    services.baremetal = BaremetalService(services.db, services.workflows, policy=services.policy, settings=bm,
+                                          manager=services.baremetal_manager, interfaces=interfaces,
+                                          host=f"{services.liveness.member_id}-api")
 
 
 def build_volume_driver(settings: Settings):
@@ -316,7 +373,8 @@ def build_identity(settings: Settings, db: Database) -> IdentityService | None:
 def build_catalog(settings: Settings, services: Services) -> Catalog:
     """The service catalog the identity service hands out, from the endpoint catalog."""
     local = {"identity", "image"} | ({"compute"} if services.compute is not None else set()) | \
-        ({"volume"} if services.volume is not None else set())
+        ({"volume"} if services.volume is not None else set()) | \
+        ({"baremetal"} if services.baremetal is not None else set())
     configured = {name: getattr(settings.endpoints, name) for name in ("identity", "image", "compute", "volume",
                                                                       "baremetal")}
     return Catalog(configured, frozenset(local), settings.endpoints.region)
@@ -416,6 +474,8 @@ def _write_clouds_locked(settings: Settings, target: Path, tokens: dict, identit
         if settings.volume.enabled:
             clouds[name]["block_storage_endpoint_override"] = settings.endpoint("volume")
             clouds[name]["block_storage_api_version"] = "3"
+        if settings.baremetal.enabled:
+            clouds[name]["baremetal_endpoint_override"] = settings.endpoint("baremetal")
     if not clouds:
         return
     partial = target.with_name(f".{target.name}.{os.getpid()}")

@@ -182,8 +182,8 @@ def run_api(config: str | None, flags: dict, workers: int) -> None:
 # default) it also runs compute.host's hypervisor itself, as `serve` does.
 
 def run_conductor(settings: Settings) -> None:
-    from freezeframe.assembly import (build_authenticator, build_conductor, build_hosts, build_services, build_volume,
-                                      service_image_client, service_volume_client)
+    from freezeframe.assembly import (build_authenticator, build_baremetal, build_conductor, build_hosts, build_services,
+                                      build_volume, service_image_client, service_volume_client)
 
     logs.setup(settings.server.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +192,7 @@ def run_conductor(settings: Settings) -> None:
     images = service_image_client(settings, authenticator)
     hosts = build_hosts(settings, services.db, authenticator, images, local=settings.compute.enabled)
     build_volume(settings, services, authenticator)       # its workflows run the volume driver here
+    build_baremetal(settings, services, authenticator)    # and the bare-metal interfaces (+ the transfer area)
     services.volumes_for = service_volume_client(settings, authenticator)
     conductor = build_conductor(settings, services, hosts, images)
     stop = threading.Event()

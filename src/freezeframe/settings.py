@@ -210,6 +210,47 @@ class VolumeSettings:
 
 
 @dataclass(frozen=True)
+class BaremetalSettings:
+    # The bare-metal service (Ironic v1 subset at /baremetal) in `serve`: nodes, ports, their
+    # provision states, the agent's lookup and heartbeat, node snapshots (seed 004).
+    enabled: bool = True
+    # What may be used, comma-separated (Ironic's enabled_*): a node's driver (hardware type)
+    # and each of its interfaces must be enabled here and supported by its hardware type.
+    enabled_hardware_types: str = "fake-hardware,redfish"
+    enabled_power_interfaces: str = "fake,redfish"
+    enabled_boot_interfaces: str = "fake,redfish-virtual-media"
+    enabled_snapshot_interfaces: str = "fake,no-snapshot,agent"
+    # The WebDAV area node snapshots stream into (empty: <data_dir>/baremetal-transfers), and
+    # the host that serves it: the snapshots' host-bound work runs on a conductor there.
+    transfer_path: str = ""
+    transfer_host: str = field(default_factory=socket.gethostname)
+    # Where this conductor's WebDAV server listens ("": none here), and the area's URL as agents
+    # reach it (empty: http://<webdav_bind>).
+    webdav_bind: str = "127.0.0.1:6387"
+    webdav_url: str = ""
+    # The bare-metal API root as agents reach it, e.g. http://10.0.2.2:8080/baremetal (empty:
+    # the endpoint catalog's baremetal endpoint).
+    api_url: str = ""
+    # The agent ISO (scripts/build-agent-image; empty: ~/.cache/freezeframe/agent/out/agent.iso)
+    # and where a BMC downloads a node's copy from (empty: the WebDAV server's /_boot/).
+    agent_iso: str = ""
+    agent_iso_url: str = ""
+    # Told to the agent at lookup: it heartbeats every 0.3-0.6 x this (seconds).
+    heartbeat_timeout: float = 30.0
+    # snapshot wait: the agent's first heartbeat must come within this (seconds, Ironic's 1800).
+    agent_wait_timeout: float = 1800.0
+    # snapshotting: no heartbeat for this long means the agent died (the snapshot fails).
+    agent_lost_after: float = 90.0
+    # The stream's chunk (bytes): a retry after a broken stream re-sends at most one.
+    chunk_size: int = 16 << 20
+    # The reaper removes an intermediate copy whose node is no longer in snapshot failed after
+    # this long (seconds).
+    transfer_grace: float = 86400.0
+    # A power action's limit (seconds).
+    power_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class ConductorSettings:
     # Run the conductor inside `serve` (the embedded default).
     enabled: bool = True
@@ -292,6 +333,7 @@ class Settings:
     endpoints: EndpointSettings = field(default_factory=EndpointSettings)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
     volume: VolumeSettings = field(default_factory=VolumeSettings)
+    baremetal: BaremetalSettings = field(default_factory=BaremetalSettings)
     conductor: ConductorSettings = field(default_factory=ConductorSettings)
     testing: TestingSettings = field(default_factory=TestingSettings)
 
@@ -340,7 +382,8 @@ class Settings:
 
 
 # Where `serve` mounts each API (the endpoint catalog's defaults).
-LOCAL_PATHS = {"image": "/image", "compute": "/compute/v2.1", "identity": "/identity", "volume": "/volume/v3"}
+LOCAL_PATHS = {"image": "/image", "compute": "/compute/v2.1", "identity": "/identity", "volume": "/volume/v3",
+               "baremetal": "/baremetal"}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -496,6 +539,7 @@ def validate(settings: Settings) -> Settings:
     for name in ("assisted_create_timeout", "assisted_delete_timeout", "assisted_recheck"):
         if not 0 < getattr(settings.volume, name) <= 86400:
             raise SettingsError(f"volume.{name}: must be between 0 and 86400 seconds")
+    validate_baremetal(settings.baremetal)
     knobs = settings.testing.knobs_set()
     if knobs and not settings.testing.enabled:
         raise SettingsError(f"testing.{knobs[0]}: a test-only knob (fault injection, fake driver delays), "
@@ -506,3 +550,24 @@ def validate(settings: Settings) -> Settings:
         raise SettingsError(f"testing.{fake_knobs[0]}: applies to the fake virt driver only "
                             f"(compute.driver = 'fake', not {settings.compute.driver!r})")
     return settings
+
+
+def validate_baremetal(bm: BaremetalSettings) -> None:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$", bm.transfer_host):
+        raise SettingsError(f"baremetal.transfer_host: {bm.transfer_host!r} must be a host name (letters, digits, "
+                            "'.', '_' and '-')")
+    for name in ("enabled_hardware_types", "enabled_power_interfaces", "enabled_boot_interfaces",
+                 "enabled_snapshot_interfaces"):
+        if not [n for n in getattr(bm, name).split(",") if n.strip()]:
+            raise SettingsError(f"baremetal.{name}: name at least one")
+    for name in ("webdav_url", "api_url", "agent_iso_url"):
+        url = getattr(bm, name)
+        if url and not url.startswith(("http://", "https://")):
+            raise SettingsError(f"baremetal.{name}: {url!r} must start with http:// or https://")
+    if bm.webdav_bind and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$", bm.webdav_bind):
+        raise SettingsError(f"baremetal.webdav_bind: {bm.webdav_bind!r} must be host:port (or empty: no server)")
+    for name in ("heartbeat_timeout", "agent_wait_timeout", "agent_lost_after", "transfer_grace", "power_timeout"):
+        if not 0 < getattr(bm, name) <= 30 * 86400:
+            raise SettingsError(f"baremetal.{name}: must be between 0 and 2592000 seconds")
+    if not 1 << 16 <= bm.chunk_size <= 1 << 30 or bm.chunk_size % 4096:
+        raise SettingsError("baremetal.chunk_size: must be a multiple of 4096 between 64 KiB and 1 GiB")

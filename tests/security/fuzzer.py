@@ -54,7 +54,7 @@ DEFAULT_VOLUME_TYPE_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "freezeframe:volume-
 DEFAULT_EXAMPLES = 300
 TIMEOUT = 20.0
 LISTING_EVERY = 100
-APIS = ("image", "compute", "workflow", "identity", "volume")
+APIS = ("image", "compute", "workflow", "identity", "volume", "baremetal")
 
 
 # Read once and taken out of the environment: the servers the tests start inherit it, and the
@@ -151,6 +151,45 @@ def _volume_catalogue() -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
+_BMV = ("baremetal_microversion",)
+_BN = "/baremetal/v1/nodes/{node_ident}"
+NODE_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "fields", "detail", "provision_state", "maintenance",
+                  "driver", "associated", "instance_uuid", "resource_class", "owner", "lessee", "conductor_group")
+PORT_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "fields", "node", "node_uuid", "address")
+# The bare-metal API (Ironic v1): admin or service only (the service token mostly); lookup and
+# heartbeat need no token at all.
+BAREMETAL_ROUTES: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
+    ("GET", "/baremetal/", None, ()), ("GET", "/baremetal/v1", None, ()), ("GET", "/baremetal/v1/", None, ()),
+    ("POST", "/baremetal/v1/nodes", "bm_node", ()),
+    ("GET", "/baremetal/v1/nodes", None, NODE_LIST_KEYS),
+    ("GET", "/baremetal/v1/nodes/detail", None, NODE_LIST_KEYS),
+    ("GET", _BN, None, ("fields",)),
+    ("PATCH", _BN, "bm_patch", ()),
+    ("DELETE", _BN, None, ()),
+    ("PUT", _BN + "/maintenance", "bm_maintenance", ()),
+    ("DELETE", _BN + "/maintenance", None, ()),
+    ("GET", _BN + "/states", None, ()),
+    ("PUT", _BN + "/states/provision", "bm_provision", ()),
+    ("PUT", _BN + "/states/power", "bm_power", ()),
+    ("GET", _BN + "/validate", None, ()),
+    ("GET", _BN + "/ports", None, PORT_LIST_KEYS),
+    ("GET", _BN + "/ports/detail", None, PORT_LIST_KEYS),
+    ("POST", "/baremetal/v1/ports", "bm_port", ()),
+    ("GET", "/baremetal/v1/ports", None, PORT_LIST_KEYS),
+    ("GET", "/baremetal/v1/ports/detail", None, PORT_LIST_KEYS),
+    ("GET", "/baremetal/v1/ports/{port_id}", None, ("fields",)),
+    ("PATCH", "/baremetal/v1/ports/{port_id}", "bm_port_patch", ()),
+    ("DELETE", "/baremetal/v1/ports/{port_id}", None, ()),
+    ("GET", "/baremetal/v1/lookup", None, ("addresses", "node_uuid")),
+    ("POST", "/baremetal/v1/heartbeat/{node_ident}", "bm_heartbeat", ()),
+)
+
+
+def _baremetal_catalogue() -> tuple[Endpoint, ...]:
+    return tuple(Endpoint("baremetal", method, path, body=body, query=query, headers=_BMV, service=True)
+                 for method, path, body, query in BAREMETAL_ROUTES)
+
+
 CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("image", "GET", "/image/"),
     Endpoint("image", "GET", "/image/versions"),
@@ -218,7 +257,7 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("identity", "GET", "/identity/v3/projects", query=("name",)),
     Endpoint("identity", "GET", "/identity/v3/projects/{project_id}"),
     Endpoint("identity", "GET", "/identity/v3/auth/catalog"),
-) + _volume_catalogue()
+) + _volume_catalogue() + _baremetal_catalogue()
 
 
 def routed_endpoints() -> set[tuple[str, str]]:
@@ -228,13 +267,15 @@ def routed_endpoints() -> set[tuple[str, str]]:
     from freezeframe.conductor.api import WorkflowAPI
     from freezeframe.identity.api import IdentityAPI
     from freezeframe.images.api import ImageAPI
+    from freezeframe.baremetal.api import BaremetalAPI
     from freezeframe.volumes.api import VolumeAPI
 
     volume = VolumeAPI.__new__(VolumeAPI).mounted()
+    baremetal = BaremetalAPI.__new__(BaremetalAPI).mounted()
     found: set[tuple[str, str]] = set()
     for prefix, app in (("/image", _router(ImageAPI)), ("/compute", _router(ComputeAPI)),
                         ("/v1", _router(WorkflowAPI)), ("/identity", _router(IdentityAPI)),
-                        (volume.path, volume.app)):
+                        (volume.path, volume.app), (baremetal.path, baremetal.app)):
         routes = _routes(app, prefix)
         assert routes, f"no routes found under {prefix}: a wrapper the fuzzer cannot see through"
         found |= routes
@@ -401,6 +442,8 @@ class Fixtures:
             "volume_project": ["project-a"] * 6 + ["admin-project", "project-b"],
             "volume_id": [], "snapshot_id": [], "attachment_id": [], "key": ["k1", "k2", "nope"],
             "type_id": [DEFAULT_VOLUME_TYPE_ID, "__DEFAULT__", "other"],
+            # the bare-metal API: a node (by uuid and by name) with a port
+            "node_ident": [], "port_id": [],
         }
         self.named: dict[str, str] = {}
         self.volume_served = False
@@ -436,7 +479,30 @@ class Fixtures:
             self.volume_served = c.get("/volume/v3/volumes").status_code == 200
             if self.volume_served:
                 self._volume_fixtures(c)
+        self._baremetal_fixtures()
         return self
+
+    def _baremetal_fixtures(self) -> None:
+        """A node (named, with a port) for the bare-metal API, remade when the fuzzer deleted it."""
+        with self.client(ADMIN_TOKEN) as c:
+            c.headers["X-OpenStack-Ironic-API-Version"] = "1.116"
+            node = self.named.get("node")
+            if node and c.get(f"/baremetal/v1/nodes/{node}").status_code == 200 and \
+                    c.get(f"/baremetal/v1/ports/{self.named.get('port')}").status_code == 200:
+                return
+            name = f"fuzz-node-{uuid.uuid4().hex[:8]}"
+            resp = c.post("/baremetal/v1/nodes", json={"driver": "fake-hardware", "name": name,
+                                                       "driver_info": {"fake_password": "p"}})
+            if resp.status_code != 201:
+                return
+            node = resp.json()["uuid"]
+            mac = ":".join(f"{b:02x}" for b in [0x52, 0x54] + list(uuid.uuid4().bytes[:4]))
+            resp = c.post("/baremetal/v1/ports", json={"address": mac, "node_uuid": node})
+            self.ids["node_ident"] = [node, name]
+            self.named["node"] = node
+            if resp.status_code == 201:
+                self.ids["port_id"] = [resp.json()["uuid"]]
+                self.named["port"] = resp.json()["uuid"]
 
     # -- the volume API's fixtures: an available volume with metadata and a snapshot of it (with
     # metadata), a volume attached to the server (through compute: an attachment, a mapping) and a
@@ -562,6 +628,7 @@ class Fixtures:
                         c.get(f"/compute/v2.1/servers/{new}").json()["server"]))
             if self.volume_served:
                 self._refresh_volumes(c)
+        self._baremetal_fixtures()
 
     @staticmethod
     def _image(c: httpx.Client, name: str, data: bool = False, **attrs: Any) -> str:
@@ -710,6 +777,16 @@ def headers_strategy(endpoint: Endpoint, fix: Fixtures) -> st.SearchStrategy[lis
             [("OpenStack-API-Version", b",,,")], [("X-OpenStack-Nova-API-Version", b"3.71")],
             [("X-OpenStack-Volume-API-Version", b"3.71")]])
         parts.append(weighted((2, st.just([])), (8, good), (2, odd), (1, shared)))
+    if "baremetal_microversion" in endpoint.headers:
+        good = st.sampled_from(["1.116"] * 6 + ["1.1", "1.22", "1.31", "1.115", "latest"]).map(
+            lambda v: [("X-OpenStack-Ironic-API-Version", v.encode())])
+        odd = st.one_of(st.sampled_from(["1.117", "2.0", "1", "1.", ".1", "01.1", "1.01", "1.²", "LATEST", ""]),
+                        st.tuples(numeric, numeric).map(lambda ab: f"{ab[0]}.{ab[1]}"), text_any).map(
+            lambda v: [("X-OpenStack-Ironic-API-Version", header_text(v))])
+        std = st.sampled_from([[("OpenStack-API-Version", b"baremetal 1.116")],
+                               [("OpenStack-API-Version", b"compute 2.1, baremetal 1.50")],
+                               [("OpenStack-API-Version", b"baremetal 9.9")]])
+        parts.append(weighted((2, st.just([])), (8, good), (2, odd), (1, std)))
     ident = weighted((2, st.sampled_from(["bob", "project-a", "project-b", "member,reader", "admin", "service"])),
                      (1, text_any), (1, st.sampled_from(["x" * 256, "\xe9", "\xb2", "a,,b", ""])))
     # a service acting for a user (X-Service-Token with the user's identity in headers); in noauth
@@ -764,6 +841,7 @@ def body_strategies(fix: Fixtures) -> dict[str, st.SearchStrategy[Any]]:
     volume_shapes = volume_body_strategies(fix, ids, name, meta)
     return {
         **volume_shapes,
+        **baremetal_body_strategies(fix),
         "image_create": image_create,
         "patch": patch,
         "member_add": st.fixed_dictionaries({"member": st.one_of(st.sampled_from(["project-b", "project-c"]),
@@ -879,6 +957,56 @@ def volume_body_strategies(fix: Fixtures, image_ids: st.SearchStrategy[str], nam
     }
 
 
+def baremetal_body_strategies(fix: Fixtures) -> dict[str, st.SearchStrategy[Any]]:
+    """Valid-shaped bodies of the bare-metal API."""
+    nodes = st.integers(0, 1000).map(lambda i: fix.pick("node_ident", i))
+    a_uuid = st.uuids().map(str)
+    mac = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
+    hints = st.one_of(st.fixed_dictionaries({}, optional={
+        "size": st.one_of(st.integers(-1, 100), st.sampled_from([">= 4", "<in> 1 2", "big", "s== x"])),
+        "serial": st.text(max_size=5), "rotational": st.one_of(st.booleans(), st.just("maybe")),
+        "colour": st.just("red")}), st.just([]))
+    info = st.dictionaries(st.sampled_from(["fake_password", "x", "redfish_address", "token"]), st.text(max_size=6),
+                           max_size=3)
+    node = st.fixed_dictionaries({"driver": st.sampled_from(["fake-hardware", "fake-hardware", "redfish", "ipmi"])},
+                                 optional={
+        "name": st.one_of(st.text(max_size=12), st.sampled_from(["n-1", "a b", "x" * 300])),
+        "driver_info": info, "properties": st.fixed_dictionaries({}, optional={"root_device": hints}),
+        "power_interface": st.sampled_from(["fake", "redfish", "ipmitool"]),
+        "snapshot_interface": st.sampled_from(["fake", "no-snapshot", "agent", "x"]),
+        "deploy_interface": st.sampled_from(["fake", "direct"]), "uuid": a_uuid, "extra": info,
+        "instance_uuid": st.one_of(a_uuid, st.just("x"))})
+    change = st.fixed_dictionaries({
+        "op": st.sampled_from(["add", "replace", "remove", "move"]),
+        "path": st.sampled_from(["/name", "/extra/a", "/driver", "/driver_info/x", "/properties/root_device",
+                                 "/instance_uuid", "/maintenance", "/power_interface", "/snapshot_interface",
+                                 "/provision_state", "/extra", "/", "/a~1b", "/deploy_interface"]),
+        "value": st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none(), hints, a_uuid)})
+    verb = st.sampled_from(["manage", "provide", "adopt", "abort", "deleted", "snapshot", "deploy", "rebuild", ""])
+    provision = st.fixed_dictionaries({"target": verb}, optional={
+        "image_ref": st.one_of(a_uuid, st.just("x")), "clean_steps": st.just([])})
+    power = st.fixed_dictionaries({"target": st.sampled_from(["power on", "power off", "rebooting", "soft power off",
+                                                              "x"])},
+                                  optional={"timeout": st.one_of(st.integers(-1, 100), st.text(max_size=3))})
+    port = st.fixed_dictionaries({"address": st.one_of(mac, st.just("zz")),
+                                  "node_uuid": st.one_of(nodes, a_uuid)},
+                                 optional={"extra": info, "pxe_enabled": st.one_of(st.booleans(), st.just("x"))})
+    port_change = st.fixed_dictionaries({"op": st.sampled_from(["add", "replace", "remove"]),
+                                         "path": st.sampled_from(["/address", "/extra/a", "/node_uuid", "/pxe_enabled",
+                                                                  "/uuid"]),
+                                         "value": st.one_of(mac, nodes, st.booleans(), st.text(max_size=5))})
+    heartbeat = st.fixed_dictionaries({"callback_url": st.sampled_from(["http://10.0.0.1:9999", "x", ""])},
+                                      optional={"agent_token": st.one_of(st.text(max_size=8), st.just("******")),
+                                                "agent_version": st.text(max_size=8),
+                                                "agent_status": st.sampled_from(["start", "end", "error", "x"]),
+                                                "progress": st.one_of(st.just({"percent": 5}), st.just([1]))})
+    return {
+        "bm_node": node, "bm_patch": st.lists(change, max_size=3), "bm_provision": provision, "bm_power": power,
+        "bm_port": port, "bm_port_patch": st.lists(port_change, max_size=3), "bm_heartbeat": heartbeat,
+        "bm_maintenance": st.fixed_dictionaries({}, optional={"reason": st.one_of(st.text(max_size=8), st.integers())}),
+    }
+
+
 def delete_infos(fix: Fixtures) -> st.SearchStrategy[str]:
     """``delete_info`` of os-assisted-volume-snapshots DELETE: JSON as the volume service sends it."""
     volumes = st.integers(0, 1000).map(lambda i: fix.pick("volume_id", i))
@@ -955,6 +1083,11 @@ def query_values(fix: Fixtures, ep: Endpoint) -> st.SearchStrategy[str] | None:
              "project-b", "admin-project", "[" * 3000, '{"k1": ' + "[" * 2000, "{'k1': " + "{'a': " * 600]))
     if "delete_info" in ep.query:
         return delete_infos(fix)
+    if ep.api == "baremetal":
+        real = st.integers(0, 1000).map(lambda i: fix.pick("node_ident", i))
+        return st.one_of(real, st.sampled_from(
+            ["enroll", "active", "snapshot wait", "true", "false", "fake-hardware", "name", "uuid,name", "bogus",
+             "52:54:00:12:34:56", "52:54:00:12:34:56,zz", "asc", "desc", "provision_state", "-1", "0", "1001"]))
     return None
 
 
@@ -995,6 +1128,15 @@ def violation(resp: httpx.Response) -> str | None:
         if request_id is None:
             # Refused by the HTTP parser (uvicorn) before the application saw it: plain 400.
             return None if status == 400 else f"HTTP {status} without a request id"
+        if resp.headers.get("content-type", "").startswith("application/json") and \
+                "error_message" in resp.text[:20]:              # the bare-metal API: Ironic's body
+            try:
+                body = resp.json()
+                fault = json.loads(body["error_message"])
+                ok = body.get("request_id") == request_id and isinstance(fault["faultstring"], str)
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            return None if ok else f"HTTP {status}: not Ironic's error body with the request id"
         try:
             err = resp.json()["error"]
         except (ValueError, KeyError, TypeError):

@@ -31,9 +31,11 @@ POWER = {"nostate": 0, "running": 1, "paused": 3, "shutdown": 4, "crashed": 6, "
 
 
 def server_view(inst: Instance, base: str, version: APIVersion,
-                volumes: list[tuple[str, bool]] | None = None) -> dict[str, Any]:
+                volumes: list[tuple[str, bool]] | None = None, *, admin: bool = False) -> dict[str, Any]:
     """Nova's server; ``volumes``: its (volume id, delete_on_termination), shown as
-    ``os-extended-volumes:volumes_attached`` (``delete_on_termination`` from 2.3)."""
+    ``os-extended-volumes:volumes_attached`` (``delete_on_termination`` from 2.3). Admins also
+    see where it runs: ``OS-EXT-SRV-ATTR:host`` and ``:hypervisor_hostname`` — a bare-metal
+    server's is its node's uuid (Nova's Ironic driver)."""
     flavor = FLAVORS.get(inst.flavor_id)
     body = {
         "id": inst.id, "name": inst.name, "status": STATUS.get(VmState(inst.vm_state), "UNKNOWN"),
@@ -43,6 +45,8 @@ def server_view(inst: Instance, base: str, version: APIVersion,
         "OS-EXT-STS:vm_state": inst.vm_state, "OS-EXT-STS:task_state": inst.task_state,
         "OS-EXT-STS:power_state": POWER.get(inst.power_state, 0),
         "OS-EXT-SRV-ATTR:instance_name": inst.domain_name,
+        **({"OS-EXT-SRV-ATTR:host": inst.host, "OS-EXT-SRV-ATTR:hypervisor_hostname": inst.node or inst.host}
+           if admin else {}),
         "links": [{"rel": "self", "href": f"{base}/servers/{inst.id}"}],
     }
     if version >= (2, 47):
@@ -189,7 +193,8 @@ class ComputeAPI:
         base = self._base(request)
         if detail:
             attached = await self.db.run(lambda s: volumes_attached(s, [i.id for i in servers]))
-            items = [server_view(i, base, version, attached.get(i.id)) for i in servers]
+            admin = ctx_of(request).is_admin
+            items = [server_view(i, base, version, attached.get(i.id), admin=admin) for i in servers]
         else:
             items = [{"id": i.id, "name": i.name, "links": [{"rel": "self", "href": f"{base}/servers/{i.id}"}]}
                      for i in servers]
@@ -200,7 +205,8 @@ class ComputeAPI:
         inst = await self.compute.show(ctx_of(request), request.path_params["server_id"])
         attached = await self.db.run(lambda s: volumes_attached(s, [inst.id]))
         return VERSIONS.versioned(JSONResponse({"server": server_view(inst, self._base(request), version,
-                                                                      attached.get(inst.id))}), version)
+                                                                      attached.get(inst.id),
+                                                                      admin=ctx_of(request).is_admin)}), version)
 
     async def create_server(self, request: Request) -> Response:
         version = VERSIONS.parse(request)
@@ -212,7 +218,7 @@ class ComputeAPI:
     async def adopt(self, request: Request) -> Response:
         version = VERSIONS.parse(request)
         inst = await self.compute.adopt(ctx_of(request), await json_body(request))
-        body = {"server": server_view(inst, self._base(request), version)}
+        body = {"server": server_view(inst, self._base(request), version, admin=ctx_of(request).is_admin)}
         return VERSIONS.versioned(JSONResponse(body, status_code=201), version)
 
     async def delete_server(self, request: Request) -> Response:

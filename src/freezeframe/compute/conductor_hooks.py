@@ -21,10 +21,10 @@ from typing import Any
 from sqlalchemy import select
 
 from freezeframe.common.policy import Policy
+from freezeframe.compute.baremetal_ops import NodeServerHooks
 from freezeframe.compute.drivers.base import VirtDriver
 from freezeframe.compute.hostside import Hosts
 from freezeframe.compute.model import Instance
-from freezeframe.compute.snapshot_hooks import SnapshotHooks
 from freezeframe.compute.volume_ops import VolumeHooks, VolumesFor
 from freezeframe.conductor.registry import Registry, Scan
 from freezeframe.db.session import Database
@@ -101,10 +101,12 @@ def register(registry: Registry, *, db: Database, hosts: Hosts, workdir: Path, t
                                                           api_started_at=api_started_at))
 
 
-class ComputeHooks(SnapshotHooks):
+class ComputeHooks(NodeServerHooks):
     """Compute's functions for the workflows of this process: the snapshot ones, each
-    server's host's driver, and (``volumes``) what the assisted volume snapshot asks of
-    compute — the server's mapping of the volume, and the volume API it reports to."""
+    server's host's driver, (``volumes``) what the assisted volume snapshot asks of
+    compute — the server's mapping of the volume, and the volume API it reports to — and
+    what the bare-metal workflows tell compute of a node with a server (``node_adopted``,
+    ``node_snapshot_moved``, ``node_released``: ``compute/baremetal_ops.py``)."""
 
     def __init__(self, hosts: Hosts | VirtDriver, policy: Policy | None = None,
                  volumes_for: VolumesFor | None = None) -> None:

@@ -17,7 +17,14 @@ tables. A server is repaired when:
   API of this very process started (``serve``: the process that ran it is gone) or it has not
   changed for ``compute.task_timeout`` seconds.
 
-Repairing sets task_state back to None by compare-and-set (a concurrent change wins) and
+A bare-metal server (``node`` set: no host, no domain) is owned by its node's workflows: its
+snapshot task_state is repaired when no unfinished workflow of the node is left (a FAILED one
+counts as ended: the node is then in snapshot failed, the server's snapshot is over) by the
+same rules (outlived the node's last workflow, set before this API started, or the grace
+passed); its operation task_state as above. Its repair only clears task_state (with a fault for
+an operation cut short): vm_state stays, there is no hypervisor to ask.
+
+Repairing a VM sets task_state back to None by compare-and-set (a concurrent change wins) and
 vm_state from what the hypervisor says about the domain, or ERROR with a fault when the
 domain does not exist — through the vm_state table (``compute/states.py``): a hypervisor state
 the server's vm_state cannot become (not a move Nova makes) leaves vm_state as it is, as Nova's
@@ -70,9 +77,12 @@ def orphaned(session: Session, inst: Instance, *, task_timeout: float, api_start
     a workflow owns it is the conductor's to say (``workflows``, in this same transaction)."""
     task = TaskState(inst.task_state)
     if task in SNAPSHOT_TASKS:
-        if workflows.unfinished(inst.id, session=session) is not None:
+        # A bare-metal server's snapshot is its node's workflow (FAILED: ended, the node is in
+        # snapshot failed); a VM's is the server's own (FAILED: its revert is still retried).
+        resource = inst.node or inst.id
+        if workflows.unfinished(resource, session=session, failed=inst.node is None) is not None:
             return None
-        ended = workflows.last_change_at(inst.id, session=session)
+        ended = workflows.last_change_at(resource, session=session)
         if ended is not None and inst.updated_at <= ended:
             return f"task_state {task} outlived the workflow that set it"
         if api_started_at is not None and inst.updated_at < api_started_at:
@@ -101,7 +111,8 @@ def reconcile_servers(db: Database, driver: VirtDriver | Callable[[str | None], 
     workflows = workflows or Workflows(db)
 
     def candidates(session: Session) -> list[tuple[str, str, str, dt.datetime, str]]:
-        stmt = select(Instance).where(Instance.task_state.in_(states), Instance.vm_state != VmState.DELETED.value)
+        stmt = select(Instance).where(Instance.task_state.in_(states), Instance.vm_state != VmState.DELETED.value,
+                                      Instance.node.is_(None))
         if hosts is not None:
             stmt = stmt.where(or_(Instance.host.in_(hosts), Instance.host.is_(None)))
         found = []
@@ -112,7 +123,8 @@ def reconcile_servers(db: Database, driver: VirtDriver | Callable[[str | None], 
                 found.append((inst.id, inst.task_state, inst.domain_name, inst.updated_at, why, inst.host))
         return found
 
-    repairs = []
+    repairs = reconcile_node_servers(db, workflows, task_timeout=task_timeout, api_started_at=api_started_at,
+                                     now=now)
     for server_id, task, domain, seen_at, why, host in db.run_sync(candidates):
         try:
             info = driver_for(host).get_info(domain)
@@ -155,4 +167,33 @@ def reconcile_servers(db: Database, driver: VirtDriver | Callable[[str | None], 
             LOG.warning("reconcile: server %s repaired: %s -> task_state None, vm_state %s", server_id, why,
                         done.value)
             repairs.append(Repair(server_id, task, done.value, why))
+    return repairs
+
+
+def reconcile_node_servers(db: Database, workflows: Workflows, *, task_timeout: float,
+                           api_started_at: dt.datetime | None, now: dt.datetime) -> list[Repair]:
+    """Bare-metal servers left in a transitional task_state with no live owner: task_state None
+    (compare-and-set), vm_state as it is; an operation cut short leaves a fault."""
+    states = [t.value for t in SNAPSHOT_TASKS | OPERATION_TASKS]
+
+    def repair(session: Session) -> list[Repair]:
+        done = []
+        for inst in session.scalars(select(Instance).where(Instance.task_state.in_(states), Instance.node.is_not(None),
+                                                           Instance.vm_state != VmState.DELETED.value)):
+            why = orphaned(session, inst, task_timeout=task_timeout, api_started_at=api_started_at, now=now,
+                           workflows=workflows)
+            if not why:
+                continue
+            task = TaskState(inst.task_state)
+            values = {"fault": f"{why}; node {inst.node}"[:1000]} if task in OPERATION_TASKS else None
+            set_task_state(session, inst.id, task, None, reason=f"reconciled: {why}", values=values)
+            done.append(Repair(inst.id, task.value, inst.vm_state, why))
+        return done
+    try:
+        repairs = db.run_sync(repair)
+    except Exception as exc:            # a concurrent change (409) or the database: next pass
+        LOG.info("reconcile: bare-metal servers not repaired: %s", exc)
+        return []
+    for r in repairs:
+        LOG.warning("reconcile: bare-metal server %s repaired: %s -> task_state None", r.server_id, r.reason)
     return repairs

@@ -20,6 +20,7 @@ from freezeframe.common.pools import BoundedPool
 from freezeframe.common.strict import INT32_MAX, is_uuid, parse_uint, shown
 from freezeframe.common.timeutil import utcnow
 from freezeframe.compute import bdm
+from freezeframe.compute.baremetal_ops import BaremetalFor, BaremetalOps
 from freezeframe.compute.drivers.base import DomainNotFound, PowerState
 from freezeframe.compute.hostside import BootRequest, Hosts
 from freezeframe.compute.model import Instance, InstanceAction
@@ -124,7 +125,8 @@ def check_name(value: Any, what: str = "name") -> str:
 class ComputeService:
     def __init__(self, db: Database, hosts: Hosts, images_for: Callable[[Actor], GlanceClient],
                  workflows: Workflows, *, policy: Policy, max_concurrent_snapshots: int = 5,
-                 volumes_for: Callable[[Actor], Any] | None = None) -> None:
+                 volumes_for: Callable[[Actor], Any] | None = None,
+                 baremetal_for: BaremetalFor | None = None) -> None:
         self.db = db
         self.hosts = hosts                     # each server's host: this one, or another over its host API
         self.images_for = images_for           # the image API, acting for a user (their rights)
@@ -140,6 +142,11 @@ class ComputeService:
         # the volume API acting for a user (``assembly.service_volume_client``).
         self.volumes = VolumeOps(db, hosts, volumes_for, workflows, policy=policy, pool=self.pool,
                                  get_server=self._get)
+        # Bare-metal servers (an adopted node; ``compute/baremetal_ops.py``), with the bare-metal
+        # API acting for a user (``assembly.service_baremetal_client``; None: no such service).
+        self.baremetal = BaremetalOps(db, baremetal_for, workflows, policy=policy, pool=self.pool,
+                                      get_server=self._get, create_image_record=self._create_image_record,
+                                      delete_image=self._delete_image, images_for=images_for)
 
     async def services(self, ctx: RequestContext) -> list[dict[str, Any]]:
         """The compute hosts as Nova lists its nova-compute services (os-services): this
@@ -154,12 +161,6 @@ class ComputeService:
                              "status": "enabled", "state": "up", "updated_at": utcnow().isoformat(),
                              "disabled_reason": None, "forced_down": False, "id": self.hosts.local.name})
         return found
-
-    async def _host_of(self, ctx: RequestContext, server_id: str):
-        """The server's host's side, for a server the caller may see; a Conflict (409) saying
-        so when that host is down."""
-        inst = await self.db.run(lambda s: self._get(s, ctx, server_id))
-        return await self.pool.run(self.hosts.get, inst.host)
 
     def _driver(self, host: str | None):
         """The server's host's driver (blocking: the host registry; a Conflict when it is down)."""
@@ -322,11 +323,15 @@ class ComputeService:
             self._spawn_failed(server_id, exc)
 
     async def adopt(self, ctx: RequestContext, body: Any) -> Instance:
-        """Take an existing domain on this host under management as a server (admin only)."""
-        self.policy.authorize(ctx, "freezeframe:compute:adopt")
+        """Take an existing domain on this host under management as a server (admin only), or
+        (``{"adopt": {"node": ...}}``) give an active bare-metal node its server record."""
         adopt = body.get("adopt") if isinstance(body, dict) else None
+        if isinstance(adopt, dict) and "node" in adopt:
+            return await self.baremetal.adopt(ctx, adopt)
+        self.policy.authorize(ctx, "freezeframe:compute:adopt")
         if not isinstance(adopt, dict):
-            raise errors.Invalid("Invalid input: the body must be {\"adopt\": {\"domain\": ...}}")
+            raise errors.Invalid("Invalid input: the body must be {\"adopt\": {\"domain\": ...}} or "
+                                 "{\"adopt\": {\"node\": ...}}")
         domain = check_name(adopt.get("domain"), "domain")
         host = adopt.get("host")
         if host is not None and not isinstance(host, str):
@@ -361,7 +366,10 @@ class ComputeService:
             if inst.task_state is None:
                 set_task_state(session, server_id, None, TaskState.DELETING, reason="delete")
             return inst
-        await self._host_of(ctx, server_id)        # its host is up (else 409: nothing changed)
+        found = await self.db.run(lambda s: self._get(s, ctx, server_id))
+        if found.node is not None:                 # a bare-metal server: its record goes, the node stays
+            return await self.baremetal.delete(ctx, server_id)
+        await self.pool.run(self.hosts.get, found.host)     # its host is up (else 409: nothing changed)
         inst = await self.db.run(begin)
         await self.pool.run(lambda: self.hosts.get(inst.host).remove(inst.domain_name, inst.id,
                                                                      adopted=inst.adopted), wait=30)
@@ -382,7 +390,10 @@ class ComputeService:
                                       f"vm_state {inst.vm_state}")
             set_task_state(session, server_id, None, task_state, reason="power")
             return inst
-        await self._host_of(ctx, server_id)        # its host is up (else 409: nothing changed)
+        found = await self.db.run(lambda s: self._get(s, ctx, server_id))
+        if found.node is not None:                 # a bare-metal server: its node's power
+            return await self.baremetal.power(ctx, server_id, on)
+        await self.pool.run(self.hosts.get, found.host)     # its host is up (else 409: nothing changed)
         inst = await self.db.run(begin)
         try:
             driver = await self.pool.run(self._driver, inst.host, wait=30)
@@ -405,6 +416,10 @@ class ComputeService:
         choice (seed 003: a list of device names, None = all; ``compute/devices.py``)."""
         name = check_name(body.get("name"))
         metadata = check_snapshot_metadata(body.get("metadata", {}))
+        if (await self.db.run(lambda s: self._get(s, ctx, server_id))).node is not None:
+            # A bare-metal server: the same checks and image; its node snapshots into it.
+            return await self.baremetal.create_image(ctx, server_id, kind=kind, devices=devices, name=name,
+                                                     metadata=metadata, initial_state=self._initial_state())
         params: dict[str, Any] = {}
         if devices != "root":
             from freezeframe.compute.devices import parse_devices, plan_devices
@@ -482,6 +497,13 @@ class ComputeService:
             raise
         LOG.info("server %s: %s %s accepted as workflow %s", server_id, kind, image_id, workflow_id)
         return image_id, workflow_id
+
+    def _initial_state(self) -> str:
+        """Where a node snapshot's workflow starts (as a VM snapshot's: seed 000's PENDING)."""
+        try:
+            return self.workflows.initial_state("baremetal-snapshot")
+        except Exception:           # the bare-metal kinds are registered elsewhere
+            return self.workflows.initial_state("snapshot")
 
     def _create_image_record(self, actor: Actor, attrs: dict[str, Any]) -> str:
         with self.images_for(actor) as images:

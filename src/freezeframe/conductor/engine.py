@@ -43,7 +43,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import taskflow.engines
 from sqlalchemy import update
@@ -103,8 +103,13 @@ class Conductor:
     def __init__(self, db: Database, liveness: Liveness, *, database_url: str, registry: Registry,
                  leases: Leases, board: Board | None = None,
                  hosts: frozenset[str] | None | Callable[[], frozenset[str] | None] = None,
-                 max_workers: int = 5, scan_interval: float = 5.0, workflows: Workflows | None = None) -> None:
+                 max_workers: int = 5, scan_interval: float = 5.0, workflows: Workflows | None = None,
+                 companions: Iterable[Any] = ()) -> None:
         self.db = db
+        # What runs beside this conductor's workflows and lives as long as it does (``start()``
+        # before the first claim, ``stop()`` once every flow paused): the bare-metal transfer
+        # area's WebDAV server, which the snapshots this conductor runs stream into.
+        self.companions = list(companions)
         self.liveness = liveness
         self.id = liveness.member_id
         if leases.owner != self.id:
@@ -145,6 +150,8 @@ class Conductor:
     def start(self) -> None:
         with exclusive(self.db.engine, TASKFLOW_LOCK), contextlib.closing(self.backend.get_connection()) as conn:
             conn.upgrade()      # (concurrent upgrades of taskflow's schema race on PostgreSQL)
+        for companion in self.companions:
+            companion.start()
         self.liveness.start()
         self.board.listen(self._posted)
         try:
@@ -187,6 +194,7 @@ class Conductor:
             runtime.current().stopping.set()
         if not self._started.is_set():
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._stop_companions()
             self.backend.close()
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -218,9 +226,17 @@ class Conductor:
         self.liveness.stop()
         with contextlib.suppress(Exception):
             self.board.close()
+        self._stop_companions()
         self.backend.close()
         LOG.info("conductor %s stopped", self.id)
         return True
+
+    def _stop_companions(self) -> None:
+        for companion in reversed(self.companions):
+            try:
+                companion.stop()
+            except Exception:
+                LOG.exception("conductor %s: stopping %r failed", self.id, companion)
 
     def owner_alive(self, owner: str | None) -> bool:
         return self.liveness.is_alive(owner)

@@ -4,7 +4,7 @@ Built from the endpoint catalog in the settings (``[endpoints]``). A service thi
 whose URL is not configured is listed at the address the client used to reach the identity
 API (so a client that came through a port forward or a proxy's host name is sent back the same
 way); configure ``[endpoints]`` when clients must use another address (TLS in front, several
-API hosts). Baremetal is listed only when configured. ``$(project_id)s`` and
+API hosts). ``$(project_id)s`` and
 ``%(project_id)s`` in a URL are replaced by the token's project, as Keystone does.
 """
 
@@ -20,7 +20,7 @@ SERVICES = [
     ("image", "image", "glance", "/image"),
     ("compute", "compute", "nova", "/compute/v2.1"),
     ("volume", "block-storage", "cinder", "/volume/v3/$(project_id)s"),
-    ("baremetal", "baremetal", "ironic", None),
+    ("baremetal", "baremetal", "ironic", "/baremetal"),
 ]
 INTERFACES = ("public", "internal", "admin")
 _NS = uuid.UUID("5f1e6c2a-3b7d-4e8f-9a0b-1c2d3e4f5a6b")

@@ -25,7 +25,7 @@ def test_endpoint_settings():
     assert s.endpoint("image") == "http://127.0.0.1:9400/image"
     assert s.endpoint("compute") == "http://127.0.0.1:9400/compute/v2.1"
     assert s.endpoint("volume") == "http://127.0.0.1:9400/volume/v3"      # (a project-less Cinder URL, 3.67 style)
-    assert s.endpoint("baremetal") == ""
+    assert s.endpoint("baremetal") == "http://127.0.0.1:9400/baremetal"
     s = settings_mod.load(environ={"FREEZEFRAME_ENDPOINTS__IMAGE": "https://img/image/"})
     assert s.endpoint("image") == "https://img/image"
     import pytest

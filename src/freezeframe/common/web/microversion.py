@@ -142,13 +142,16 @@ class Microversions:
         :meth:`parse`, and every answer — errors included, a refused version too — carries
         :meth:`headers`. ``handlers``: the error map (``freezeframe.common.web.errors.HANDLERS``), applied
         inside so the errors pass through here."""
-        return _Negotiated(ExceptionMiddleware(app, handlers=HANDLERS if handlers is None else handlers), self)
+        handlers = HANDLERS if handlers is None else handlers
+        return _Negotiated(ExceptionMiddleware(app, handlers=handlers), self,
+                           refuse=handlers.get(errors.FreezeframeError, domain_error))
 
 
 class _Negotiated:
-    def __init__(self, app: ASGIApp, versions: Microversions) -> None:
+    def __init__(self, app: ASGIApp, versions: Microversions, refuse: Any = domain_error) -> None:
         self.app = app
         self.versions = versions
+        self.refuse = refuse          # answers a refused version in the service's error shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,7 +161,7 @@ class _Negotiated:
         try:
             version = self.versions.negotiate(Headers(scope=scope))
         except errors.FreezeframeError as exc:
-            response = await domain_error(Request(scope, receive), exc)
+            response = await self.refuse(Request(scope, receive), exc)
             response.headers.update(self.versions.headers(None))
             await response(scope, receive, send)
             return

@@ -16,6 +16,9 @@ ANY = frozenset({"*"})       # every method (the router answers 405 for the ones
 class Public:
     path: str                                   # below the service's path; "" is the path itself
     methods: frozenset[str] = ANY
+    # Every path below ``path`` too (one segment or more: an id), e.g. the agent's heartbeat
+    # ``/v1/heartbeat/{node}`` whose credential is in its body, not a token.
+    prefix: bool = False
 
 
 @dataclass
@@ -39,14 +42,18 @@ class PublicPaths:
 
     def __init__(self, mounted: Iterable[Mounted], own: Iterable[Public] = ()) -> None:
         self._paths: dict[str, frozenset[str]] = {}
+        self._prefixes: list[tuple[str, frozenset[str]]] = []
         for public in own:
-            self._add(public.path, public.methods)
+            self._add(public.path, public.methods, public.prefix)
         for m in mounted:
             for public in m.public:
-                self._add(m.path + public.path, public.methods)
+                self._add(m.path + public.path, public.methods, public.prefix)
 
-    def _add(self, path: str, methods: frozenset[str]) -> None:
+    def _add(self, path: str, methods: frozenset[str], prefix: bool = False) -> None:
         key = path.rstrip("/")
+        if prefix:
+            self._prefixes.append((key + "/", methods))
+            return
         self._paths[key] = self._paths.get(key, frozenset()) | methods
 
     def __call__(self, path: str, method: str = "GET", detailed: bool = False) -> bool:
@@ -54,4 +61,7 @@ class PublicPaths:
         if stripped == "/healthcheck":
             return not detailed
         methods = self._paths.get(stripped, ())
-        return "*" in methods or method in methods
+        if "*" in methods or method in methods:
+            return True
+        return any(stripped.startswith(start) and len(stripped) > len(start) and ("*" in found or method in found)
+                   for start, found in self._prefixes)
