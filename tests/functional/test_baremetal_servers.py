@@ -115,10 +115,16 @@ def db_set(server, node_id, **values):
 
 def test_adopted_node_is_a_server_and_create_image_snapshots_it(cloud, tmp_path):
     node = active_node(cloud, "bm-1")
+    # the adopt workflow itself gave the active node its server record, and the node names it
+    assert node["instance_uuid"]
+    with nova(cloud) as c:
+        made = c.get(f"/servers/{node['instance_uuid']}").json()["server"]
+        assert made["OS-EXT-SRV-ATTR:hypervisor_hostname"] == node["uuid"] and made["name"] == "bm-1"
     resp = adopt(cloud, "bm-1")
     assert resp.status_code == 201, resp.text
     server = resp.json()["server"]
     server_id = server["id"]
+    assert server_id == node["instance_uuid"]       # the same one: adopting again makes no other
     assert server["status"] == "ACTIVE" and server["OS-EXT-STS:vm_state"] == "active"
     assert server["OS-EXT-STS:task_state"] is None and server["name"] == "bm-1"
     assert server["OS-EXT-SRV-ATTR:hypervisor_hostname"] == node["uuid"]

@@ -38,12 +38,13 @@ def images_for(wf: Workflow):
     return runtime.current().image_client(actor_of(wf))
 
 
-def publish(workflow_id: str, ahead: tuple[str, int] | None = None) -> None:
+def publish(workflow_id: str, ahead: tuple[str, int] | None = None, *, client=None) -> None:
     """Show the workflow's state, progress, last state change, owner and id on its image. Call
     it after each committed move (outside the fenced transaction). ``ahead``: publish this
     (state, progress) before it is committed — for the terminal move, after which no resumed
     flow would publish again. Visibility only: a failure to write is logged, never raised; a
-    workflow without an image publishes nothing."""
+    workflow without an image publishes nothing. ``client``: how to reach the image API as an
+    actor (default: the runtime's)."""
     rt = runtime.current()
     wf = rt.db.run_sync(lambda s: s.get(Workflow, workflow_id))
     if wf is None or not wf.image_id:
@@ -52,7 +53,7 @@ def publish(workflow_id: str, ahead: tuple[str, int] | None = None) -> None:
         rt.crash_point(wf.state)
     state, progress, changed = (*ahead, utcnow()) if ahead else (wf.state, wf.progress, wf.last_state_change_at)
     try:
-        with images_for(wf) as images:
+        with (client(actor_of(wf)) if client is not None else images_for(wf)) as images:
             images.set_properties(wf.image_id, {
                 "os_freezeframe_workflow_id": wf.id,
                 "os_freezeframe_workflow_state": state,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from taskflow.patterns import linear_flow
 
 from freezeframe.baremetal.states import ProvisionState as P
+from freezeframe.baremetal.workflows.common import give_back_image
 from freezeframe.baremetal.workflows.simple import NodeStep, manager
 
 
@@ -21,6 +22,7 @@ class AbortSnapshot(NodeStep):
     def work(self, job, node):
         mgr = manager()
         mgr.snapshot_interface(node).finish(mgr.info(node), mgr.hardware(node))
+        give_back_image(job, node)
         mgr.remove_transfers(job.node_id)
         return {**mgr.agent_gone(), "last_error": None}
 

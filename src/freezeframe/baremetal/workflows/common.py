@@ -97,6 +97,52 @@ def move(session: Session, workflow_id: str, to: str, detail: str = "", *, progr
         transition(session, workflow_id, current, W.RUNNING, detail="going on")
         current = W.RUNNING
     transition(session, workflow_id, current, to, detail=detail, progress=progress)
+    tell_compute(session, workflow_id, str(to), detail)
+
+
+def compute_hooks() -> Any:
+    """Compute's hooks in this process (``runtime.local["compute"]``), or None: a node that is a
+    server's (adopted, Nova's Ironic driver in spirit) keeps that server in step — without this
+    package importing compute."""
+    return runtime.current().local.get("compute")
+
+
+def tell_compute(session: Session, workflow_id: str, to: str, detail: str = "") -> None:
+    """A node snapshot's move, told to compute in the same transaction: the server's task_state
+    and instance action follow it as a VM snapshot's do (when compute asked for the snapshot)."""
+    compute = compute_hooks()
+    if compute is None or not hasattr(compute, "node_snapshot_moved"):
+        return
+    wf = session.get(Workflow, workflow_id)
+    if wf is not None and wf.kind == "baremetal-snapshot":
+        compute.node_snapshot_moved(session, wf.resource_id, workflow_id, to, detail=detail)
+
+
+def give_back_image(job: Job, node: Any) -> None:
+    """A snapshot given up (abort, deleted): the pre-created image it was filling is queued
+    again, as it was given — the partial upload it kept for a retry (its upload id is the
+    transfer's) is discarded. Best effort: the images reaper ends an upload nobody resumes."""
+    from freezeframe.images.client import GlanceError
+    mgr = manager()
+    image_id = node.snapshot_image_id
+    if not image_id:
+        return
+    uploads = runtime.current().db.run_sync(lambda s: [t.id for t in mgr.live_transfers(s, node.id)])
+    try:
+        with (mgr.images_for or runtime.current().image_client)(job.actor) as images:
+            if images.show(image_id).status != "saving":
+                return
+            for upload_id in uploads:
+                try:
+                    images.discard_upload(image_id, upload_id)
+                    return
+                except GlanceError as exc:
+                    if exc.status != 404:
+                        raise
+    except (GlanceError, errors.FreezeframeError) as exc:
+        import logging
+        logging.getLogger(__name__).warning("workflow %s: image %s could not be queued again: %s", job.id,
+                                            image_id, exc)
 
 
 def record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
@@ -111,6 +157,7 @@ def record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
             cancelled = any(f is not None and f.check(Cancelled) for f in failures.values())
             recorded = "cancelled by the user" if cancelled else reason[:2000]
             transition(session, workflow_id, wf.state, W.FAILED, detail=reason, values={"failure_reason": recorded})
+            tell_compute(session, workflow_id, str(W.FAILED), recorded)
             return recorded
         from freezeframe.conductor.engine import without_incomplete_revert
         recorded = session.scalar(select(Workflow.failure_reason).where(Workflow.id == workflow_id))

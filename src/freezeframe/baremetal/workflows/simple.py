@@ -27,6 +27,9 @@ class NodeStep(task.Task):
         """The hardware work; returns more node columns for the final move."""
         return {}
 
+    def settled(self, session, job: Job, node) -> None:
+        """What else the final move commits with it (``node``: the row, moved)."""
+
     def execute(self, workflow_id: str) -> None:
         rt, mgr = runtime.current(), manager()
         checkpoint(workflow_id)
@@ -43,6 +46,7 @@ class NodeStep(task.Task):
             def done(session) -> None:
                 mgr.provision(session, job.node_id, self.frm, self.done_event, reason=self.what,
                               values={"reservation": None, **values})
+                self.settled(session, job, mgr.fresh(session, job.node_id))
                 move(session, workflow_id, W.COMPLETE, f"node {mgr.fresh(session, job.node_id).provision_state}",
                      progress=100)
             rt.fenced(workflow_id, done)

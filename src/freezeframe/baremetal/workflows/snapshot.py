@@ -45,13 +45,14 @@ from freezeframe.baremetal.manager import COMMAND, MANIFEST_SHA, REBOOTED_AT
 from freezeframe.baremetal.states import ProvisionState as P
 from freezeframe.baremetal.transfer import MANIFEST, BadStream, Manifest
 from freezeframe.baremetal.workflows.common import (Cancelled, Job, NodeLeft, StepFailed, checkpoint, failed_with,
-                                                    holder, load, manager, move, record_failure, reserved, state)
+                                                    give_back_image, holder, load, manager, move, record_failure,
+                                                    reserved, state)
 from freezeframe.blockdata.qcow2stream import Layout, stream
 from freezeframe.blockdata.upload import send_in_parts
-from freezeframe.common import errors
 from freezeframe.common.statemachine import LostRace
-from freezeframe.common.timeutil import isotime, utcnow
+from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor import runtime
+from freezeframe.conductor.publish import publish
 from freezeframe.conductor.interrupts import Waiting
 from freezeframe.conductor.states import WorkflowState as W, parse, transition, upload_state
 from freezeframe.images.client import GlanceError
@@ -116,21 +117,7 @@ def _power(mgr, node) -> dict[str, Any]:
 
 def _publish(job: Job) -> None:
     """The workflow's state on its image (seed 000 §2a), as a VM snapshot's: visibility only."""
-    rt = runtime.current()
-    from freezeframe.conductor.model import Workflow
-    wf = rt.db.run_sync(lambda s: s.get(Workflow, job.id))
-    rt.crash_point(wf.state)
-    if not job.image_id:
-        return
-    try:
-        with _images(job) as images:
-            images.set_properties(job.image_id, {
-                "os_freezeframe_workflow_state": wf.state,
-                "os_freezeframe_workflow_progress": str(wf.progress),
-                "os_freezeframe_workflow_last_state_change_at": isotime(wf.last_state_change_at),
-                "os_freezeframe_workflow_owner": wf.owner or ""})
-    except (GlanceError, errors.FreezeframeError) as exc:
-        LOG.info("workflow %s: could not publish its state on image %s: %s", job.id, job.image_id, exc)
+    publish(job.id, client=manager().images_for)
 
 
 class Guard(task.Task):
@@ -172,6 +159,7 @@ def abort_snapshot(workflow_id: str, node_id: str, why: str) -> None:
         return
     with reserved(workflow_id, node_id):
         mgr.snapshot_interface(node).finish(mgr.info(node), mgr.hardware(node))
+        give_back_image(load(workflow_id), node)
         mgr.remove_transfers(node_id)
         power = _power(mgr, node)
 
