@@ -245,22 +245,3 @@ def raw_stream(reader: NbdClient, extents: list[Extent], offset: int = 0, depth:
     for _at, n, zero in _pieces(extents, offset):
         yield zeros[:n] if zero else memoryview(next(reads))
 
-
-class Parts:
-    """Cuts a stream of blocks into consecutive parts of exact sizes (no copies): each part of
-    a resumable upload is one request."""
-
-    def __init__(self, blocks: Iterator[bytes | memoryview]) -> None:
-        self._blocks = blocks
-        self._rest = memoryview(b"")
-
-    def take(self, n: int) -> Iterator[memoryview]:
-        while n > 0:
-            if not self._rest:
-                try:
-                    self._rest = memoryview(next(self._blocks)).cast("B")
-                except StopIteration:
-                    return
-            piece, self._rest = self._rest[:n], self._rest[n:]
-            n -= len(piece)
-            yield piece

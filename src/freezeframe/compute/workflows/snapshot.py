@@ -26,7 +26,7 @@ import json
 import logging
 import shutil
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from taskflow import task
 from taskflow.patterns import linear_flow
@@ -35,6 +35,7 @@ from freezeframe.common.context import Actor
 from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.drivers.base import DriverError, VirtDriver
 from freezeframe.blockdata.qcow2stream import Layout, stream
+from freezeframe.blockdata.upload import send_in_parts
 from freezeframe.compute.snapshot_hooks import SnapshotHooks, SnapshotTarget
 from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostclient import HostUnavailable
@@ -201,25 +202,6 @@ def _load_layout(workflow_id: str) -> Layout:
         return Layout.from_json(params[LAYOUT])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DriverError(f"workflow {workflow_id} has no layout of its point in time: {exc}") from exc
-
-
-class Parts:
-    """Cuts a stream of blocks into consecutive parts of exact sizes (no copies)."""
-
-    def __init__(self, blocks: Iterator[bytes | memoryview]) -> None:
-        self._blocks = blocks
-        self._rest = memoryview(b"")
-
-    def take(self, n: int) -> Iterator[memoryview]:
-        while n > 0:
-            if not self._rest:
-                try:
-                    self._rest = memoryview(next(self._blocks)).cast("B")
-                except StopIteration:
-                    return
-            piece, self._rest = self._rest[:n], self._rest[n:]
-            n -= len(piece)
-            yield piece
 
 
 class GuardImage(task.Task):
@@ -424,16 +406,9 @@ def send_disk(images, image_id: str, layout: Layout, inst: SnapshotTarget, workf
     reader = (driver.open_snapshot(inst.domain_name, workflow_id, workdir) if disk is None
               else driver.open_snapshot(inst.domain_name, workflow_id, workdir, disk=disk))
     try:
-        data = Parts(stream(layout, reader, offset))
-        at = offset
-        while True:             # in parts, each kept before the next: a crash re-sends one
-            n = min(rt.upload_chunk, size - at)
-            final = at + n == size      # (0 bytes when everything was kept: it commits)
-            images.upload_resumable(image_id, data.take(n), n, upload_id=workflow_id, offset=at,
-                                    final=final, progress=progress)
-            at += n
-            if final:
-                break
+        # in parts, each kept before the next: a crash re-sends one
+        send_in_parts(images, image_id, size, stream(layout, reader, offset), upload_id=workflow_id, offset=offset,
+                      part_size=rt.upload_chunk, progress=progress)
     finally:
         reader.close()
     status = images.show(image_id).status

@@ -28,6 +28,7 @@ from taskflow import task
 from taskflow.patterns import linear_flow
 
 from freezeframe.blockdata.qcow2stream import Layout, stream
+from freezeframe.blockdata.upload import send_in_parts
 from freezeframe.conductor import runtime
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.states import WorkflowState as W
@@ -124,17 +125,10 @@ class Upload(task.Task):
                                                       f"{what}: {done} of {size} bytes sent", progress=percent))
                 checkpoint(workflow_id)
 
-        data = imagedata.Parts(blocks)
-        at = offset
-        while True:
-            n = min(rt.upload_chunk, size - at)
-            final = at + n == size      # (0 bytes when everything was kept: it commits)
-            images.upload_resumable(image_id, data.take(n), n, upload_id=workflow_id, offset=at, final=final,
-                                    progress=progress)
-            at += n
-            if final:
-                return
-            rt.crash_point("UPLOAD_PART_KEPT")        # crash tests: die with a part kept, the rest not sent
+        send_in_parts(images, image_id, size, blocks, upload_id=workflow_id, offset=offset, part_size=rt.upload_chunk,
+                      progress=progress,
+                      # crash tests: die with a part kept, the rest not sent
+                      after_part=lambda: rt.crash_point("UPLOAD_PART_KEPT"))
 
     def revert(self, workflow_id: str, *args: Any, **kwargs: Any) -> None:
         """Kill the image, then delete it (its kept partial data goes with it); the volume goes
