@@ -14,6 +14,7 @@ looked for among the agent's commands before the call fails — it may well be R
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -26,6 +27,22 @@ TIMEOUT = 60.0
 ATTEMPTS = 3
 RETRY_DELAY = 2.0
 RUNNING, SUCCEEDED, FAILED = "RUNNING", "SUCCEEDED", "FAILED"
+
+
+class _MaskAgentToken(logging.Filter):
+    """httpx logs every request's URL at INFO: the agent's token (a query parameter, Ironic's
+    shape) must not land in the conductor's log."""
+    PATTERN = re.compile(r"(agent_token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any("agent_token=" in str(a) for a in record.args):
+            record.args = tuple(self.PATTERN.sub(r"\1******", str(a)) if "agent_token=" in str(a) else a
+                                for a in record.args)
+        return True
+
+
+if not any(isinstance(f, _MaskAgentToken) for f in logging.getLogger("httpx").filters):
+    logging.getLogger("httpx").addFilter(_MaskAgentToken())
 
 
 class AgentError(errors.FreezeframeError):
