@@ -433,3 +433,35 @@ def reset(lab: RedfishLab) -> None:
         conn.defineXML(ET.tostring(tree).decode())
     finally:
         conn.close()
+
+
+# -- by hand: the node of the README's bare-metal walkthrough ------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.sushy --disks 5G,6G --agent-port 9990``: a lab as the whole-flow test
+    makes it (768 MiB, a NIC with the agent's port forwarded), its driver_info and MAC printed,
+    kept until Ctrl-C (then removed)."""
+    import argparse
+    import json
+    import signal
+
+    p = argparse.ArgumentParser(prog="python -m tests.sushy", description=main.__doc__)
+    p.add_argument("--memory", type=int, default=768, help="MiB (default 768)")
+    p.add_argument("--disks", default="5G,6G", help="disk sizes as qemu-img takes them (default 5G,6G)")
+    p.add_argument("--agent-port", type=int, default=9990, help="the host's 127.0.0.1 port forwarded to the "
+                   "agent's 9999 (default 9990)")
+    args = p.parse_args(argv)
+    if (reason := unavailable()) is not None:
+        print(f"the lab cannot run here: {reason}", file=sys.stderr)
+        return 1
+    with redfish_lab(memory_mib=args.memory, disks=tuple(args.disks.split(",")), nic=True,
+                     agent_port=args.agent_port) as lab:
+        print(json.dumps({"driver_info": lab.driver_info(), "mac": lab.mac, "domain": lab.domain,
+                          "disks": [str(d) for d in lab.disks], "console": str(lab.console_path),
+                          "agent_port": args.agent_port}, indent=2), flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
