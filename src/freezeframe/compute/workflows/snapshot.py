@@ -31,8 +31,6 @@ from typing import Any
 from taskflow import task
 from taskflow.patterns import linear_flow
 
-from freezeframe.common.context import Actor
-from freezeframe.common.timeutil import isotime, utcnow
 from freezeframe.compute.drivers.base import DriverError, VirtDriver
 from freezeframe.blockdata.qcow2stream import Layout, stream
 from freezeframe.blockdata.upload import send_in_parts
@@ -41,6 +39,7 @@ from freezeframe.compute.drivers.locked import HostBusy
 from freezeframe.compute.hostclient import HostUnavailable
 from freezeframe.compute.hosts import HostDown
 from freezeframe.conductor import runtime
+from freezeframe.conductor.publish import actor_of, images_for, publish
 from freezeframe.conductor.interrupts import HostAway
 from freezeframe.conductor.model import Workflow
 from freezeframe.conductor.registry import StateTable, WorkflowKind
@@ -70,21 +69,6 @@ class Cancelled(Exception):
 
 # Cancelled as a failure persisted before this module moved names it (taskflow keeps the name).
 OLD_CANCELLED = "freezeframe.conductor.workflows.snapshot.Cancelled"
-
-
-def actor_of(wf: Workflow) -> Actor:
-    """Whom the workflow acts for: the user who asked for it, with the roles they had (recorded
-    with the workflow; flows accepted before actors were recorded act as a member of the
-    workflow's project)."""
-    recorded = json.loads(wf.params or "{}").get("actor")
-    if recorded:
-        return Actor.from_json(recorded)
-    return Actor(wf.user_id or "unknown", wf.project_id, frozenset({"member", "reader"}))
-
-
-def images_for(wf: Workflow):
-    """The image API as the workflow's user, with the service credential beside it."""
-    return runtime.current().image_client(actor_of(wf))
 
 
 def compute() -> SnapshotHooks:
@@ -140,25 +124,9 @@ def _move(session, workflow_id: str, to: str, **kw: Any) -> None:
 
 
 def _publish(workflow_id: str, ahead: tuple[str, int] | None = None) -> None:
-    """Show the workflow's state, progress and last state change on its image (seed 000 §2a),
-    in the reserved read-only properties only the workflows may write. ``ahead``: publish this
-    (state, progress) before it is committed — for the terminal move, after which no resumed
-    flow would publish again."""
-    rt = runtime.current()
-    wf = rt.db.run_sync(lambda s: s.get(Workflow, workflow_id))
-    if ahead is None:
-        rt.crash_point(wf.state)
-    state, progress, changed = (*ahead, utcnow()) if ahead else (wf.state, wf.progress, wf.last_state_change_at)
-    try:
-        with images_for(wf) as images:
-            images.set_properties(wf.image_id, {
-                "os_freezeframe_workflow_state": state,
-                "os_freezeframe_workflow_progress": str(progress),
-                "os_freezeframe_workflow_last_state_change_at": isotime(changed),
-                "os_freezeframe_workflow_owner": wf.owner or "",
-            })
-    except GlanceError as exc:  # visibility only: never fail the snapshot for it
-        LOG.warning("workflow %s: could not publish its state on image %s: %s", workflow_id, wf.image_id, exc)
+    """The workflow's state, progress and last state change on its image (seed 000 §2a): the
+    one shared way (``conductor/publish.py``)."""
+    publish(workflow_id, ahead)
 
 
 def _record_failure(workflow_id: str, kwargs: dict[str, Any]) -> str:
