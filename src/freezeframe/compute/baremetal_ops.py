@@ -43,7 +43,8 @@ from freezeframe.common.strict import shown
 from freezeframe.common.timeutil import utcnow
 from freezeframe.compute.model import Instance, InstanceAction
 from freezeframe.compute.snapshot_hooks import SnapshotHooks
-from freezeframe.compute.states import TaskState, VmState, set_task_state, set_vm_state
+from freezeframe.compute.checks import check_name
+from freezeframe.compute.states import SNAPSHOTTABLE, TaskState, VmState, set_task_state, set_vm_state
 from freezeframe.conductor.service import Workflows
 from freezeframe.db.session import Database
 from freezeframe.images.client import GlanceError
@@ -201,7 +202,6 @@ class BaremetalOps:
         """A server record for an active node (admin, or a service acting for a user)."""
         if not (self.policy.check(ctx, "freezeframe:compute:adopt") or self.policy.check(ctx, "service_api")):
             raise errors.Forbidden("Policy doesn't allow freezeframe:compute:adopt to be performed.")
-        from freezeframe.compute.service import check_name
         unknown = set(adopt) - {"node", "name"}
         if unknown:
             raise errors.Invalid(f"Invalid input for adopt: unknown field(s) {', '.join(sorted(unknown))} (a node "
@@ -352,7 +352,6 @@ class BaremetalOps:
         """The top half of a bare-metal server's snapshot: checked as a VM's, the image made
         (queued), the node asked to snapshot into it. Returns (image_id, workflow_id)."""
         from freezeframe.compute.devices import parse_devices
-        from freezeframe.compute.service import SNAPSHOTTABLE
 
         verb = "createBackup" if kind == "backup" else ("createImage" if devices == "root" else "snapshot")
         inst = await self.db.run(lambda s: self.get_server(s, ctx, server_id, _ACTIONS[verb]))

@@ -24,7 +24,8 @@ from freezeframe.compute.baremetal_ops import BaremetalFor, BaremetalOps
 from freezeframe.compute.drivers.base import DomainNotFound, PowerState
 from freezeframe.compute.hostside import BootRequest, Hosts
 from freezeframe.compute.model import Instance, InstanceAction
-from freezeframe.compute.states import TaskState, VmState, set_task_state, set_vm_state
+from freezeframe.compute.checks import check_name
+from freezeframe.compute.states import SNAPSHOTTABLE, TaskState, VmState, set_task_state, set_vm_state
 from freezeframe.compute.volume_ops import VolumeOps
 from freezeframe.conductor.service import Workflows
 from freezeframe.db.session import Database
@@ -51,7 +52,6 @@ FLAVORS = {f.id: f for f in (
 # Image properties never copied onto a snapshot (Nova's list).
 NOT_INHERITED = {"block_device_mapping", "mappings", "cache_in_nova", "bittorrent", "img_signature",
                  "img_signature_hash_method", "img_signature_key_type", "img_signature_certificate_uuid"}
-_NAME = re.compile(r"^[^\x00-\x1f]{1,255}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Properties the compute service sets on a snapshot itself: never taken from the user's metadata
 # (a forged instance_uuid or image_type would, e.g., make backup rotation delete real backups).
@@ -60,7 +60,6 @@ SET_BY_COMPUTE = {"instance_uuid", "image_type", "backup_type", "base_image_ref"
 RESERVED_PREFIXES = ("os_glance", "os_freezeframe_")
 # Nova's max_concurrent_snapshots counts every kind of snapshot on a host (assisted volume ones too).
 SNAPSHOT_KINDS = ("snapshot", "backup", "assisted-volume-snapshot")
-SNAPSHOTTABLE = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
 _VM_STATE = {PowerState.RUNNING: VmState.ACTIVE, PowerState.PAUSED: VmState.PAUSED,
              PowerState.SUSPENDED: VmState.SUSPENDED, PowerState.SHUTDOWN: VmState.STOPPED,
              PowerState.CRASHED: VmState.ERROR, PowerState.NOSTATE: VmState.STOPPED}
@@ -113,13 +112,6 @@ def check_snapshot_metadata(metadata: Any) -> dict[str, str]:
             raise errors.Invalid(f"Invalid input for field/attribute metadata: '{key}' is set by the compute "
                                  "service")
     return dict(metadata)
-
-
-def check_name(value: Any, what: str = "name") -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or value != value.strip():
-        raise errors.Invalid(f"Invalid input for field/attribute {what}: a 1-255 character string without "
-                             "control characters or leading/trailing spaces is required")
-    return value
 
 
 class ComputeService:

@@ -32,6 +32,10 @@ class VmState(enum.StrEnum):
     DELETED = "deleted"
 
 
+# The vm_states a snapshot may be taken in (Nova's createImage rule).
+SNAPSHOTTABLE = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
+
+
 class TaskState(enum.StrEnum):
     SPAWNING = "spawning"
     POWERING_ON = "powering-on"
