@@ -232,7 +232,9 @@ class BaremetalSettings:
     # the endpoint catalog's baremetal endpoint).
     api_url: str = ""
     # The agent ISO (scripts/build-agent-image; empty: ~/.cache/freezeframe/agent/out/agent.iso)
-    # and where a BMC downloads a node's copy from (empty: the WebDAV server's /_boot/).
+    # and where a BMC downloads a node's copy from (empty: http://<webdav_bind>/_boot, the
+    # address the WebDAV server listens on, as a BMC on the conductor's side reaches it; with
+    # a wildcard bind (0.0.0.0, [::]) or no server here, <webdav_url>/_boot).
     agent_iso: str = ""
     agent_iso_url: str = ""
     # Told to the agent at lookup: it heartbeats every 0.3-0.6 x this (seconds).

@@ -177,7 +177,11 @@ def test_snapshot_wait_creates_the_image_and_ends_active(ff, cloud):
     assert "\x1b" not in made.err
     lines = made.err.splitlines()
     assert any(line.split()[1:2] == ["snapshotting"] for line in lines), made.err   # the node's state beside
-    steps = [line.split()[2] if line.split()[1] in ("snapshotting", "active") else line.split()[1] for line in lines]
+    states = ("snapshotting", "snapshot wait", "snapshot failed", "active")
+    watched = [line.split(None, 1)[1] for line in lines if re.match(r"\d\d:\d\d:\d\d  ", line)]
+    shown = [next((st for st in states if line.startswith(st + " ")), None) for line in watched]
+    assert watched and None not in shown, made.err          # every line shows the node's (last known) state
+    steps = [line[len(st):].split()[0] for line, st in zip(watched, shown)]
     for step in ("LOCAL_SNAPSHOT_STARTED", "LOCAL_SNAPSHOT_COMPLETE", "UPLOAD_BEGIN", "UPLOAD_COMPLETE"):
         assert step in steps, made.err                     # every step, even those between two polls
     assert re.search(r"\sactive\s+IMAGE_ACTIVE\s+100%", lines[-1]), made.err

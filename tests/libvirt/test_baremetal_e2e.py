@@ -17,8 +17,10 @@ the disk's data chunks into the WebDAV area; the conductor verifies them, upload
 the image, removes the copy, ejects the CD and boots the node from its disk. The test follows the
 node (snapshotting -> snapshot wait -> snapshotting -> active) and the workflow (its states and
 progress), then checks the image's bytes equal the picked disk's (``qemu-img compare``) and not
-the other disk's, the node's boot and power, and that the intermediate copy is gone. It prints
-the measured durations.
+the other disk's, the node's boot and power, and that the intermediate copy is gone. Last, the
+compute service of the same `serve` (libvirt, embedded) boots a server from the node's image with
+the tiny test guest's kernel and initramfs: the guest mounts vda, the node's disk, and prints on
+its console the line the node's ext4 filesystem held. It prints the measured durations.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ import pytest
 
 from tests import sushy
 from tests.conftest import ADMIN_TOKEN, free_port, start_server
+from tests.functional.test_compute_snapshot import compute, wait_server
+from tests.libvirt.test_libvirt_snapshot import _remove_embed_root, guest_files
+from tests.libvirt.test_server_snapshot_e2e import cloud_dir, delete_servers
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
@@ -46,8 +51,12 @@ MiB, GiB = 1 << 20, 1 << 30
 CHUNK = 4 * MiB                 # the stream's chunk: a data chunk is sent whole
 FLOW_TIMEOUT = 420.0            # the snapshot's limit (boot under TCG on 2 busy cores included)
 # Where the known data goes on each disk (offset, length): the start, a place that is not
-# chunk-aligned, the middle, the very end (the disk's size must come through).
-PLACES = {0: [(0, 1 * MiB), (1 * GiB + 3 * MiB + 12288, 2 * MiB), (3 * GiB, 1 * MiB), (5 * GiB - MiB, MiB)],
+# chunk-aligned, the middle, the very end (the disk's size must come through). The picked disk
+# starts with an ext4 filesystem (FS_SIZE) holding TICKS_LINE as /ticks instead: a server booted
+# from the node's image with the tiny guest's kernel (ff.data=vda ff.diskticks) prints it.
+FS_SIZE = 64 * MiB
+TICKS_LINE = "1 bare-metal node bm-e2e was here"
+PLACES = {0: [(1 * GiB + 3 * MiB + 12288, 2 * MiB), (3 * GiB, 1 * MiB), (5 * GiB - MiB, MiB)],
           1: [(0, 1 * MiB), (2 * GiB, 2 * MiB), (6 * GiB - MiB, MiB)]}
 
 
@@ -65,12 +74,28 @@ def agent_iso() -> Path:
     return Path(dict(ln.split("=", 1) for ln in proc.stdout.splitlines() if "=" in ln)["ISO"])
 
 
-def fill_disk(disk: Path, size: int, places: list[tuple[int, int]], label: str, work: Path) -> None:
-    """Known data at ``places`` of the qcow2 ``disk`` (a sparse raw file converted in its place)."""
+def ticks_fs(work: Path) -> Path:
+    """A raw ext4 filesystem as scripts/bare-metal-lab --ticks makes it: /ticks = TICKS_LINE."""
+    (work / "fs").mkdir()
+    (work / "fs" / "ticks").write_text(TICKS_LINE + "\n")
+    raw = work / "fs.raw"
+    with open(raw, "wb") as f:
+        f.truncate(FS_SIZE)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "ffdata", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                    "-d", str(work / "fs"), str(raw)], check=True, capture_output=True)
+    return raw
+
+
+def fill_disk(disk: Path, size: int, places: list[tuple[int, int]], label: str, work: Path,
+              head: Path | None = None) -> None:
+    """Known data at ``places`` of the qcow2 ``disk`` (a sparse raw file converted in its place),
+    ``head``'s bytes at its start."""
     raw = work / f"{disk.stem}.raw"
     rng = random.Random(label)
     with open(raw, "wb") as f:
         f.truncate(size)
+        if head is not None:
+            f.write(head.read_bytes())
         for offset, length in places:
             head = f"FREEZEFRAME E2E {label} at {offset}\n".encode() * 64
             body = head + rng.randbytes(length - len(head))
@@ -106,18 +131,21 @@ def test_a_redfish_node_snapshot_through_the_agent_into_an_image(tmp_path):
     if (reason := sushy.unavailable()) is not None:
         pytest.skip(reason)
     iso = agent_iso()
+    guest = guest_files()                # the tiny guest's kernel and initramfs, for the last step
     t_start = time.monotonic()
     api_port, dav_port, agent_port = free_port(), free_port(), free_port()
+    data_dir = cloud_dir()               # traversable by QEMU (the compute side's embedded libvirt)
     with sushy.redfish_lab(memory_mib=768, disks=("5G", "6G"), nic=True, agent_port=agent_port) as lab:
         picked, other = lab.disks
-        fill_disk(picked, 5 * GiB, PLACES[0], "vda-picked", tmp_path)
+        fill_disk(picked, 5 * GiB, PLACES[0], "vda-picked", tmp_path, head=ticks_fs(tmp_path))
         fill_disk(other, 6 * GiB, PLACES[1], "vdb-other", tmp_path)
-        server = start_server(tmp_path / "ff", port=api_port, env={
+        server = start_server(data_dir, port=api_port, env={
+            "FREEZEFRAME_COMPUTE__DRIVER": "libvirt",
             "FREEZEFRAME_BAREMETAL__API_URL": f"http://10.0.2.2:{api_port}/baremetal",
             "FREEZEFRAME_BAREMETAL__WEBDAV_BIND": f"127.0.0.1:{dav_port}",
             "FREEZEFRAME_BAREMETAL__WEBDAV_URL": f"http://10.0.2.2:{dav_port}",
-            # The BMC (the emulator, on the host) downloads the node's ISO from 127.0.0.1.
-            "FREEZEFRAME_BAREMETAL__AGENT_ISO_URL": f"http://127.0.0.1:{dav_port}/_boot",
+            # No agent_iso_url: the BMC (the emulator, on the host) downloads the node's ISO from
+            # the WebDAV server's bind address, http://127.0.0.1:<dav_port>/_boot.
             "FREEZEFRAME_BAREMETAL__AGENT_ISO": str(iso),
             "FREEZEFRAME_BAREMETAL__ENABLED_HARDWARE_TYPES": "fake-hardware,redfish",
             "FREEZEFRAME_BAREMETAL__ENABLED_POWER_INTERFACES": "fake,redfish",
@@ -130,16 +158,22 @@ def test_a_redfish_node_snapshot_through_the_agent_into_an_image(tmp_path):
             "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5",
         })
         try:
-            _run(server, lab, picked, other, tmp_path, agent_port, t_start)
+            _run(server, lab, picked, other, tmp_path, agent_port, t_start, guest)
         except BaseException:
             print("---- serve log ----\n" + server.log()[-6000:])
             print("---- node console ----\n" + lab.console()[-4000:])
             raise
         finally:
-            server.stop()
+            try:
+                delete_servers(server)
+            finally:
+                server.stop()
+                _remove_embed_root(data_dir / "libvirt")
+                shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _run(server, lab, picked: Path, other: Path, tmp_path: Path, agent_port: int, t_start: float) -> None:
+def _run(server, lab, picked: Path, other: Path, tmp_path: Path, agent_port: int, t_start: float,
+         guest: dict[str, str]) -> None:
     with ironic(server) as c, server.client(ADMIN_TOKEN) as images, \
             httpx.Client(base_url=server.url, headers={"X-Auth-Token": ADMIN_TOKEN}, timeout=60) as wf:
         # Enrol: the redfish driver (its snapshot interface defaults to agent), the agent told to
@@ -160,8 +194,21 @@ def _run(server, lab, picked: Path, other: Path, tmp_path: Path, agent_port: int
         node = wait_state(c, uuid, "active")
         assert node["power_state"] == "power off" and not lab.is_active()
 
-        resp = images.post("/v2/images", json={"name": "bm-e2e-snap", "disk_format": "qcow2",
-                                                "container_format": "bare"})
+        # The tiny guest's kernel and initramfs as images: the snapshot's image boots with them.
+        boot_ids = {}
+        for key, fmt in (("KERNEL", "aki"), ("INITRD", "ari")):
+            resp = images.post("/v2/images", json={"name": f"bm-e2e-{key.lower()}", "disk_format": fmt,
+                                                    "container_format": fmt})
+            assert resp.status_code == 201, resp.text
+            boot_ids[key] = resp.json()["id"]
+            with open(guest[key], "rb") as fh:
+                assert images.put(f"/v2/images/{boot_ids[key]}/file", content=fh.read(),
+                                  headers={"Content-Type": "application/octet-stream"}).status_code == 204
+
+        resp = images.post("/v2/images", json={
+            "name": "bm-e2e-snap", "disk_format": "qcow2", "container_format": "bare",
+            "kernel_id": boot_ids["KERNEL"], "ramdisk_id": boot_ids["INITRD"],
+            "os_command_line": guest["CMDLINE"] + " ff.data=vda ff.diskticks"})
         assert resp.status_code == 201, resp.text
         image = resp.json()
         assert image["status"] == "queued"
@@ -264,6 +311,31 @@ def _run(server, lab, picked: Path, other: Path, tmp_path: Path, agent_port: int
             assert time.monotonic() < deadline
             time.sleep(0.5)
 
+        # Another machine from the node's image: a server of the same serve's compute service
+        # (libvirt), the tiny guest's kernel mounting vda, the node's disk, and printing its ticks.
+        t_boot = time.monotonic()
+        with compute(server, ADMIN_TOKEN) as nova:
+            resp = nova.post("/servers", json={"server": {"name": "bm-e2e-copy", "imageRef": image["id"],
+                                                          "flavorRef": "2"}})     # m1.small: 20 GiB >= 5 GiB
+            assert resp.status_code == 202, resp.text
+            copy_id = resp.json()["server"]["id"]
+            wait_server(nova, copy_id, "ACTIVE", timeout=120)
+            console = server.data_dir / "instances" / "_consoles" / f"instance-{copy_id}.log"
+            deadline = time.monotonic() + 60
+            while "ff-guest: found on vda:" not in (text := console.read_text(errors="replace")
+                                                   if console.exists() else ""):
+                assert time.monotonic() < deadline, text[-3000:]
+                time.sleep(0.5)
+            found = next(line for line in text.splitlines() if "ff-guest: found on vda:" in line)
+            print(f"the copy's console: {found.strip()}")
+            assert found.strip().endswith(f"found on vda: last tick {TICKS_LINE}"), text[-3000:]
+            t_found = time.monotonic()
+            assert nova.delete(f"/servers/{copy_id}").status_code == 204
+            deadline = time.monotonic() + 60
+            while nova.get(f"/servers/{copy_id}").status_code != 404:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(snap)], check=True,
                                      capture_output=True, text=True).stdout)
     assert info["format"] == "qcow2" and info["virtual-size"] == 5 * GiB, info
@@ -274,7 +346,8 @@ def _run(server, lab, picked: Path, other: Path, tmp_path: Path, agent_port: int
                             capture_output=True, text=True)
     assert differ.returncode == 1, differ.stdout + differ.stderr    # not vdb's
 
-    print(f"\nbare-metal snapshot e2e (TCG, chunk {CHUNK >> 20} MiB, data {sum(n for _, n in PLACES[0]) >> 20} MiB "
+    print(f"\nbare-metal snapshot e2e (TCG, chunk {CHUNK >> 20} MiB, "
+          f"data {(FS_SIZE + sum(n for _, n in PLACES[0])) >> 20} MiB "
           f"on a 5 GiB disk, image {snap.stat().st_size} bytes):")
     print(f"  prepare (ISO remastered, virtual media, reboot): {waiting - started:6.1f} s")
     print(f"  boot to first heartbeat:                         {beat - waiting:6.1f} s")
@@ -282,4 +355,5 @@ def _run(server, lab, picked: Path, other: Path, tmp_path: Path, agent_port: int
     print(f"  upload (qcow2 into the image):                   {upload1 - upload0:6.1f} s")
     print(f"  finish (copy removed, CD ejected, reboot):       {done - upload1:6.1f} s")
     print(f"  snapshot total (PUT -> node active):             {t_end - t0:6.1f} s")
+    print(f"  a server from the image, its console showing vda: {t_found - t_boot:6.1f} s")
     print(f"  test total (lab, disks, serve, enrol, snapshot): {time.monotonic() - t_start:6.1f} s")

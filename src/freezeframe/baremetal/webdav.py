@@ -180,7 +180,7 @@ class WebDavServer:
     ``start()`` returns once it listens, ``stop()`` once it stopped."""
 
     def __init__(self, root: Path, bind: str, lookup: Lookup, *, boot_dir: Path | None = None,
-                 threads: int = 8) -> None:
+                 threads: int = 8, on_listening: Callable[["WebDavServer"], None] | None = None) -> None:
         host, _, port = bind.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"webdav_bind {bind!r} is not host:port")
@@ -191,6 +191,7 @@ class WebDavServer:
         self._threads = threads
         self._server = None
         self._thread: threading.Thread | None = None
+        self._on_listening = on_listening       # told once it listens (a bind on port 0 has its port)
 
     @property
     def port(self) -> int:
@@ -213,6 +214,8 @@ class WebDavServer:
         self._thread = threading.Thread(target=server.serve, name="ff-webdav", daemon=True)
         self._thread.start()
         LOG.info("webdav: serving the transfer area %s on %s", self.root, self.url)
+        if self._on_listening is not None:
+            self._on_listening(self)
 
     def stop(self) -> None:
         if self._server is None:
@@ -233,12 +236,17 @@ def area_server(manager, *, boot_dir: Path | None = None) -> WebDavServer | None
         return None
     if boot_dir is None:
         boot_dir = getattr(manager.interfaces, "boot_dir", None)
-    server = WebDavServer(manager.area.root, bind, transfer_lookup(manager.db), boot_dir=boot_dir)
-    start = server.start
 
-    def started() -> None:
-        start()
+    def listening(server: WebDavServer) -> None:
         if not getattr(manager.settings, "webdav_url", ""):
             manager.set_webdav_url(server.url)
-    server.start = started          # type: ignore[method-assign]
-    return server
+        # The BMCs' default boot URL comes from the bind address: a bind on port 0 names its
+        # port only now (no boot interface has been made yet: they are made on first use).
+        interfaces = getattr(manager, "interfaces", None)
+        if interfaces is not None and bind.endswith(":0") and not getattr(manager.settings, "agent_iso_url", ""):
+            if not bind.startswith(("0.0.0.0:", "[::]:")):
+                interfaces.boot_url = server.url + "/_boot"
+            elif not getattr(manager.settings, "webdav_url", ""):
+                interfaces.boot_url = f"http://127.0.0.1:{server.port}/_boot"
+    return WebDavServer(manager.area.root, bind, transfer_lookup(manager.db), boot_dir=boot_dir,
+                        on_listening=listening)

@@ -437,6 +437,7 @@ class _Watch:
     def __init__(self, label: str) -> None:
         self.label = label
         self.last: tuple[Any, ...] | None = None
+        self.node_state: Any = None          # the node's provision state at the last poll
         self.printed = 0
         self.bar: Any = None
         self.task: Any = None
@@ -450,13 +451,16 @@ class _Watch:
             self.bar.update(self.task, completed=wf.progress if wf else 0, description=escape(text))
             return
         if wf is not None:
-            # The steps since the last poll: the node's state is known for the newest one only.
+            # The steps since the last poll: the node's state is known for the newest one only;
+            # the others show the last state seen (the previous poll's, else this one's).
+            earlier = self.node_state if self.node_state is not None else state
             new = wf.history[self.printed:]
             for i, event in enumerate(new):
                 now = i == len(new) - 1 and event.state == wf.state
-                self._line(state if now else "", event.state, event.progress if not now else wf.progress,
+                self._line(state if now else earlier, event.state, event.progress if not now else wf.progress,
                            event.detail)
             self.printed = max(self.printed, len(wf.history))
+        self.node_state = state
         key = (state, wf.state if wf else None, wf.progress if wf else None)
         if key != self.last:
             self._line(state, key[1], key[2], node.get("last_error") or "")

@@ -142,11 +142,23 @@ def test_the_real_snapshot_interfaces_resolve_by_name():
 
 
 def test_where_the_virtual_media_boot_publishes(tmp_path):
-    ifs = Interfaces(settings(transfer_path=str(tmp_path / "area"), webdav_url="http://10.0.2.2:6387/"))
-    assert (ifs.boot_dir, ifs.boot_url) == (tmp_path / "area" / "_boot", "http://10.0.2.2:6387/_boot")
+    # The BMC is on the conductor's side: it downloads from the address the WebDAV server is
+    # bound to, not from webdav_url (the agents' side, here a QEMU guest's view of the host).
+    ifs = Interfaces(settings(transfer_path=str(tmp_path / "area"), webdav_bind="127.0.0.1:7001",
+                              webdav_url="http://10.0.2.2:7001/"))
+    assert (ifs.boot_dir, ifs.boot_url) == (tmp_path / "area" / "_boot", "http://127.0.0.1:7001/_boot")
     boot = ifs.boot("redfish-virtual-media")
-    assert (boot.boot_dir, boot.boot_url) == (tmp_path / "area" / "_boot", "http://10.0.2.2:6387/_boot")
+    assert (boot.boot_dir, boot.boot_url) == (tmp_path / "area" / "_boot", "http://127.0.0.1:7001/_boot")
     assert boot.agent_iso.name == "agent.iso"
+
+    # A wildcard bind names no host: webdav_url then (else this machine's loopback).
+    ifs = Interfaces(settings(webdav_bind="0.0.0.0:6387", webdav_url="http://dav.example:6387/"))
+    assert ifs.boot_url == "http://dav.example:6387/_boot"
+    assert Interfaces(settings(webdav_bind="0.0.0.0:6387")).boot_url == "http://127.0.0.1:6387/_boot"
+    # No WebDAV server here (the area is served by the transfer host): webdav_url.
+    ifs = Interfaces(settings(webdav_bind="", webdav_url="http://10.0.2.2:6387"))
+    assert ifs.boot_url == "http://10.0.2.2:6387/_boot"
+    assert Interfaces(settings(webdav_bind="")).boot_url is None
 
     ifs = Interfaces(settings(agent_iso_url="https://files.example/iso/", agent_iso="/srv/a.iso"), data_dir=tmp_path)
     assert (ifs.boot_dir, ifs.boot_url) == (tmp_path / "baremetal-transfers" / "_boot", "https://files.example/iso/")

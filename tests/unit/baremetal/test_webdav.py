@@ -92,3 +92,33 @@ def test_boot_share_is_read_only_without_credentials(dav):
         assert c.put("/_boot/node.iso", content=b"evil").status_code in (401, 403)
         assert c.delete("/_boot/node.iso").status_code in (401, 403)
         assert c.get("/").status_code == 401
+
+
+def test_a_bind_on_port_0_gives_the_bmcs_boot_url_its_port(db, tmp_path):
+    """The BMCs' default boot URL is the bind address's (drivers.Interfaces); a bind on port 0
+    names its port only once the server listens: area_server's start fills it in."""
+    from types import SimpleNamespace
+
+    from freezeframe.baremetal.drivers import Interfaces
+    from freezeframe.baremetal.webdav import area_server
+
+    def manager(**over):
+        settings = SimpleNamespace(**{**dict(
+            enabled_hardware_types="fake-hardware,redfish", enabled_power_interfaces="fake,redfish",
+            enabled_boot_interfaces="fake,redfish-virtual-media", enabled_snapshot_interfaces="fake,no-snapshot,agent",
+            transfer_path=str(tmp_path / "area"), webdav_bind="127.0.0.1:0", webdav_url="", agent_iso="",
+            agent_iso_url="", power_timeout=60.0), **over})
+        urls = []
+        return SimpleNamespace(settings=settings, interfaces=Interfaces(settings), db=db,
+                               area=SimpleNamespace(root=tmp_path / "area"), set_webdav_url=urls.append)
+
+    for over, expected in (({}, "http://127.0.0.1:{port}/_boot"),
+                           ({"webdav_bind": "0.0.0.0:0"}, "http://127.0.0.1:{port}/_boot"),
+                           ({"agent_iso_url": "https://files.example/iso"}, "https://files.example/iso")):
+        m = manager(**over)
+        server = area_server(m)
+        server.start()
+        try:
+            assert m.interfaces.boot_url == expected.format(port=server.port)
+        finally:
+            server.stop()

@@ -71,7 +71,9 @@ class Interfaces:
     ``settings`` is ``Settings.baremetal`` (or anything with its attributes). The virtual-media
     boot publishes per-node ISOs in ``boot_dir`` (default ``<transfer area>/_boot``: pass
     ``data_dir`` when ``transfer_path`` is empty), downloaded by BMCs from ``boot_url`` (default
-    ``agent_iso_url``, else ``<webdav_url>/_boot``).
+    ``agent_iso_url``, else ``http://<webdav_bind>/_boot``: a BMC reaches the conductor's side,
+    the address the WebDAV server listens on; ``<webdav_url>/_boot`` when the bind is a wildcard
+    or there is no server here).
     """
 
     def __init__(self, settings: Any, *, data_dir: Path | str | None = None, boot_dir: Path | str | None = None,
@@ -103,8 +105,16 @@ class Interfaces:
         if boot_url is None:
             boot_url = getattr(s, "agent_iso_url", "") or None
             if boot_url is None:
-                root = getattr(s, "webdav_url", "") or (
-                    f"http://{s.webdav_bind}" if getattr(s, "webdav_bind", "") else "")
+                # A BMC is on the conductor's side: it reaches the address the WebDAV server is
+                # bound to (webdav_url is the agents' side, e.g. 10.0.2.2 from a user-mode NIC).
+                # A wildcard bind names no host: then webdav_url, else this machine (loopback).
+                bind = getattr(s, "webdav_bind", "") or ""
+                host, _, port = bind.rpartition(":")
+                wildcard = host in ("0.0.0.0", "[::]", "")
+                if bind and not (wildcard and getattr(s, "webdav_url", "")):
+                    root = f"http://{'127.0.0.1' if wildcard else host}:{port}"
+                else:
+                    root = getattr(s, "webdav_url", "") or ""
                 boot_url = root.rstrip("/") + "/_boot" if root else None
         return (Path(boot_dir) if boot_dir else None), boot_url
 

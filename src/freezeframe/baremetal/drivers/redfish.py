@@ -236,7 +236,7 @@ class RedfishVirtualMediaBoot(BootInterface):
                               f"scripts/build-agent-image or set [baremetal] agent_iso.")
         if self.boot_dir is None or self.boot_url is None:
             raise DriverError("There is nowhere to publish the per-node agent ISO for the BMC: set "
-                              "[baremetal] transfer_path and webdav_url (or agent_iso_url).")
+                              "[baremetal] transfer_path and webdav_bind or webdav_url (or agent_iso_url).")
 
     def iso_path(self, node: NodeInfo) -> Path:
         assert self.boot_dir is not None
