@@ -80,14 +80,19 @@ class Server(uvicorn.Server):
 def tune_malloc() -> None:
     """Keep freed upload blocks (4 MiB) in the heap instead of handing them back to the kernel
     and faulting fresh pages in for the next block: glibc's defaults cost ~40,000 page faults
-    per GB uploaded here; these settings make it a handful."""
+    per GB uploaded here; these settings make it a handful. The free heap kept is bounded: two
+    arenas (glibc keeps up to the trim threshold free in *each* arena, and a bare-metal
+    snapshot's 4-16 MiB buffers pass through many threads — WebDAV workers, verify, chunk
+    readers, hash and write threads — which each got one: serve grew by ~70 MB per snapshot,
+    bench/baremetal_bench.py T3) and 64 MiB kept free in each."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    libc.mallopt(m_arena_max, 2)
     libc.mallopt(m_mmap_threshold, 64 << 20)
-    libc.mallopt(m_trim_threshold, 256 << 20)
+    libc.mallopt(m_trim_threshold, 64 << 20)
 
 
 def serve(settings: Settings) -> None:
