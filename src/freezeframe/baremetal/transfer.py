@@ -40,6 +40,9 @@ _CHUNK_RE = re.compile(r"^c-(\d{8})\.(bin|part)$")
 MAX_MANIFEST = 64 << 20          # bytes: a manifest larger than this is not one we read
 _ZEROS = bytes(4 << 20)
 HASH_READ = 4 << 20
+CLUSTER = 64 << 10              # the qcow2 image's cluster: the grain of the data extents
+_ZERO_CLUSTER = bytes(CLUSTER)
+EXTENTS = "extents.json"
 _NAME_OK = re.compile(r"^[0-9a-f-]{36}$")
 
 
@@ -185,10 +188,14 @@ class TransferArea:
         return Manifest.parse(doc)
 
     def verify(self, path: str, manifest: Manifest, *, workers: int = 2,
-               check_stop=lambda: None) -> None:
+               check_stop=lambda: None) -> list[tuple[int, int]]:
         """Every chunk of the manifest is there, of its size, with its sha256 (hashed in
-        ``workers`` threads: hashlib lets go of the GIL)."""
+        ``workers`` threads: hashlib lets go of the GIL). Returns the disk's data extents at the
+        grain of a qcow2 cluster (64 KiB), found while hashing: a chunk is sent whole when any of
+        it holds data, but the image is laid out from these, so the zeros inside a chunk become
+        holes of the image, neither read nor sent again."""
         directory = self.directory(path)
+        found: dict[int, list[int]] = {}
 
         def check(chunk: Chunk) -> str | None:
             check_stop()
@@ -201,15 +208,18 @@ class TransferArea:
                 if os.fstat(fd).st_size != chunk.length:
                     return f"chunk {chunk.index} has {os.fstat(fd).st_size} bytes, not {chunk.length}"
                 h = hashlib.sha256()
+                data: list[int] = []
                 at = 0
                 while at < chunk.length:
                     buf = os.pread(fd, min(HASH_READ, chunk.length - at), at)
                     if not buf:
                         return f"chunk {chunk.index} is short"
                     h.update(buf)
+                    data += (chunk.offset + at + c for c in data_clusters(buf))
                     at += len(buf)
                 if h.hexdigest() != chunk.sha256:
                     return f"chunk {chunk.index} does not match its sha256"
+                found[chunk.index] = data
                 return None
             finally:
                 os.close(fd)
@@ -218,6 +228,34 @@ class TransferArea:
             for problem in pool.map(check, manifest.chunks):
                 if problem:
                     raise BadStream(f"the stream is corrupt: {problem}")
+        extents: list[tuple[int, int]] = []
+        for chunk in manifest.chunks:
+            for start in found[chunk.index]:
+                length = min(CLUSTER, chunk.offset + chunk.length - start)
+                if extents and extents[-1][0] + extents[-1][1] == start:
+                    extents[-1] = (extents[-1][0], extents[-1][1] + length)
+                else:
+                    extents.append((start, length))
+        return extents
+
+    def save_extents(self, path: str, manifest: Manifest, extents: list[tuple[int, int]]) -> None:
+        """What verify found, kept beside the chunks (written by the conductor once the agent's
+        credential is revoked; tied to the manifest it was found in)."""
+        target = self.directory(path) / EXTENTS
+        partial = target.with_name(f".{EXTENTS}.{os.getpid()}")
+        partial.write_text(json.dumps({"manifest_sha256": manifest.sha256, "extents": extents}))
+        os.replace(partial, target)
+
+    def data_extents(self, path: str, manifest: Manifest) -> list[tuple[int, int]]:
+        """The data extents verify found for this manifest, or (none kept: a flow verified before
+        they were) the chunks themselves."""
+        try:
+            doc = json.loads((self.directory(path) / EXTENTS).read_text())
+            if doc.get("manifest_sha256") == manifest.sha256:
+                return [(int(o), int(n)) for o, n in doc["extents"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return manifest.extents()
 
     def reader(self, path: str, manifest: Manifest) -> ChunkReader:
         return ChunkReader(self.directory(path), manifest)
@@ -256,6 +294,13 @@ class ChunkReader:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(f"range {offset}+{length} is outside the {self.size}-byte disk")
         cs = self.manifest.chunk_size
+        index = offset // cs
+        if length and (offset + length - 1) // cs == index and index in self._by_index:
+            buf = os.pread(self._fd(index), length, offset - self._by_index[index].offset)   # one chunk: no copy
+            if len(buf) != length:
+                raise BadStream(f"chunk {index} became short while reading it")
+            self.bytes_read += length
+            return buf
         out = bytearray()
         at, end = offset, offset + length
         while at < end:
@@ -316,6 +361,14 @@ class ChunkReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def data_clusters(buf: bytes) -> Iterator[int]:
+    """The offsets in ``buf`` of its CLUSTER-sized pieces that hold a non-zero byte (a piece
+    whose first byte is not zero is data without a look further: random data costs nothing)."""
+    for at in range(0, len(buf), CLUSTER):
+        if buf[at] or buf[at:at + CLUSTER] != _ZERO_CLUSTER[:min(CLUSTER, len(buf) - at)]:
+            yield at
 
 
 def _split(offset: int, length: int, hole: bool, block: int) -> list[tuple[int, int, bool]]:

@@ -55,6 +55,39 @@ def streamed(area, disk, chunk=CHUNK):
     return path
 
 
+def test_verify_finds_the_data_clusters_so_zeros_inside_a_sent_chunk_are_holes_of_the_image(area, tmp_path):
+    """A chunk is sent whole when any of it holds data; verify finds which 64 KiB clusters do,
+    and the qcow2 laid out from them holds only those: the same disk, allocated as qemu-img
+    convert allocates it (never more), each data cluster read once."""
+    disk = tmp_path / "disk.raw"
+    make_disk(disk)
+    path = streamed(area, disk)
+    manifest = area.manifest(path)
+    extents = area.verify(path, manifest)
+    # the boot sector (cluster 0), 9000 bytes straddling 4 MiB (clusters 63 and 64), the tail's
+    # last (partial) cluster
+    tail_start = (manifest.size - 777) // (64 << 10) * (64 << 10)
+    assert extents == [(0, 64 << 10), (4 * MiB - (64 << 10), 128 << 10), (tail_start, manifest.size - tail_start)]
+    assert sum(n for _, n in extents) < manifest.data_bytes / 5
+    area.save_extents(path, manifest, extents)
+    assert area.data_extents(path, manifest) == extents
+    layout = Layout.from_extents(manifest.size, area.data_extents(path, manifest))
+    out = tmp_path / "streamed.qcow2"
+    with area.reader(path, manifest) as reader, open(out, "wb") as f:
+        for block in stream(layout, reader):
+            f.write(block)
+        assert reader.bytes_read == sum(n for _, n in extents)     # only the data clusters read
+    done = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(out), str(disk)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    converted = tmp_path / "converted.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(converted)], check=True)
+    assert out.stat().st_size <= converted.stat().st_size
+    # extents kept for another manifest are not used: the chunks themselves are
+    other = Manifest(manifest.size, manifest.chunk_size, manifest.chunks, "0" * 64)
+    assert area.data_extents(path, other) == manifest.extents()
+
+
 def test_chunks_to_qcow2_is_the_disk_and_holes_are_neither_read_nor_sent(area, tmp_path):
     disk = tmp_path / "disk.raw"
     make_disk(disk)

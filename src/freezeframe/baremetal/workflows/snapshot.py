@@ -336,7 +336,8 @@ class Verify(task.Task):
         rt.fenced(workflow_id, lambda s: mgr.revoke(s, transfer.id))
         try:
             manifest = mgr.area.manifest(transfer.path)
-            mgr.area.verify(transfer.path, manifest, check_stop=rt.check_stop)
+            extents = mgr.area.verify(transfer.path, manifest, check_stop=rt.check_stop)
+            mgr.area.save_extents(transfer.path, manifest, extents)
         except BadStream as exc:
             raise StreamFailed(f"the stream did not verify: {exc.message}") from None
 
@@ -406,7 +407,8 @@ class Upload(task.Task):
                 offset = images.upload_offset(image_id, upload_id)
             except GlanceError as exc:
                 raise StepFailed(f"image {image_id} is being uploaded by another request ({exc})") from None
-        layout = Layout.from_extents(manifest.size, manifest.extents()) if fmt == "qcow2" else None
+        layout = Layout.from_extents(manifest.size, mgr.area.data_extents(transfer.path, manifest)) \
+            if fmt == "qcow2" else None
         size = layout.size if layout is not None else manifest.size
         sent, last = [0], [0]
 
