@@ -503,6 +503,17 @@ class NodeServerHooks(SnapshotHooks):
         set_vm_state(session, inst.id, VmState.DELETED, frm=VmState(inst.vm_state), reason=reason)
         return inst.id
 
+    def node_power(self, session: Session, node_id: str, power_state: str | None) -> str | None:
+        """The node's power state (Ironic's words) as its server's (Nova's): a node snapshot
+        reboots the node twice, and the server shows where it ended. Returns the server's id."""
+        inst = node_server(session, node_id)
+        if inst is None or power_state not in _POWER:
+            return None
+        if inst.power_state != _POWER[power_state]:
+            inst.power_state = _POWER[power_state]
+            inst.updated_at = utcnow()
+        return inst.id
+
     def node_snapshot_moved(self, session: Session, node_id: str, workflow_id: str, state: str, *,
                             detail: str | None = None) -> str | None:
         """A node snapshot's workflow moved to ``state``: when compute asked for it (createImage

@@ -109,6 +109,19 @@ def test_adopt_and_release_from_the_workflows(db):
     assert db.run_sync(lambda s: hooks.node_released(s, NODE)) is None
 
 
+def test_the_nodes_power_state_is_its_servers(db):
+    """A node snapshot reboots the node: the server shows the power state the node ended in."""
+    hooks = ComputeHooks(FakeDriver())
+    server_id = add_server(db)
+    assert db.run_sync(lambda s: hooks.node_power(s, NODE, "power on")) == server_id
+    assert db.run_sync(lambda s: s.get(Instance, server_id).power_state) == "running"
+    db.run_sync(lambda s: hooks.node_power(s, NODE, "power off"))
+    assert db.run_sync(lambda s: s.get(Instance, server_id).power_state) == "shutdown"
+    assert db.run_sync(lambda s: hooks.node_power(s, NODE, None)) is None          # unknown: left as it is
+    assert db.run_sync(lambda s: s.get(Instance, server_id).power_state) == "shutdown"
+    assert db.run_sync(lambda s: hooks.node_power(s, "no-server-node", "power on")) is None
+
+
 def test_reconcile_node_servers_by_their_nodes_workflows(db):
     running = add_server(db, node="node-running", task_state="image_uploading")
     add_workflow(db, "wf-running", "UPLOAD_40_COMPLETE", node="node-running")

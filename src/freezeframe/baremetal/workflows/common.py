@@ -116,6 +116,11 @@ def tell_compute(session: Session, workflow_id: str, to: str, detail: str = "") 
     wf = session.get(Workflow, workflow_id)
     if wf is not None and wf.kind == "baremetal-snapshot":
         compute.node_snapshot_moved(session, wf.resource_id, workflow_id, to, detail=detail)
+        if hasattr(compute, "node_power"):
+            from freezeframe.baremetal.model import Node
+            node = session.get(Node, wf.resource_id)
+            if node is not None:
+                compute.node_power(session, node.id, node.power_state)
 
 
 def give_back_image(job: Job, node: Any) -> None:
