@@ -42,13 +42,18 @@ import httpx
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-URI = "qemu:///system"
+# The system daemon, through the remote driver explicitly: a test process that already opened
+# libvirt's embedded mode (qemu:///embed, the other libvirt tests) has the QEMU driver loaded in
+# process, and a plain qemu:///system would be routed to it ("Missing URI parameter 'root'").
+URI = "qemu+unix:///system"
 PREFIX = "ff-bm-"
 USERNAME = "ffadmin"
 
 
+@functools.cache
 def unavailable() -> str | None:
-    """Why the emulator and a libvirt domain cannot run here, or None (installs what is missing)."""
+    """Why the emulator and a libvirt domain cannot run here, or None (installs what is missing;
+    asked once per process)."""
     for tool in ("qemu-system-x86_64", "qemu-img"):
         if shutil.which(tool) is None and shutil.which("apt-get") is None:
             return f"{tool} is not installed and there is no apt-get (scripts/ensure-libvirt)"
@@ -63,11 +68,24 @@ def unavailable() -> str | None:
     if not (Path(sys.executable).parent / "sushy-emulator").exists():
         return "sushy-emulator is not installed in this venv (pip install -e '.[test]')"
     try:
-        conn = libvirt.open(URI)
-        conn.close()
+        connection()
     except libvirt.libvirtError as exc:
         return f"the libvirt daemon at {URI} cannot be reached: {exc}"
     return None
+
+
+_conn: list = []
+
+
+def connection():
+    """This process's one connection to the system daemon, opened once and kept: after a test of
+    this process opened libvirt's embedded mode (qemu:///embed), libvirt opens no other driver
+    ("no connection driver available"), but a connection opened before keeps working — so it is
+    opened when the tests are collected (``tests/conftest.py``), before any test runs."""
+    import libvirt
+    if not _conn:
+        _conn.append(libvirt.open(URI))
+    return _conn[0]
 
 
 @dataclass
@@ -98,12 +116,7 @@ class RedfishLab:
         return conn.lookupByName(self.domain)
 
     def _with(self, fn):
-        import libvirt
-        conn = libvirt.open(URI)
-        try:
-            return fn(self._dom(conn))
-        finally:
-            conn.close()
+        return fn(self._dom(connection()))
 
     def is_active(self) -> bool:
         return bool(self._with(lambda d: d.isActive()))
@@ -269,7 +282,7 @@ def redfish_lab(memory_mib: int = 64, disks: tuple[str, ...] = ("64M",), nic: bo
         "",
     ]))
 
-    conn = libvirt.open(URI)
+    conn = connection()
     proc = None
     log_path = work / "emulator.log"
     try:
@@ -309,7 +322,6 @@ def redfish_lab(memory_mib: int = 64, disks: tuple[str, ...] = ("64M",), nic: bo
             if pool.isActive():
                 pool.destroy()
             pool.undefine()
-        conn.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -414,25 +426,22 @@ def shared_lab() -> RedfishLab:
 def reset(lab: RedfishLab) -> None:
     """The domain powered off, no virtual media, booting from its disk (through libvirt)."""
     import libvirt
-    conn = libvirt.open(URI)
-    try:
-        dom = conn.lookupByName(lab.domain)
-        if dom.isActive():
-            dom.destroy()
-        tree = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        devices = tree.find("devices")
-        for disk in devices.findall("disk[@device='cdrom']"):
-            devices.remove(disk)
-        for disk in devices.findall("disk"):
-            for boot in disk.findall("boot"):
-                disk.remove(boot)
-        os_el = tree.find("os")
-        for boot in os_el.findall("boot"):
-            os_el.remove(boot)
-        ET.SubElement(os_el, "boot", dev="hd")
-        conn.defineXML(ET.tostring(tree).decode())
-    finally:
-        conn.close()
+    conn = connection()
+    dom = conn.lookupByName(lab.domain)
+    if dom.isActive():
+        dom.destroy()
+    tree = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    devices = tree.find("devices")
+    for disk in devices.findall("disk[@device='cdrom']"):
+        devices.remove(disk)
+    for disk in devices.findall("disk"):
+        for boot in disk.findall("boot"):
+            disk.remove(boot)
+    os_el = tree.find("os")
+    for boot in os_el.findall("boot"):
+        os_el.remove(boot)
+    ET.SubElement(os_el, "boot", dev="hd")
+    conn.defineXML(ET.tostring(tree).decode())
 
 
 # -- by hand: the node of the README's bare-metal walkthrough ------------------------------------

@@ -125,7 +125,8 @@ def test_password_token_works_on_every_api(server):
     assert body["methods"] == ["password"] and body["audit_ids"] and body["expires_at"] > body["issued_at"]
     services = {entry["type"]: entry["endpoints"][0]["url"] for entry in body["catalog"]}
     assert services == {"identity": server.url + "/identity", "image": server.url + "/image",
-                        "compute": server.url + "/compute/v2.1", "block-storage": server.url + "/volume/v3/demo"}
+                        "compute": server.url + "/compute/v2.1", "block-storage": server.url + "/volume/v3/demo",
+                        "baremetal": server.url + "/baremetal"}
     headers = {"X-Auth-Token": resp.headers["X-Subject-Token"]}
     image = httpx.post(server.image_url + "/v2/images", headers=headers,
                        json={"name": "by-token", "disk_format": "raw", "container_format": "bare"})

@@ -207,6 +207,7 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("image", "POST", _IMG + "/actions/reactivate", body="empty"),
     Endpoint("image", "POST", _IMG + "/actions/kill", body="empty"),
     Endpoint("image", "GET", _IMG + "/uploads/{upload_id}"),
+    Endpoint("image", "DELETE", _IMG + "/uploads/{upload_id}"),
     Endpoint("image", "PUT", _IMG + "/tags/{tag}", body="empty"),
     Endpoint("image", "DELETE", _IMG + "/tags/{tag}"),
     Endpoint("image", "GET", _IMG + "/members"),
