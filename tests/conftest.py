@@ -176,13 +176,3 @@ def client_env_isolated(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
     monkeypatch.chdir(tmp_path)
 
-
-def pytest_collection_finish(session) -> None:
-    """The Redfish lab's connection to the system libvirt daemon is opened now, before any test
-    runs, when a collected test module uses the lab: once a test of this process used libvirt's
-    embedded mode, libvirt opens no other driver, but a connection opened before keeps working
-    (``tests/sushy.py``)."""
-    files = {str(item.fspath) for item in session.items}
-    if any("sushy" in Path(f).read_text(errors="replace") for f in files if f.endswith(".py")):
-        from tests import sushy
-        sushy.unavailable()

@@ -42,10 +42,7 @@ import httpx
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-# The system daemon, through the remote driver explicitly: a test process that already opened
-# libvirt's embedded mode (qemu:///embed, the other libvirt tests) has the QEMU driver loaded in
-# process, and a plain qemu:///system would be routed to it ("Missing URI parameter 'root'").
-URI = "qemu+unix:///system"
+URI = "qemu:///system"
 PREFIX = "ff-bm-"
 USERNAME = "ffadmin"
 
@@ -77,16 +74,106 @@ def unavailable() -> str | None:
 _conn: list = []
 
 
-def connection():
-    """This process's one connection to the system daemon, opened once and kept: after a test of
-    this process opened libvirt's embedded mode (qemu:///embed), libvirt opens no other driver
-    ("no connection driver available"), but a connection opened before keeps working — so it is
-    opened when the tests are collected (``tests/conftest.py``), before any test runs."""
-    import libvirt
+def connection() -> "Virsh":
+    """The system daemon, as the lab needs it (a few domain and pool calls), through ``virsh``
+    rather than libvirt-python in this process: once a test of this process used libvirt's
+    embedded mode (qemu:///embed, the other libvirt tests) libvirt opens no other driver here,
+    and a remote connection opened before makes a later embedded one fail ("Too many drivers")."""
     if not _conn:
-        _conn.append(libvirt.open(URI))
+        Virsh.run("version")
+        _conn.append(Virsh())
     return _conn[0]
 
+
+class Virsh:
+    """The subset of libvirt's connection the lab uses, each call one ``virsh`` command; errors
+    are ``libvirt.libvirtError`` as libvirt-python raises them."""
+
+    @staticmethod
+    def run(*args: str, stdin: str | None = None) -> str:
+        import libvirt
+        proc = subprocess.run(["virsh", "-q", "-c", URI, *args], input=stdin, capture_output=True, text=True,
+                              timeout=120)
+        if proc.returncode != 0:
+            raise libvirt.libvirtError(f"virsh {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    def _define(self, kind: str, xml: str) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".xml") as fh:
+            fh.write(xml)
+            fh.flush()
+            self.run(kind, fh.name)
+
+    def lookupByName(self, name: str) -> "_Domain":
+        self.run("domuuid", name)           # (libvirtError when there is none)
+        return _Domain(self, name)
+
+    def listAllDomains(self) -> list["_Domain"]:
+        return [_Domain(self, n) for n in self.run("list", "--all", "--name").split()]
+
+    def defineXML(self, xml: str) -> None:
+        self._define("define", xml)
+
+    def storagePoolDefineXML(self, xml: str) -> "_Pool":
+        self._define("pool-define", xml)
+        return _Pool(self, ET.fromstring(xml).findtext("name"))
+
+    def storagePoolLookupByName(self, name: str) -> "_Pool":
+        self.run("pool-uuid", name)
+        return _Pool(self, name)
+
+    def listAllStoragePools(self) -> list["_Pool"]:
+        return [_Pool(self, n) for n in self.run("pool-list", "--all", "--name").split()]
+
+
+@dataclass
+class _Domain:
+    virsh: Virsh
+    _name: str
+
+    def name(self) -> str:
+        return self._name
+
+    def isActive(self) -> bool:
+        return self.virsh.run("domstate", self._name).strip() == "running"
+
+    def ID(self) -> int:
+        found = self.virsh.run("domid", self._name).strip()
+        return int(found) if found.isdigit() else -1
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        return self.virsh.run("dumpxml", *(["--inactive"] if flags & 2 else []), self._name)
+
+    def destroy(self) -> None:
+        self.virsh.run("destroy", self._name)
+
+    def undefine(self) -> None:
+        self.virsh.run("undefine", self._name)
+
+
+@dataclass
+class _Pool:
+    virsh: Virsh
+    _name: str
+
+    def name(self) -> str:
+        return self._name
+
+    def create(self) -> None:
+        self.virsh.run("pool-start", self._name)
+
+    def isActive(self) -> bool:
+        return any(line.split()[:2] == [self._name, "active"]
+                   for line in self.virsh.run("pool-list", "--all").splitlines())
+
+    def XMLDesc(self) -> str:
+        return self.virsh.run("pool-dumpxml", self._name)
+
+    def destroy(self) -> None:
+        self.virsh.run("pool-destroy", self._name)
+
+    def undefine(self) -> None:
+        self.virsh.run("pool-undefine", self._name)
 
 @dataclass
 class RedfishLab:
