@@ -158,7 +158,13 @@ class DavClient:
             data = resp.read()
             if resp.will_close:
                 self.close()
-        except (OSError, http.client.HTTPException) as exc:
+        except Exception as exc:
+            # A stop closes the connection from another thread; http.client then fails in
+            # odd ways (AttributeError, ValueError on a closed file): a transient like any
+            # connection error, which the caller turns into the stop.
+            closed_under_us = self._conn is not conn
+            if not (closed_under_us or isinstance(exc, (OSError, http.client.HTTPException))):
+                raise
             self.close()
             raise _Transient(f"{method} {self.base}{name}: {exc.__class__.__name__}: {exc}") from exc
         if resp.status in _TRANSIENT_STATUS:
