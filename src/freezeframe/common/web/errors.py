@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from starlette.exceptions import HTTPException
@@ -88,3 +89,37 @@ HANDLERS = {
     errors.FreezeframeError: domain_error,
     HTTPException: http_error,
 }
+
+
+# -- Nova's and Cinder's fault bodies ----------------------------------------------------------
+# Both wrap an error as ``{"<faultName>": {"code": ..., "message": ...}}`` (their wsgi.Fault);
+# the name by status as in nova/api/openstack/wsgi.py (Cinder's is the same table). The request
+# id rides along inside (clients read ``code`` and ``message`` and ignore the rest) besides the
+# ``X-OpenStack-Request-Id`` header.
+FAULT_NAMES = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound", 405: "badMethod",
+               406: "notAcceptable", 409: "conflictingRequest", 413: "overLimit", 415: "badMediaType",
+               429: "overLimit", 501: "notImplemented", 503: "serviceUnavailable"}
+
+
+def fault_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    name = FAULT_NAMES.get(status, "computeFault" if status >= 500 else "badRequest")
+    body = {name: {"code": status, "message": message, "request_id": request_id_var.get()}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def fault_domain_error(request: Request, exc: Exception) -> JSONResponse:
+    answer = await domain_error(request, exc)       # logs as every service does; the text it chose
+    message = json.loads(answer.body)["error"]["message"]
+    return fault_response(answer.status_code, message, error_headers(exc, answer.status_code))  # type: ignore[arg-type]
+
+
+async def fault_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = "The resource could not be found." if exc.status_code == 404 else \
+        exc.detail or TITLES.get(exc.status_code, "Error")
+    return fault_response(exc.status_code, message, exc.headers)
+
+
+# The error map of the Nova- and Cinder-compatible APIs (``Microversions.wrap(handlers=...)``).
+FAULT_HANDLERS = {errors.FreezeframeError: fault_domain_error, HTTPException: fault_http_error}
