@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, AsyncIterator
+import time
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -19,6 +20,10 @@ from freezeframe.common.web.request import content_length, ctx_of, header_uint, 
 from freezeframe.images import patch, schema
 from freezeframe.images.data import IMPORT_METHODS, ImageData, Resume
 from freezeframe.images.members import MemberService
+from freezeframe.images.metadef_api import MetadefAPI
+from freezeframe.images.metadef_schemas import SCHEMAS as METADEF_SCHEMAS
+from freezeframe.images.metadefs import MetadefService
+from freezeframe.images.tasks import TaskService
 from freezeframe.images.service import ImageService
 
 READ_SIZE = 2 << 20
@@ -41,6 +46,9 @@ class ImageAPI:
         self.images = images
         self.data = data
         self.members = members
+        # The metadata definitions and the tasks listing: their own module, these same routes.
+        self.metadef_api = MetadefAPI(MetadefService(images.db, images.policy), TaskService(images.db, images.policy),
+                                      images.settings)
 
     def mounted(self) -> Mounted:
         """The image API (Glance v2) at /image; its version documents need no token."""
@@ -77,6 +85,7 @@ class ImageAPI:
             Route("/v2/schemas/{name}", self.schemas, methods=["GET"]),
             Route("/v2/info/import", self.import_info, methods=["GET"]),
             Route("/v2/info/stores", self.stores_info, methods=["GET"]),
+            *(getattr(self, "metadef_api", None) or MetadefAPI(None, None, None)).routes(),
         ])
 
     # -- discovery ---------------------------------------------------------------------------
@@ -90,7 +99,8 @@ class ImageAPI:
 
     async def schemas(self, request: Request) -> Response:
         docs = {"image": schema.IMAGE_SCHEMA, "images": schema.IMAGES_SCHEMA,
-                "member": schema.MEMBER_SCHEMA, "members": schema.MEMBERS_SCHEMA}
+                "member": schema.MEMBER_SCHEMA, "members": schema.MEMBERS_SCHEMA,
+                "task": METADEF_SCHEMAS["task"], "tasks": METADEF_SCHEMAS["tasks"]}
         name = request.path_params["name"]
         if name not in docs:
             raise errors.NotFound(f"No schema named {name!r}")
@@ -101,7 +111,9 @@ class ImageAPI:
                                                 "type": "array", "value": list(IMPORT_METHODS)}})
 
     async def stores_info(self, request: Request) -> Response:
-        return JSONResponse({"stores": [{"id": self.images.store.name, "default": True,
+        # "default" is the string "true", as Glance's discovery API sends it (its api-ref says
+        # boolean; clients read either).
+        return JSONResponse({"stores": [{"id": self.images.store.name, "default": "true",
                                          "description": "Local filesystem store"}]})
 
     # -- images ------------------------------------------------------------------------------
@@ -215,8 +227,8 @@ class ImageAPI:
         elif found.checksum:
             headers["Content-MD5"] = found.checksum
         headers["Content-Length"] = str(end - start + 1)
-        return StreamingResponse(stream(reader, start, end + 1, self.data.store.io), status_code=status, headers=headers,
-                                 media_type="application/octet-stream")
+        return StreamingResponse(stream(reader, start, end + 1, self.data.store.io, self.data.db.metrics.transfer),
+                                 status_code=status, headers=headers, media_type="application/octet-stream")
 
     # -- members -----------------------------------------------------------------------------
 
@@ -286,10 +298,12 @@ def _offset(digits: str) -> int:
     return int(digits) if len(digits) <= MAX_DIGITS else INT64_MAX
 
 
-async def stream(reader, start: int, stop: int, pool: BoundedPool) -> AsyncIterator[bytes]:
+async def stream(reader, start: int, stop: int, pool: BoundedPool,
+                 count: Callable[[str, int, float], None] | None = None) -> AsyncIterator[bytes]:
     """Read on the store's pool; once the headers are sent a block may wait (boundedly) for a
-    thread rather than cut the download short."""
+    thread rather than cut the download short. ``count``: told the bytes sent and the seconds."""
     offset = start
+    began = time.monotonic()
     try:
         while offset < stop:
             block = await pool.run(reader.read, offset, min(READ_SIZE, stop - offset), wait=STREAM_WAIT)
@@ -299,3 +313,5 @@ async def stream(reader, start: int, stop: int, pool: BoundedPool) -> AsyncItera
             yield block
     finally:
         reader.close()
+        if count is not None:
+            count("download", offset - start, time.monotonic() - began)

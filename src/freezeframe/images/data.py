@@ -252,7 +252,7 @@ class ImageData:
                        content_length: int | None, target: _Target, resumable: bool = False,
                        final: bool = True) -> UploadResult | int:
         progress: asyncio.Task | None = None
-        last = time.monotonic()
+        last = began = time.monotonic()
         start = pipeline.received
         try:
             async for chunk in body:
@@ -285,6 +285,7 @@ class ImageData:
                 raise errors.Gone(f"Image {image_id} was deleted or killed while its data was being uploaded") from exc
             raise
         finally:
+            self.db.metrics.transfer("upload", pipeline.received - start, time.monotonic() - began)
             if progress is not None:
                 await asyncio.gather(progress, return_exceptions=True)
 
@@ -355,6 +356,7 @@ class ImageData:
             if image is None or image.upload_id != upload_id or image.status != ImageStatus.UPLOADING:
                 raise errors.Gone(f"Image {image_id} was deleted while its data was being staged")
             image.staged = staged
+            image.size = result.size       # Glance shows a staged image's size before its import
             image.upload_id = None
             image.upload_progress_at = utcnow()
             image.updated_at = utcnow()
@@ -411,7 +413,7 @@ class ImageData:
             def fail(session: Session) -> None:
                 try:
                     transition(session, image_id, ImageStatus.IMPORTING, ImageStatus.QUEUED,
-                               reason=f"import task {task_id} failed", values=dict(staged=None))
+                               reason=f"import task {task_id} failed", values=dict(staged=None, size=None))
                 except (errors.NotFound, errors.InvalidState):
                     pass
                 self._finish_task(session, task_id, "failure", reason, None)

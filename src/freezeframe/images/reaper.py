@@ -101,6 +101,7 @@ class Reaper:
             LOG.info("reaper: removed %d abandoned partial upload files", partials)
             done["partials_removed"] += partials
         self.counts.update(done)
+        self.db.metrics.reaped("image", done)
         return dict(done)
 
     def _alive(self, workflow_id: str) -> bool:

@@ -10,6 +10,7 @@ import freezeframe.compute.model
 import freezeframe.conductor.model
 import freezeframe.db.health
 import freezeframe.identity.model
+import freezeframe.images.metadef_model
 import freezeframe.images.model
 import freezeframe.volumes.model
 import freezeframe.baremetal.model
@@ -18,7 +19,7 @@ from freezeframe.db.base import Base
 # Every module that declares tables (importing one registers its tables with Base.metadata).
 MODELS = (freezeframe.compute.hosts, freezeframe.compute.model, freezeframe.conductor.model, freezeframe.db.health,
           freezeframe.identity.model, freezeframe.images.model, freezeframe.volumes.model,
-          freezeframe.baremetal.model)
+          freezeframe.baremetal.model, freezeframe.images.metadef_model)
 
 TASKFLOW = ("logbooks", "flowdetails", "atomdetails", "alembic_version", "freezeframe_migrations")
 
