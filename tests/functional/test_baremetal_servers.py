@@ -16,6 +16,7 @@ import pytest
 
 from freezeframe.baremetal.drivers.snapshot import fake_disk_read
 from tests.conftest import ADMIN_TOKEN, MEMBER_TOKEN, SERVICE_TOKEN, start_server
+from tests.nova_faults import nova_fault
 
 IRONIC = {"X-OpenStack-Ironic-API-Version": "1.116"}
 NOVA = {"X-OpenStack-Nova-API-Version": "2.45"}
@@ -217,7 +218,7 @@ def test_node_not_active_and_bad_input_are_refused(cloud):
         resp = c.post("/nodes", json={"driver": "fake-hardware", "name": "bm-enroll"})
         assert resp.status_code == 201, resp.text
     resp = adopt(cloud, "bm-enroll")
-    assert resp.status_code == 409 and "enroll" in resp.json()["error"]["message"], resp.text
+    assert resp.status_code == 409 and "enroll" in nova_fault(resp)["message"], resp.text
     assert adopt(cloud, "no-such-node").status_code == 404
     for body in ({"adopt": {"node": ""}}, {"adopt": {"node": 7}}, {"adopt": {"node": "bm-1", "bogus": 1}},
                  {"adopt": {"node": "bm-1", "name": " padded "}}):
@@ -231,7 +232,7 @@ def test_node_not_active_and_bad_input_are_refused(cloud):
     first = adopt(cloud, "bm-2")          # the admin's (or the one the adopt workflow made): given up
     assert first.status_code == 201
     resp = adopt(cloud, "bm-2", MEMBER_TOKEN, **{"X-Service-Token": SERVICE_TOKEN})
-    assert resp.status_code == 409 and first.json()["server"]["id"] in resp.json()["error"]["message"]
+    assert resp.status_code == 409 and first.json()["server"]["id"] in nova_fault(resp)["message"]
     with nova(cloud) as c:
         assert c.delete(f"/servers/{first.json()['server']['id']}").status_code == 204
     resp = adopt(cloud, "bm-2", MEMBER_TOKEN, **{"X-Service-Token": SERVICE_TOKEN})
@@ -251,14 +252,14 @@ def test_node_not_active_and_bad_input_are_refused(cloud):
         assert c.get(f"/servers/{server_id}").json()["server"]["status"] == "ACTIVE"
         # only its root disk; no backup rotation for a node
         resp = c.post(f"/servers/{server_id}/action", json={"snapshot": {"name": "x", "devices": ["vdb"]}})
-        assert resp.status_code == 400 and "vdb" in resp.json()["error"]["message"]
+        assert resp.status_code == 400 and "vdb" in nova_fault(resp)["message"]
         resp = c.post(f"/servers/{server_id}/action",
                       json={"createBackup": {"name": "x", "backup_type": "daily", "rotation": 1}})
         assert resp.status_code == 409
         # the node not active (a conductor left it in error): 409 naming its state, nothing made
         db_set(cloud, node["uuid"], provision_state="error")
         resp = c.post(f"/servers/{server_id}/action", json={"createImage": {"name": "not-now"}})
-        assert resp.status_code == 409 and "provision state 'error'" in resp.json()["error"]["message"], resp.text
+        assert resp.status_code == 409 and "provision state 'error'" in nova_fault(resp)["message"], resp.text
         assert c.get(f"/servers/{server_id}").json()["server"]["OS-EXT-STS:task_state"] is None
     with cloud.client(MEMBER_TOKEN) as images:
         assert not [i for i in images.get("/v2/images").json()["images"] if i["name"] == "not-now"]
@@ -273,6 +274,6 @@ def test_without_a_baremetal_service_node_servers_are_a_409(tmp_path):
     server = start_server(tmp_path / "ff", env={"FREEZEFRAME_BAREMETAL__ENABLED": "false"})
     try:
         resp = adopt(server, "any-node")
-        assert resp.status_code == 409 and "no bare-metal service" in resp.json()["error"]["message"], resp.text
+        assert resp.status_code == 409 and "no bare-metal service" in nova_fault(resp)["message"], resp.text
     finally:
         server.stop()

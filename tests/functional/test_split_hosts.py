@@ -19,6 +19,7 @@ import pytest
 from tests.functional.test_jobboard import CHUNK, DISK, ENV, TTL, assert_image, assert_ran_once, upload_percent
 from tests.conftest import ADMIN_TOKEN
 from tests.netns import HOST_PORT, split
+from tests.nova_faults import nova_fault
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -77,11 +78,11 @@ def test_kill_9_of_the_compute_process_mid_snapshot_then_restart(tmp_path):
         with d.compute() as nova:
             while True:
                 resp = nova.post(f"/servers/{idle}/action", json={"os-stop": None})
-                if resp.status_code == 409 and "is down" in resp.json()["error"]["message"] or \
+                if resp.status_code == 409 and "is down" in nova_fault(resp)["message"] or \
                         time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        assert resp.status_code == 409 and "'hb' is down" in resp.json()["error"]["message"], resp.text
+        assert resp.status_code == 409 and "'hb' is down" in nova_fault(resp)["message"], resp.text
         with d.compute() as nova:                 # and nothing changed on that server
             assert nova.get(f"/servers/{idle}").json()["server"]["OS-EXT-STS:task_state"] is None
         # An admin sees why, as in Nova: the host's nova-compute service is down.

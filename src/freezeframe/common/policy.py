@@ -74,9 +74,35 @@ RULES = [
                                                   ("GET", "/image/v2/images/{id}/uploads/{upload}")]),
     ("freezeframe:image:workflow_properties", SERVICE,
      "Write the reserved os_freezeframe_workflow_* properties.", [("PATCH", "/image/v2/images/{id}")]),
+    # Glance's tasks API and metadata definitions (metadefs): reads open to anyone who sees the
+    # namespace, writes administrators' (Glance's metadef_default / metadef_admin defaults).
+    ("tasks_api_access", ADMIN, "The tasks API at all.", [("GET", "/image/v2/tasks")]),
+    ("get_task", READER, "Show a task.", [("GET", "/image/v2/tasks/{id}")]),
+    *[(f"{verb}_metadef_{what}", "@" if verb in ("get", "list") else ADMIN, f"Metadata definitions: {verb} {what}.",
+       [("*", "/image/v2/metadefs/...")]) for verb, what in (
+        ("get", "namespaces"), ("get", "namespace"), ("add", "namespace"), ("modify", "namespace"),
+        ("delete", "namespace"), ("get", "objects"), ("get", "object"), ("add", "object"), ("modify", "object"),
+        ("delete", "object"), ("get", "properties"), ("get", "property"), ("add", "property"),
+        ("modify", "property"), ("remove", "property"), ("get", "tags"), ("get", "tag"), ("add", "tag"),
+        ("add", "tags"), ("modify", "tag"), ("delete", "tag"), ("delete", "tags"), ("list", "resource_types"),
+        ("get", "resource_type"), ("add", "resource_type_association"),
+        ("remove", "resource_type_association"))],
     # -- compute (Nova v2.1) ----------------------------------------------------------------
     ("os_compute_api:servers:index", READER, "List servers.", [("GET", "/compute/v2.1/servers")]),
     ("os_compute_api:servers:detail", READER, "List servers in detail.", [("GET", "/compute/v2.1/servers/detail")]),
+    ("os_compute_api:servers:index:get_all_tenants", ADMIN, "List every project's servers (all_tenants).",
+     [("GET", "/compute/v2.1/servers")]),
+    ("os_compute_api:servers:detail:get_all_tenants", ADMIN, "List every project's servers in detail (all_tenants).",
+     [("GET", "/compute/v2.1/servers/detail")]),
+    ("os_compute_api:servers:allow_all_filters", ADMIN, "Filter servers by any field (host, node, deleted, ...).",
+     [("GET", "/compute/v2.1/servers"), ("GET", "/compute/v2.1/servers/detail")]),
+    ("os_compute_api:limits", "@", "Show the project's absolute limits.", [("GET", "/compute/v2.1/limits")]),
+    ("os_compute_api:limits:other_project", ADMIN, "Show another project's limits (tenant_id).",
+     [("GET", "/compute/v2.1/limits")]),
+    ("os_compute_api:os-availability-zone:list", "@", "List the availability zones.",
+     [("GET", "/compute/v2.1/os-availability-zone")]),
+    ("os_compute_api:os-availability-zone:detail", ADMIN, "List the availability zones with their hosts.",
+     [("GET", "/compute/v2.1/os-availability-zone/detail")]),
     ("os_compute_api:servers:show", READER, "Show a server.", [("GET", "/compute/v2.1/servers/{id}")]),
     ("os_compute_api:servers:create", MEMBER, "Create a server.", [("POST", "/compute/v2.1/servers")]),
     ("os_compute_api:servers:delete", MEMBER, "Delete a server.", [("DELETE", "/compute/v2.1/servers/{id}")]),
@@ -194,6 +220,8 @@ RULES = [
     ("freezeframe:workflow:cancel", MEMBER, "Cancel a workflow.", [("DELETE", "/v1/workflows/{id}")]),
     # -- operations -------------------------------------------------------------------------
     ("freezeframe:health:detailed", ADMIN, "The detailed health check.", [("GET", "/healthcheck?detailed")]),
+    ("freezeframe:metrics:scrape", ADMIN, "Scrape the Prometheus metrics (unless metrics.public).",
+     [("GET", "/metrics")]),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,11 +14,14 @@ from starlette.routing import Route, Router
 
 from freezeframe.common import errors
 from freezeframe.common.timeutil import isotime
+from freezeframe.common.web.errors import FAULT_HANDLERS
 from freezeframe.common.web.mount import Mounted, Public
 from freezeframe.common.web.microversion import APIVersion, Microversions
 from freezeframe.common.web.request import ctx_of, json_body
 from freezeframe.common.strict import INT32_MAX, parse_uint
+from freezeframe.compute import catalog
 from freezeframe.compute.bdm import volumes_attached
+from freezeframe.compute.listing import AVAILABILITY_ZONE, parse_server_query
 from freezeframe.compute.model import BlockDeviceMapping, Instance, InstanceAction
 from freezeframe.compute.service import FLAVORS, ComputeService
 from freezeframe.compute.states import VmState
@@ -44,7 +48,9 @@ def server_view(inst: Instance, base: str, version: APIVersion,
         "image": {"id": inst.image_ref, "links": []} if inst.image_ref else "",
         "OS-EXT-STS:vm_state": inst.vm_state, "OS-EXT-STS:task_state": inst.task_state,
         "OS-EXT-STS:power_state": POWER.get(inst.power_state, 0),
-        "OS-EXT-SRV-ATTR:instance_name": inst.domain_name,
+        "OS-EXT-SRV-ATTR:instance_name": inst.domain_name, "OS-EXT-AZ:availability_zone": AVAILABILITY_ZONE,
+        "OS-DCF:diskConfig": "MANUAL", "accessIPv4": "", "accessIPv6": "", "key_name": None, "config_drive": "",
+        "progress": 0,
         **({"OS-EXT-SRV-ATTR:host": inst.host, "OS-EXT-SRV-ATTR:hypervisor_hostname": inst.node or inst.host}
            if admin else {}),
         "links": [{"rel": "self", "href": f"{base}/servers/{inst.id}"}],
@@ -54,6 +60,16 @@ def server_view(inst: Instance, base: str, version: APIVersion,
                           "original_name": flavor.name if flavor else inst.flavor_id, "ephemeral": 0, "swap": 0}
     else:
         body["flavor"] = {"id": inst.flavor_id, "links": []}
+    if version >= (2, 9):
+        body["locked"] = False
+    if version >= (2, 19):
+        body["description"] = None
+    if version >= (2, 26):
+        body["tags"] = []                        # servers have no tags here
+    if version >= (2, 73):
+        body["locked_reason"] = None
+    if version >= (2, 96):
+        body["pinned_availability_zone"] = None
     if inst.fault:
         body["fault"] = {"code": 500, "message": inst.fault, "created": isotime(inst.updated_at)}
     body["os-extended-volumes:volumes_attached"] = [
@@ -90,7 +106,8 @@ class ComputeAPI:
 
     def mounted(self) -> Mounted:
         """The compute API (Nova v2.1) at /compute; its version documents need no token."""
-        return Mounted("compute", "/compute", self.router(), public=(Public(""), Public("/v2.1")))
+        return Mounted("compute", "/compute", VERSIONS.wrap(self.router(), handlers=FAULT_HANDLERS),
+                       public=(Public(""), Public("/v2.1")))
 
     def router(self) -> Router:
         s = "/v2.1/servers/{server_id}"
@@ -109,6 +126,11 @@ class ComputeAPI:
             Route("/v2.1/flavors", self.flavors, methods=["GET"]),
             Route("/v2.1/flavors/detail", self.flavors, methods=["GET"]),
             Route("/v2.1/flavors/{flavor_id}", self.flavor, methods=["GET"]),
+            Route("/v2.1/flavors/{flavor_id}/os-extra_specs", self.extra_specs, methods=["GET"]),
+            Route("/v2.1/flavors/{flavor_id}/os-extra_specs/{key}", self.extra_specs, methods=["GET"]),
+            Route("/v2.1/os-availability-zone", self.availability_zones, methods=["GET"]),
+            Route("/v2.1/os-availability-zone/detail", self.availability_zones, methods=["GET"]),
+            Route("/v2.1/limits", self.limits, methods=["GET"]),
             Route("/v2.1/os-freezeframe-adopt", self.adopt, methods=["POST"]),
             Route("/v2.1/os-services", self.services, methods=["GET"]),
             Route(s + "/os-volume_attachments", self.list_volume_attachments, methods=["GET"]),
@@ -187,9 +209,15 @@ class ComputeAPI:
         return JSONResponse({"version": self._doc(request)})
 
     async def list_servers(self, request: Request) -> Response:
+        """Nova's server list: filters, sort and paging (``compute/listing.py``); a full page
+        has ``servers_links`` with the ``next`` page's URL (the same query, the last id as marker)."""
         version = VERSIONS.parse(request)
         detail = request.url.path.endswith("/detail")
-        servers = await self.compute.list(ctx_of(request), detail)
+        ctx = ctx_of(request)
+        query = parse_server_query(request.query_params, version, is_admin=ctx.is_admin,
+                                   allow_all_filters=self.compute.policy.check(
+                                       ctx, "os_compute_api:servers:allow_all_filters"))
+        servers = await self.compute.list(ctx, detail, query)
         base = self._base(request)
         if detail:
             attached = await self.db.run(lambda s: volumes_attached(s, [i.id for i in servers]))
@@ -198,7 +226,18 @@ class ComputeAPI:
         else:
             items = [{"id": i.id, "name": i.name, "links": [{"rel": "self", "href": f"{base}/servers/{i.id}"}]}
                      for i in servers]
-        return VERSIONS.versioned(JSONResponse({"servers": items}), version)
+        body: dict[str, Any] = {"servers": items}
+        if query.limit and len(servers) == query.limit:
+            body["servers_links"] = [{"rel": "next", "href": self._next(request, base + ("/servers/detail" if detail
+                                                                                        else "/servers"),
+                                                                        servers[-1].id)}]
+        return VERSIONS.versioned(JSONResponse(body), version)
+
+    @staticmethod
+    def _next(request: Request, url: str, marker: str) -> str:
+        """The next page: the request's parameters (sorted, as Nova) with ``marker`` the last id."""
+        params = sorted((k, v) for k, v in request.query_params.multi_items() if k != "marker")
+        return f"{url}?{urlencode([*params, ('marker', marker)])}"
 
     async def show_server(self, request: Request) -> Response:
         version = VERSIONS.parse(request)
@@ -289,18 +328,54 @@ class ComputeAPI:
         return VERSIONS.versioned(JSONResponse({"instanceAction": body}), version)
 
     async def flavors(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
         detail = request.url.path.endswith("/detail")
-        return JSONResponse({"flavors": [self._flavor(f, detail) for f in FLAVORS.values()]})
+        root = self._base(request).removesuffix("/v2.1")
+        found = catalog.list_flavors(request.query_params, is_admin=ctx_of(request).is_admin)
+        body: dict[str, Any] = {"flavors": [catalog.flavor_view(f, version, root, detail=detail) for f in found]}
+        limit = catalog.requested_limit(request.query_params)
+        if limit and len(found) == limit:
+            url = f"{root}/v2.1/flavors" + ("/detail" if detail else "")
+            body["flavors_links"] = [{"rel": "next", "href": self._next(request, url, found[-1].id)}]
+        return VERSIONS.versioned(JSONResponse(body), version)
 
     async def flavor(self, request: Request) -> Response:
+        version = VERSIONS.parse(request)
         flavor = FLAVORS.get(request.path_params["flavor_id"])
         if flavor is None:
             raise errors.NotFound(f"Flavor {request.path_params['flavor_id']} could not be found.")
-        return JSONResponse({"flavor": self._flavor(flavor, True)})
+        root = self._base(request).removesuffix("/v2.1")
+        return VERSIONS.versioned(JSONResponse({"flavor": catalog.flavor_view(flavor, version, root, detail=True)}),
+                                  version)
 
-    @staticmethod
-    def _flavor(f, detail: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": f.id, "name": f.name, "links": []}
-        if detail:
-            body.update(vcpus=f.vcpus, ram=f.ram, disk=f.disk, **{"OS-FLV-EXT-DATA:ephemeral": 0}, swap=0)
-        return body
+    async def extra_specs(self, request: Request) -> Response:
+        """A flavor's extra specs (none here): ``{"extra_specs": {}}``; one key: Nova's 404."""
+        version = VERSIONS.parse(request)
+        flavor_id = request.path_params["flavor_id"]
+        if flavor_id not in FLAVORS:
+            raise errors.NotFound(f"Flavor {flavor_id} could not be found.")
+        if "key" in request.path_params:
+            raise errors.NotFound(f"Flavor {flavor_id} has no extra specs with key {request.path_params['key']}.")
+        return VERSIONS.versioned(JSONResponse({"extra_specs": {}}), version)
+
+    async def availability_zones(self, request: Request) -> Response:
+        """``os-availability-zone``: Nova's default zone; ``/detail`` (admins) with its hosts."""
+        ctx = ctx_of(request)
+        if request.url.path.endswith("/detail"):
+            self.compute.policy.authorize(ctx, "os_compute_api:os-availability-zone:detail")
+            return JSONResponse(catalog.availability_zones(await self.compute.services(ctx)))
+        self.compute.policy.authorize(ctx, "os_compute_api:os-availability-zone:list")
+        return JSONResponse(catalog.availability_zones(None))
+
+    async def limits(self, request: Request) -> Response:
+        """``/limits``: the project's absolute limits and usage (another project's with
+        ``tenant_id``, for admins)."""
+        version = VERSIONS.parse(request)
+        ctx = ctx_of(request)
+        self.compute.policy.authorize(ctx, "os_compute_api:limits")
+        project_id = ctx.project_id
+        if "tenant_id" in request.query_params:
+            self.compute.policy.authorize(ctx, "os_compute_api:limits:other_project")
+            project_id = request.query_params["tenant_id"]
+        used = await self.compute.usage(project_id)
+        return VERSIONS.versioned(JSONResponse(catalog.absolute_limits(version, used)), version)

@@ -25,6 +25,7 @@ from freezeframe.compute.drivers.base import DomainNotFound, PowerState
 from freezeframe.compute.hostside import BootRequest, Hosts
 from freezeframe.compute.model import Instance, InstanceAction
 from freezeframe.compute.checks import check_name
+from freezeframe.compute.listing import ServerQuery, page
 from freezeframe.compute.states import SNAPSHOTTABLE, TaskState, VmState, set_task_state, set_vm_state
 from freezeframe.compute.volume_ops import VolumeOps
 from freezeframe.conductor.service import Workflows
@@ -172,15 +173,55 @@ class ComputeService:
     async def show(self, ctx: RequestContext, server_id: str) -> Instance:
         return await self.db.run(lambda s: self._get(s, ctx, server_id, "os_compute_api:servers:show"))
 
-    async def list(self, ctx: RequestContext, detail: bool = False) -> list[Instance]:
-        self.policy.authorize(ctx, "os_compute_api:servers:detail" if detail else "os_compute_api:servers:index")
+    async def list(self, ctx: RequestContext, detail: bool = False, query: ServerQuery | None = None,
+                   ) -> list[Instance]:
+        """The caller's servers as Nova lists them (``compute/listing.py``): their project's, or
+        with ``all_tenants`` (admins) every project's; filtered, sorted, one page."""
+        rule = "os_compute_api:servers:detail" if detail else "os_compute_api:servers:index"
+        self.policy.authorize(ctx, rule)
+        q = query or ServerQuery()
+        if q.all_tenants:
+            self.policy.authorize(ctx, rule + ":get_all_tenants")
+        if q.nothing:
+            return []
 
         def find(session: Session) -> list[Instance]:
-            stmt = select(Instance).where(Instance.vm_state != VmState.DELETED).order_by(Instance.created_at.desc())
-            if not ctx.is_admin:
-                stmt = stmt.where(Instance.project_id == ctx.project_id)
-            return list(session.scalars(stmt))
+            stmt = select(Instance)
+            own = Instance.project_id == ctx.project_id
+            if not q.all_tenants:
+                stmt = stmt.where(own)
+            elif q.project_id is not None:
+                stmt = stmt.where(Instance.project_id == q.project_id)
+            if q.deleted is not None:
+                stmt = stmt.where((Instance.vm_state == VmState.DELETED) if q.deleted
+                                  else (Instance.vm_state != VmState.DELETED))
+            if q.vm_states is not None:
+                stmt = stmt.where(Instance.vm_state.in_(q.vm_states))
+            if q.changes_since is not None:
+                stmt = stmt.where(Instance.updated_at >= q.changes_since)
+            if q.changes_before is not None:
+                stmt = stmt.where(Instance.updated_at <= q.changes_before)
+            for attr, values in q.exact.items():
+                stmt = stmt.where(getattr(Instance, attr).in_(values))
+            marker = None
+            if q.marker is not None:    # any server the caller could list, deleted ones too
+                marker = session.get(Instance, q.marker) if is_uuid(q.marker) else None
+                if marker is None or (not q.all_tenants and marker.project_id != ctx.project_id):
+                    raise errors.Invalid(f"marker [{q.marker}] not found")
+            return page(session.scalars(stmt), q, marker)
         return await self.db.run(find)
+
+    async def usage(self, project_id: str | None) -> dict[str, int]:
+        """What a project's servers (not deleted) use: instances, cores, RAM (MiB)."""
+        from sqlalchemy import func
+
+        def count(session: Session) -> dict[str, int]:
+            n, cores, ram = session.execute(
+                select(func.count(Instance.id), func.coalesce(func.sum(Instance.vcpus), 0),
+                       func.coalesce(func.sum(Instance.memory_mb), 0))
+                .where(Instance.project_id == project_id, Instance.vm_state != VmState.DELETED)).one()
+            return {"instances": int(n), "cores": int(cores), "ram": int(ram)}
+        return await self.db.run(count)
 
     async def actions(self, ctx: RequestContext, server_id: str) -> list[InstanceAction]:
         def find(session: Session) -> list[InstanceAction]:

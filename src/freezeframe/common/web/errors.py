@@ -96,14 +96,15 @@ HANDLERS = {
 # the name by status as in nova/api/openstack/wsgi.py (Cinder's is the same table). The request
 # id rides along inside (clients read ``code`` and ``message`` and ignore the rest) besides the
 # ``X-OpenStack-Request-Id`` header.
+# Neither table names 406 (a refused microversion) nor any other status: "computeFault", as theirs.
 FAULT_NAMES = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound", 405: "badMethod",
-               406: "notAcceptable", 409: "conflictingRequest", 413: "overLimit", 415: "badMediaType",
+               409: "conflictingRequest", 413: "overLimit", 415: "badMediaType",
                429: "overLimit", 501: "notImplemented", 503: "serviceUnavailable"}
 
 
 def fault_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    name = FAULT_NAMES.get(status, "computeFault" if status >= 500 else "badRequest")
+    name = FAULT_NAMES.get(status, "computeFault")
     body = {name: {"code": status, "message": message, "request_id": request_id_var.get()}}
     return JSONResponse(body, status_code=status, headers=headers)
 
