@@ -434,3 +434,63 @@ def test_policy_and_bad_input(cloud):
         resp = c.delete("/nodes")
         assert resp.status_code == 405 and fault(resp)
         assert c.get("/nodes/" + "x" * 300).status_code == 404
+
+
+def test_list_arguments_answer_as_ironic_39(cloud):
+    """Each list argument as a real Ironic 39 answers it (compared side by side with
+    ../shared/peers/ironic): unknown ones 400, filters newer than the microversion 406, the
+    filters no node here can match (fault, retired, shard, parent, instance name, another
+    conductor) match nothing rather than being ignored, and next keeps the query."""
+    with ironic(cloud) as c:
+        mine = [new_node(c, name=f"args-{i}", resource_class="rc-args", owner="proj-x" if i == 0 else None,
+                         description=f"the {'odd' if i % 2 else 'even'} one") for i in range(3)]
+        ids = sorted(n["uuid"] for n in mine)
+
+        def listed(**params):
+            resp = c.get("/nodes", params={"resource_class": "rc-args", **params})
+            assert resp.status_code == 200, (params, resp.text)
+            return sorted(n["uuid"] for n in resp.json()["nodes"])
+        assert listed(project="proj-x") == [mine[0]["uuid"]]
+        assert listed(description_contains="odd") == [mine[1]["uuid"]]
+        assert listed(description_contains="%") == []                  # a literal, not a LIKE pattern
+        for params in ({"fault": "power failure"}, {"retired": "true"}, {"shard": "s1"}, {"sharded": "true"},
+                       {"parent_node": "x"}, {"instance_name": "x"}, {"conductor": "not-this-host"}):
+            assert listed(**params) == [], params
+        for params in ({"retired": "false"}, {"sharded": "false"}, {"include_children": "true"}):
+            assert listed(**params) == ids, params
+        page = c.get("/nodes", params={"resource_class": "rc-args", "limit": 2, "maintenance": "false"}).json()
+        assert "resource_class=rc-args" in page["next"] and "maintenance=false" in page["next"]
+        assert "sort_key=id" in page["next"] and "sort_dir=asc" in page["next"] and "limit=2" in page["next"]
+        for params, status, words in [
+                ({"name": "args-0"}, 400, "Unexpected arguments"), ({"fault": "on fire"}, 400, "Unrecognized fault"),
+                ({"chassis_uuid": str(uuid.uuid4())}, 404, "Chassis"), ({"chassis_uuid": "x"}, 400, "UUID"),
+                ({"instance_uuid": "x"}, 400, "UUID"), ({"retired": "maybe"}, 400, "retired"),
+                ({"detail": "true", "fields": "name"}, 400, "detail")]:
+            resp = c.get("/nodes", params=params)
+            assert resp.status_code == status and words in fault(resp), (params, resp.text)
+        for params, status, words in [({"bogus": "1"}, 400, "Unexpected arguments"),
+                                      ({"portgroup": "pg"}, 404, "Portgroup pg could not be found"),
+                                      ({"node_uuid": "x"}, 400, "Expected UUID for node_uuid"),
+                                      ({"detail": "true", "fields": "uuid"}, 400, "detail")]:
+            resp = c.get("/ports", params=params)
+            assert resp.status_code == status and words in fault(resp), (params, resp.text)
+        resp = c.get(f"/nodes/{mine[0]['uuid']}/ports", params={"bogus": "1"})
+        assert resp.status_code == 400 and "Unexpected arguments" in fault(resp)
+        port = c.post("/ports", json={"node_uuid": mine[0]["uuid"], "address": "52:54:00:aa:bb:01"}).json()
+        assert [p["uuid"] for p in c.get("/ports", params={"detail": "true", "node": "args-0"}).json()["ports"]] \
+            == [port["uuid"]]
+        assert "extra" in c.get("/ports", params={"detail": "true", "node": "args-0"}).json()["ports"][0]
+        assert c.get("/ports", params={"shard": "s1"}).json()["ports"] == []
+        assert c.delete(f"/ports/{port['uuid']}").status_code == 204
+    with ironic(cloud, version="1.45") as old:
+        for key, minor in (("conductor_group", 46), ("owner", 50), ("conductor", 49), ("shard", 82),
+                           ("instance_name", 104)):
+            resp = old.get("/nodes", params={key: "x"})
+            assert resp.status_code == 406 and f"1.{minor}" in fault(resp), key
+        assert old.get("/nodes", params={"fault": "power failure"}).status_code == 200      # (1.42)
+    with ironic(cloud, version="1.42") as old:
+        resp = old.get("/nodes", params={"detail": "true"})
+        assert resp.status_code == 400 and "detail" in fault(resp)                         # (1.43)
+    with ironic(cloud) as c:
+        for node in mine:
+            assert c.delete(f"/nodes/{node['uuid']}").status_code == 204

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import start_server
-from tests.functional.test_volumes_api import cinder, new_volume, share, wait_status
+from tests.functional.test_volumes_api import cinder, fault, new_volume, share, wait_status
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -158,7 +158,7 @@ def test_a_volume_from_a_qcow2_image_holds_its_data_and_its_holes(cloud, tmp_pat
     assert image["virtual_size"] == 1536 * MiB
     with cinder(cloud) as c:
         too_small = c.post("/volumes", json={"volume": {"imageRef": image["id"], "size": 1}})
-        assert too_small.status_code == 400 and "larger than volume size" in too_small.json()["error"]["message"]
+        assert too_small.status_code == 400 and "larger than volume size" in fault(too_small)["message"]
         resp = c.post("/volumes", json={"volume": {"imageRef": image["id"]}})
         assert resp.status_code == 202, resp.text
         vol = wait_status(c, "volume", resp.json()["volume"]["id"], "available")
@@ -191,9 +191,9 @@ def test_images_a_volume_cannot_be_made_of_are_refused_at_once(cloud, tmp_path):
                                                                  "unable to access"),
                            (queued["id"], "not active"), (iso["id"], "raw or qcow2"), ("not-a-uuid", "imageRef")):
             resp = c.post("/volumes", json={"volume": {"imageRef": ref}})
-            assert resp.status_code == 400 and words in resp.json()["error"]["message"], (ref, resp.text)
+            assert resp.status_code == 400 and words in fault(resp)["message"], (ref, resp.text)
         resp = c.post("/volumes", json={"volume": {"imageRef": big["id"], "size": 2}})
-        assert resp.status_code == 400 and "minDisk" in resp.json()["error"]["message"]
+        assert resp.status_code == 400 and "minDisk" in fault(resp)["message"]
         assert {v["id"] for v in c.get("/volumes").json()["volumes"]} == before     # nothing made
     with cinder(cloud, cloud.other_token) as theirs_c:       # the owner may
         resp = theirs_c.post("/volumes", json={"volume": {"image_id": theirs["id"]}})
@@ -288,7 +288,7 @@ def test_bad_uploads_are_refused_and_make_no_image(cloud):
                              ({"image_name": "x", "force": "maybe"}, "force"),
                              ({"image_name": "x", "visibility": "everyone"}, "visibility")):
             resp = c.post(action, json={"os-volume_upload_image": inner})
-            assert resp.status_code == 400 and words in resp.json()["error"]["message"], (inner, resp.text)
+            assert resp.status_code == 400 and words in fault(resp)["message"], (inner, resp.text)
         public = c.post(action, json={"os-volume_upload_image": {"image_name": "x", "visibility": "public"}})
         assert public.status_code == 403, public.text          # publicize_image is an admin's
         with cinder(cloud, cloud.other_token) as other:
@@ -296,7 +296,7 @@ def test_bad_uploads_are_refused_and_make_no_image(cloud):
                               json={"os-volume_upload_image": {"image_name": "x"}}).status_code == 404
         _, att = _attach(c, vol)
         resp = c.post(action, json={"os-volume_upload_image": {"image_name": "x", "force": True}})
-        assert resp.status_code == 400 and "detach it first" in resp.json()["error"]["message"]
+        assert resp.status_code == 400 and "detach it first" in fault(resp)["message"]
         assert len(g.get("/v2/images", params={"limit": 1000}).json()["images"]) == before
         assert c.delete(f"/attachments/{att['id']}").status_code == 200
         assert c.get(f"/volumes/{vol['id']}").json()["volume"]["status"] == "available"
@@ -362,7 +362,7 @@ def test_a_compute_initiated_snapshot_waits_for_compute_and_never_asks_it(cloud)
         other = new_volume(c)
         resp = compute.post("/snapshots", json={"snapshot": {"volume_id": other["id"],
                                                              "os-freezeframe:compute_initiated": True}})
-        assert resp.status_code == 400 and "attached" in resp.json()["error"]["message"]
+        assert resp.status_code == 400 and "attached" in fault(resp)["message"]
         assert c.delete(f"/volumes/{other['id']}").status_code == 202
 
 
@@ -381,7 +381,7 @@ def test_a_snapshot_owned_by_an_image_goes_with_the_image(cloud, tmp_path):
         assert resp.status_code == 202, resp.text
         snap = wait_status(c, "snapshot", resp.json()["snapshot"]["id"], "available")
         refused = c.delete(f"/snapshots/{snap['id']}")
-        assert refused.status_code == 400 and owner["id"] in refused.json()["error"]["message"]
+        assert refused.status_code == 400 and owner["id"] in fault(refused)["message"]
         url = f"/snapshots/{snap['id']}/action"
         assert c.post(url, json={"os-freezeframe-set_owner_image": {"image_id": None}}).status_code == 403
         assert compute.post(url, json={"os-freezeframe-set_owner_image": {"image_id": "x"}}).status_code == 400

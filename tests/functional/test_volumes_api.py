@@ -6,6 +6,7 @@ paging, project isolation, snapshots offline, attachments, and bad input on ever
 import json
 import subprocess
 import time
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -30,6 +31,21 @@ def cinder(server, token=None, version="3.71", project=True):
     base = server.url + "/volume/v3" + (f"/{project_id}" if project else "")
     return httpx.Client(base_url=base, timeout=60, headers={"X-Auth-Token": token,
                                                             "OpenStack-API-Version": f"volume {version}"})
+
+
+FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound", 406: "computeFault",
+               409: "conflictingRequest"}      # Cinder's wsgi.Fault._fault_names (406: its default)
+
+
+def fault(resp):
+    """The inner dict of Cinder's fault body, ``{"<faultName>": {"code", "message", ...}}``."""
+    body = resp.json()
+    assert len(body) == 1, body
+    (name, inner), = body.items()
+    assert inner["code"] == resp.status_code and isinstance(inner["message"], str), body
+    assert name == FAULT_NAMES.get(resp.status_code, name), body
+    assert inner["request_id"] == resp.headers["X-OpenStack-Request-Id"], (body, resp.headers)
+    return inner
 
 
 def wait_status(c, kind, row_id, status, timeout=30):
@@ -70,14 +86,14 @@ def test_version_documents_are_public_and_microversions_negotiated(cloud):
         assert c.get("/volumes", headers={"OpenStack-API-Version": "volume latest"}).headers[
             "OpenStack-API-Version"] == "volume 3.71"
         too_new = c.get("/volumes", headers={"OpenStack-API-Version": "volume 3.72"})
-        assert too_new.status_code == 406 and "3.71" in too_new.json()["error"]["message"]
+        assert too_new.status_code == 406 and "3.71" in fault(too_new)["message"]
         assert c.get("/volumes", headers={"OpenStack-API-Version": "volume 3.x"}).status_code == 400
         assert c.get("/volumes", headers={"OpenStack-API-Version": "volume 2.0"}).status_code == 406
     with cinder(cloud, project=False) as c:      # 3.67 style: no project id in the URL
         assert c.get("/volumes").status_code == 200
     with cinder(cloud) as c:
         resp = c.get(cloud.url + "/volume/v3/project-b/volumes")
-        assert resp.status_code == 400 and "project-b" in resp.json()["error"]["message"]   # Cinder: malformed url
+        assert resp.status_code == 400 and "project-b" in fault(resp)["message"]   # Cinder: malformed url
 
 
 def test_a_blank_volume_is_created_sparse_shown_listed_and_deleted(cloud):
@@ -155,7 +171,7 @@ def test_bad_volume_creates_are_clear_and_create_nothing(cloud, body, status, wo
         before = len(c.get("/volumes", params={"all_tenants": "0"}).json()["volumes"])
         resp = c.post("/volumes", json=body)
         assert resp.status_code == status, resp.text
-        error = resp.json()["error"]
+        error = fault(resp)
         assert words.lower() in error["message"].lower() and error["request_id"].startswith("req-")
         assert len(c.get("/volumes").json()["volumes"]) == before
 
@@ -235,7 +251,7 @@ def test_offline_snapshots_keep_their_point_in_time_and_make_volumes(cloud, tmp_
             == 200
         # a volume with snapshots is not deleted; its snapshot is
         refused = c.delete(f"/volumes/{vol['id']}")
-        assert refused.status_code == 400 and "snapshot" in refused.json()["error"]["message"]
+        assert refused.status_code == 400 and "snapshot" in fault(refused)["message"]
         assert c.delete(f"/snapshots/{snap['id']}").status_code == 202
         wait_status(c, "snapshot", snap["id"], "deleted")
         assert not (share(cloud) / f"volume-{vol['id']}.{snap['id']}").exists() or \
@@ -262,7 +278,7 @@ def test_bad_snapshot_requests(cloud, body, words):
         text = json.dumps(body).replace("VOL", vol["id"])
         resp = c.post("/snapshots", content=text, headers={"Content-Type": "application/json"})
         assert resp.status_code in (400, 404), resp.text
-        assert words.lower() in resp.json()["error"]["message"].lower()
+        assert words.lower() in fault(resp)["message"].lower()
         assert c.get("/snapshots", params={"volume_id": vol["id"]}).json()["snapshots"] == []
         assert c.delete(f"/volumes/{vol['id']}").status_code == 202
 
@@ -279,7 +295,7 @@ def test_attachments_reserve_connect_complete_and_delete(cloud):
         assert att["status"] == "reserved" and att["connection_info"] == {}
         assert c.get(f"/volumes/{vol['id']}").json()["volume"]["status"] == "reserved"
         again = c.post("/attachments", json={"attachment": {"volume_uuid": vol["id"], "instance_uuid": server_id}})
-        assert again.status_code == 400 and "reserved" in again.json()["error"]["message"]
+        assert again.status_code == 400 and "reserved" in fault(again)["message"]
         resp = c.put(f"/attachments/{att['id']}", json={"attachment": {"connector": {"host": "h1",
                                                                                       "mountpoint": "/dev/vdb"}}})
         assert resp.status_code == 200, resp.text
@@ -294,7 +310,7 @@ def test_attachments_reserve_connect_complete_and_delete(cloud):
         # an in-use volume: no snapshot without force before 3.66; force=false refused from 3.66
         old = c.post("/snapshots", headers={"OpenStack-API-Version": "volume 3.65"},
                      json={"snapshot": {"volume_id": vol["id"]}})
-        assert old.status_code == 400 and "force" in old.json()["error"]["message"]
+        assert old.status_code == 400 and "force" in fault(old)["message"]
         assert c.post("/snapshots", json={"snapshot": {"volume_id": vol["id"], "force": False}}).status_code == 400
         listed = c.get("/attachments", params={"volume_id": vol["id"]}).json()["attachments"]
         assert [a["id"] for a in listed] == [att["id"]]
@@ -334,3 +350,57 @@ def test_types_zones_and_limits(cloud):
         zones = c.get("/os-availability-zone").json()["availabilityZoneInfo"]
         assert zones == [{"zoneName": "nova", "zoneState": {"available": True}}]
         assert "absolute" in c.get("/limits").json()["limits"]
+
+
+def test_errors_are_cinder_faults_and_lists_page_as_cinder(cloud):
+    """Every error of the volume API is Cinder's fault body (its name by status, the request id
+    also in X-Compute-Request-Id, which python-cinderclient reads), routing errors included;
+    lists take offset, the old sort key name cinderclient sends, and attachments page."""
+    with cinder(cloud) as c:
+        missing = c.get(f"/volumes/{uuid4()}")
+        assert missing.status_code == 404 and fault(missing)["message"].endswith("could not be found.")
+        assert missing.headers["X-Compute-Request-Id"] == missing.headers["X-OpenStack-Request-Id"]
+        assert "X-Compute-Request-Id" in c.get("/volumes").headers           # on every answer, as Cinder's
+        for resp, status in ((c.get("/no-such-collection"), 404), (c.patch("/volumes"), 405),
+                             (c.post("/volumes", content=b"{", headers={"Content-Type": "application/json"}), 400),
+                             (c.get("/volumes", params={"limit": "x"}), 400),
+                             (c.get("/volumes", params={"offset": "-1"}), 400),
+                             (c.get("/volumes", headers={"OpenStack-API-Version": "volume 3.72"}), 406)):
+            assert resp.status_code == status, resp.text
+            fault(resp)
+        made = [new_volume(c, name="paged")["id"] for _ in range(4)]
+        newest = list(reversed(made))
+
+        def ids(path="/volumes", **params):
+            resp = c.get(path, params={"name": "paged", **params})
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+        assert [v["id"] for v in ids(offset=1)["volumes"]] == newest[1:]
+        page = ids(limit=2, offset=1)
+        assert [v["id"] for v in page["volumes"]] == newest[1:3]
+        link = page["volumes_links"][0]
+        assert link["rel"] == "next" and "offset" not in link["href"] and f"marker={newest[2]}" in link["href"]
+        assert [v["id"] for v in httpx.get(link["href"], headers=c.headers).json()["volumes"]] == newest[3:]
+        assert [v["id"] for v in ids("/volumes/detail", marker=newest[0], offset=1)["volumes"]] == newest[2:]
+        assert [v["id"] for v in ids(sort="display_name:asc,created_at:asc")["volumes"]] == made   # cinderclient's name
+        assert [v["id"] for v in ids(size="1", user_id="bob")["volumes"]] == newest        # openstacksdk's filters
+        assert ids(size="2")["volumes"] == ids(user_id="carol")["volumes"] == []
+        assert c.get("/volumes", params={"size": "big"}).status_code == 400
+        atts, server = [], str(uuid4())
+        for volume_id in made[:3]:
+            resp = c.post("/attachments", json={"attachment": {"volume_uuid": volume_id, "instance_uuid": server}})
+            assert resp.status_code == 200, resp.text
+            atts.append(resp.json()["attachment"]["id"])
+        listed = c.get("/attachments", params={"limit": 2, "instance_id": server}).json()["attachments"]
+        assert [a["id"] for a in listed] == [atts[2], atts[1]]
+        rest = c.get("/attachments/detail", params={"limit": 2, "marker": atts[1], "instance_id": server}).json()[
+            "attachments"]
+        assert [a["id"] for a in rest] == [atts[0]] and "connection_info" in rest[0]
+        assert [a["id"] for a in c.get("/attachments", params={"sort": "created_at:asc", "offset": 1,
+                                                                "instance_id": server}).json()["attachments"]] == atts[1:]
+        resp = c.get("/attachments", params={"marker": str(uuid4())})
+        assert resp.status_code == 404 and "marker" in fault(resp)["message"].lower()
+        for att in atts:
+            assert c.delete(f"/attachments/{att}").status_code == 200
+        for volume_id in made:
+            assert c.delete(f"/volumes/{volume_id}").status_code == 202

@@ -217,8 +217,11 @@ class BaremetalAPI:
 
     async def _list_ports(self, request: Request, *, detail: bool, node_ident: str | None = None) -> Response:
         params = dict(request.query_params)
+        if "detail" in params and not request.url.path.endswith("/detail"):
+            from freezeframe.baremetal.checks import boolean
+            detail = boolean(params["detail"], "detail")
         rows, listing = await self.service.list_ports(ctx_of(request), params, VERSIONS.parse(request),
-                                                      node_ident=node_ident)
+                                                      node_ident=node_ident, detail=detail)
         body: dict[str, Any] = {"ports": [self._port(request, p, listing.fields, summary=not detail) for p in rows]}
         if rows and len(rows) == listing.limit:
             path = request.url.path.split("/v1", 1)[-1]        # /ports[/detail], /nodes/{node}/ports...

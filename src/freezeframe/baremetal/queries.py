@@ -4,8 +4,11 @@
 unknown one is a 400 as Ironic's "Expected UUID" / a 404 when no such item), ``sort_key`` (one
 sortable field; then ``id``) and ``sort_dir`` (asc by default, as Ironic); node filters
 ``provision_state`` (1.9), ``maintenance``, ``driver`` (1.16), ``associated``,
-``instance_uuid``, ``fields`` (1.8: the fields shown; an unknown one is a 400). A full page
-carries ``next``: the same query with the marker of its last item.
+``instance_uuid``, ``fields`` (1.8: the fields shown; an unknown one is a 400) and the rest of
+Ironic's (``NODE_ARGS``; each from its microversion, 406 before it, as Ironic); any other query
+argument is a 400 "Unexpected arguments", as Ironic answers. A full page carries ``next``: the
+same query (filters included: Ironic's own link drops them, its clients re-add them) with
+``sort_key``, ``sort_dir``, ``limit`` and the marker of its last item.
 """
 
 from __future__ import annotations
@@ -28,6 +31,34 @@ NODE_SORT_KEYS = ("id", "uuid", "name", "created_at", "updated_at", "provision_s
                   "conductor_group", "description")
 PORT_SORT_KEYS = ("id", "uuid", "address", "created_at", "updated_at", "node_uuid", "pxe_enabled")
 _COLUMN = {"uuid": "id", "node_uuid": "node_id"}
+# Every query argument of Ironic's node and port lists (ironic/api/controllers/v1/node.py, port.py).
+NODE_ARGS = frozenset({
+    "chassis_uuid", "instance_uuid", "associated", "maintenance", "retired", "provision_state", "marker", "limit",
+    "sort_key", "sort_dir", "driver", "fields", "resource_class", "fault", "conductor_group", "detail", "conductor",
+    "owner", "description_contains", "lessee", "project", "shard", "sharded", "include_children", "parent_node",
+    "instance_name"})
+PORT_ARGS = frozenset({"node", "node_uuid", "address", "marker", "limit", "sort_key", "sort_dir", "fields", "portgroup",
+                       "detail", "shard", "description_contains", "conductor_groups"})
+# The microversion each filter needs (Ironic's check_allow_filter_by_* / check_allow_specify_*).
+FILTER_VERSIONS = {"fields": 8, "provision_state": 9, "driver": 16, "resource_class": 21, "fault": 42,
+                   "conductor_group": 46, "conductor": 49, "owner": 50, "lessee": 65, "shard": 82, "sharded": 82,
+                   "include_children": 83, "parent_node": 83, "instance_name": 104}
+FAULTS = ("power failure", "clean failure", "rescue abort failure", "service failure")   # ironic.common.faults
+_BOOLEANS = ("maintenance", "associated", "retired", "sharded", "include_children", "detail")
+
+
+def check_arguments(params: Mapping[str, str], accepted: frozenset[str], version) -> None:
+    """Ironic's answers to the arguments themselves: an unknown one is a 400, a filter newer than
+    the request's microversion a 406, ``detail`` before 1.43 a 400."""
+    unexpected = sorted(k for k in params if k not in accepted)
+    if unexpected:
+        raise errors.Invalid(f"Unexpected arguments: {', '.join(shown(k) for k in unexpected)}")
+    for key, minor in FILTER_VERSIONS.items():
+        if key in params and version < (1, minor):
+            raise errors.NotAcceptable(f"Request not acceptable. The minimal required API version should be "
+                                       f"1.{minor}")
+    if "detail" in params and version < (1, 43):
+        raise errors.Invalid(f"Invalid query parameter ?detail={shown(params['detail'])} received.")
 
 
 @dataclass
@@ -71,12 +102,17 @@ def parse_listing(params: Mapping[str, str], *, sort_keys: tuple[str, ...], filt
             if value not in {str(s) for s in ProvisionState}:
                 raise errors.Invalid(f'Provision state "{value}" is not valid')
             found[key] = value
-        elif key in ("maintenance", "associated"):
+        elif key in _BOOLEANS:
             found[key] = checks.boolean(value, key)
-        elif key == "instance_uuid":
+        elif key in ("instance_uuid", "chassis_uuid", "node_uuid"):
             found[key] = checks.uuid_field(value, key)
-        elif key == "node":
+        elif key == "fault":
+            if value not in FAULTS:
+                raise errors.Invalid(f'Unrecognized fault "{value}" is specified, allowed faults are '
+                                     f'{", ".join(FAULTS)}')
             found[key] = value
+        elif key in ("shard", "conductor_groups"):
+            found[key] = [v.strip() for v in value.split(",") if v.strip()]
         else:
             found[key] = value
     fields = None
@@ -126,6 +162,6 @@ def _after(model: Any, marker: Any, key: str, direction: str) -> ColumnElement[b
 
 def next_link(base: str, params: Mapping[str, str], listing: Listing, last_id: str) -> str:
     """The URL of the next page (Ironic's ``next``)."""
-    query = {k: v for k, v in params.items() if k not in ("marker", "limit")}
-    query.update(limit=str(listing.limit), marker=last_id)
+    query = {k: v for k, v in params.items() if k not in ("marker", "limit", "sort_key", "sort_dir")}
+    query.update(sort_key=listing.sort_key, sort_dir=listing.sort_dir, limit=str(listing.limit), marker=last_id)
     return f"{base}?{urlencode(query)}"

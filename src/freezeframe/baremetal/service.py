@@ -20,7 +20,7 @@ import logging
 import uuid
 from typing import Any, Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import false, or_, select, update
 from sqlalchemy.orm import Session
 
 from freezeframe.baremetal import checks, queries, views
@@ -58,7 +58,10 @@ CREATE_KEYS = {"driver", "name", "description", "uuid", "driver_info", "properti
                "boot_interface", "snapshot_interface", "chassis_uuid",
                *(f"{i}_interface" for i in views.OTHER_INTERFACES)}
 NODE_FILTERS = ("provision_state", "maintenance", "driver", "associated", "instance_uuid", "resource_class",
-                "owner", "lessee", "conductor_group")
+                "owner", "lessee", "conductor_group", "chassis_uuid", "retired", "fault", "conductor",
+                "description_contains", "project", "shard", "sharded", "include_children", "parent_node",
+                "instance_name")
+PORT_FILTERS = ("node_uuid", "node", "address", "portgroup", "shard", "description_contains", "conductor_groups")
 PORT_KEYS = {"address", "node_uuid", "extra", "pxe_enabled", "uuid"}
 
 
@@ -187,17 +190,17 @@ class BaremetalService:
     async def list_nodes(self, ctx: RequestContext, params: dict[str, str], version,
                          detail: bool) -> tuple[list[Node], queries.Listing]:
         self._authorize(ctx, "node:list")
-        if "provision_state" in params and version < (1, 9) or "driver" in params and version < (1, 16) \
-                or "fields" in params and version < (1, 8) or "detail" in params and version < (1, 43):
-            raise errors.NotAcceptable(f"A query parameter of this request needs a newer microversion than "
-                                       f"{version}")
+        queries.check_arguments(params, queries.NODE_ARGS, version)
         listing = queries.parse_listing(params, sort_keys=queries.NODE_SORT_KEYS, filters=NODE_FILTERS,
                                         fields_allowed=views.node_fields(version))
         if detail and listing.fields is not None:
-            raise errors.Invalid("Can not specify ?fields with a detailed list (use one or the other)")
+            raise errors.Invalid("Can not specify ?detail=True and fields in the same request.")
+        f = listing.filters
+        if "chassis_uuid" in f:         # there are no chassis here
+            raise errors.NotFound(f"Chassis {f['chassis_uuid']} could not be found.")
 
         def find(session: Session) -> list[Node]:
-            f, conditions = listing.filters, []
+            conditions: list[Any] = []
             for key in ("provision_state", "driver", "instance_uuid", "resource_class", "owner", "lessee",
                         "conductor_group"):
                 if key in f:
@@ -206,6 +209,15 @@ class BaremetalService:
                 conditions.append(Node.maintenance.is_(f["maintenance"]))
             if "associated" in f:
                 conditions.append(Node.instance_uuid.is_not(None) if f["associated"] else Node.instance_uuid.is_(None))
+            if "project" in f:
+                conditions.append(or_(Node.owner == f["project"], Node.lessee == f["project"]))
+            if "description_contains" in f:
+                conditions.append(Node.description.contains(f["description_contains"], autoescape=True))
+            # What no node here has (a fault, retirement, a shard, a parent, an instance name) matches
+            # nothing when asked for; every node is its one conductor's; none is a child.
+            if f.get("retired") or f.get("sharded") or f.get("shard") or "fault" in f or "parent_node" in f \
+                    or "instance_name" in f or f.get("conductor", self.conductor) != self.conductor:
+                conditions.append(false())
             return queries.page(session, Node, conditions, listing, "Node")
         return await self.db.run(find), listing
 
@@ -590,19 +602,29 @@ class BaremetalService:
         return await self.db.run(lambda s: self._port(s, port_id))
 
     async def list_ports(self, ctx: RequestContext, params: dict[str, str], version, *,
-                         node_ident: str | None = None) -> tuple[list[Port], queries.Listing]:
+                         node_ident: str | None = None, detail: bool = False) -> tuple[list[Port], queries.Listing]:
         self._authorize(ctx, "port:list")
-        listing = queries.parse_listing(params, sort_keys=queries.PORT_SORT_KEYS,
-                                        filters=("node_uuid", "node", "address"),
+        queries.check_arguments(params, queries.PORT_ARGS, version)
+        listing = queries.parse_listing(params, sort_keys=queries.PORT_SORT_KEYS, filters=PORT_FILTERS,
                                         fields_allowed=views.port_fields(version))
+        f = listing.filters
+        if "portgroup" in f:            # there are no port groups here
+            raise errors.NotFound(f"Portgroup {f['portgroup']} could not be found.")
+        if detail and listing.fields is not None:
+            raise errors.Invalid("Can not specify ?detail=True and fields in the same request.")
 
         def find(session: Session) -> list[Port]:
-            conditions = []
-            ident = node_ident or listing.filters.get("node") or listing.filters.get("node_uuid")
+            conditions: list[Any] = []
+            ident = node_ident or f.get("node") or f.get("node_uuid")
             if ident is not None:
                 conditions.append(Port.node_id == self.find(session, ident).id)
-            if "address" in listing.filters:
-                conditions.append(Port.address == listing.filters["address"].lower())
+            if "address" in f:
+                conditions.append(Port.address == f["address"].lower())
+            if "conductor_groups" in f:
+                conditions.append(Port.node_id.in_(select(Node.id).where(
+                    Node.conductor_group.in_([g.lower() for g in f["conductor_groups"]]))))
+            if f.get("shard") or "description_contains" in f:     # no node has a shard, no port a description
+                conditions.append(false())
             return queries.page(session, Port, conditions, listing, "Port")
         return await self.db.run(find), listing
 

@@ -1,7 +1,8 @@
 """The Cinder v3 subset at /volume/v3/{project_id} (and, as Cinder 3.67+ allows, without the
 project id): volumes, snapshots, their metadata and actions, seed 002's snapshot admin metadata,
 the attachments API, the one volume type and availability zone. Microversions by
-``OpenStack-API-Version: volume 3.x`` (3.0-3.71; 406 outside)."""
+``OpenStack-API-Version: volume 3.x`` (3.0-3.71; 406 outside). Errors in Cinder's fault body
+(``{"itemNotFound": {"code": 404, "message": ..., "request_id": ...}}``, ``FAULT_HANDLERS``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any, Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freezeframe.common import errors
+from freezeframe.common.context import request_id_var
+from freezeframe.common.web.errors import FAULT_HANDLERS
 from freezeframe.common.web.microversion import Microversions
 from freezeframe.common.web.mount import Mounted, Public
 from freezeframe.common.web.request import ctx_of, json_body
@@ -22,13 +26,34 @@ VERSIONS = Microversions("volume", None, min="3.0", max="3.71")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class ComputeRequestId:
+    """Every answer also carries the request id as ``X-Compute-Request-Id``, as Cinder's do
+    (``_set_request_id_header``): python-cinderclient takes an error's ``request_id`` from it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            request_id = request_id_var.get()
+            if message["type"] == "http.response.start" and request_id != "-":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-compute-request-id", request_id.encode("latin-1"))]}
+            await send(message)
+        await self.app(scope, receive, sending)
+
+
 class VolumeAPI:
     def __init__(self, volumes: VolumeService) -> None:
         self.volumes = volumes
 
     def mounted(self) -> Mounted:
         """The volume API (Cinder v3) at /volume; its version documents need no token."""
-        return Mounted("volume", "/volume", VERSIONS.wrap(self.router()),
+        return Mounted("volume", "/volume", ComputeRequestId(VERSIONS.wrap(self.router(), handlers=FAULT_HANDLERS)),
                        public=(Public(""), Public("/"), Public("/v3"), Public("/v3/")))
 
     def router(self) -> Router:
@@ -297,6 +322,7 @@ class VolumeAPI:
         self._attachments_version(request)
         rows = await self.volumes.list_attachments(ctx_of(request), dict(request.query_params))
         detail = request.url.path.endswith("/detail")
+        # (Cinder pages attachments by limit/marker/offset/sort too but links no next page)
         return JSONResponse({"attachments": [views.attachment_view(a, with_connection=detail) for a in rows]})
 
     # -- types, zones, limits ------------------------------------------------------------------
@@ -341,7 +367,10 @@ def _action(body: Any) -> tuple[str, Any]:
 
 
 def _next(request: Request, marker: str) -> dict[str, str]:
-    params = [(k, v) for k, v in request.query_params.multi_items() if k != "marker"] + [("marker", marker)]
+    """Cinder's ``<collection>_links`` entry: the same query with the marker of the page's last
+    item; without ``offset`` (Cinder keeps it, so following its link skips that many again)."""
+    params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("marker", "offset")] + \
+        [("marker", marker)]
     from urllib.parse import urlencode
     return {"href": f"{request.url.scheme}://{request.url.netloc}{request.url.path}?{urlencode(params)}",
             "rel": "next"}

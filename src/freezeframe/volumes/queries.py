@@ -3,8 +3,9 @@
 Cinder's rules: a project sees its own; an admin sees its own project's too unless it asks for
 ``all_tenants`` (then every project, or one with ``project_id``). Sort with ``sort=key:dir,...``
 (or the older ``sort_key``/``sort_dir``), default ``created_at:desc`` then ``id:desc``; page with
-``limit`` (at most ``MAX_LIMIT``) and ``marker`` (the id of the last item seen; an unknown marker
-is a 404 as Cinder answers ``MarkerNotFound``).
+``limit`` (at most ``MAX_LIMIT``), ``marker`` (the id of the last item seen; an unknown marker
+is a 404 as Cinder answers ``MarkerNotFound``) and ``offset`` (items skipped after the marker or
+from the first, as Cinder's ``get_pagination_params``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Listing:
     all_projects: bool = False
     project_id: str | None = None
     with_count: bool = False
+    offset: int = 0
 
 
 def truthy(name: str, value: str) -> bool:
@@ -51,6 +53,7 @@ def parse_listing(ctx: RequestContext, params: Mapping[str, str], *, sort_keys: 
     limit = min(parse_uint("limit", params["limit"], maximum=2**31 - 1), MAX_LIMIT) if "limit" in params \
         else MAX_LIMIT
     marker = params.get("marker") or None
+    offset = parse_uint("offset", params["offset"], maximum=2**31 - 1) if "offset" in params else 0
     if marker is not None:
         check_text("marker", marker)
     sort: list[tuple[str, str]] = []
@@ -64,6 +67,8 @@ def parse_listing(ctx: RequestContext, params: Mapping[str, str], *, sort_keys: 
         keys = [k.strip() for k in params.get("sort_key", "created_at").split(",")]
         dirs = [d.strip().lower() for d in params.get("sort_dir", "desc").split(",")]
         sort = [(k, dirs[i] if i < len(dirs) else dirs[-1]) for i, k in enumerate(keys)]
+    # python-cinderclient sends ``name`` as the column's old name (its SORT_KEY_MAPPINGS), which Cinder sorts by
+    sort = [("name" if key == "display_name" else key, direction) for key, direction in sort]
     for key, direction in sort:
         if key not in sort_keys:
             raise errors.Invalid(f"Invalid sort key {shown(key)}: use one of {', '.join(sorted(sort_keys))}")
@@ -90,7 +95,7 @@ def parse_listing(ctx: RequestContext, params: Mapping[str, str], *, sort_keys: 
                 filters[key] = value
     with_count = with_count_allowed and "with_count" in params and truthy("with_count", params["with_count"])
     return Listing(limit=limit, marker=marker, sort=sort, filters=filters, all_projects=all_projects,
-                   project_id=project_id, with_count=with_count)
+                   project_id=project_id, with_count=with_count, offset=offset)
 
 
 def metadata_filter(value: str) -> dict[str, str]:
@@ -138,21 +143,24 @@ def page(session: Session, model: Any, conditions: list[ColumnElement[bool]], li
         count = (sum(1 for r in session.scalars(stmt) if keep(r)) if keep is not None else
                  session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)
     if listing.marker is not None:
-        marker = session.get(model, listing.marker)
-        if marker is None or marker.status == "deleted":
+        marker = session.get(model, listing.marker) if len(listing.marker) <= 36 else None
+        if marker is None or getattr(marker, "status", None) == "deleted":
             raise errors.NotFound(f"Marker {listing.marker} could not be found: no {noun.lower()} with that id is "
                                   "listed")
         stmt = stmt.where(_after(model, marker, listing.sort))
     order = [getattr(model, k).asc() if d == "asc" else getattr(model, k).desc() for k, d in listing.sort]
     stmt = stmt.order_by(*order)
     if keep is None:
-        return list(session.scalars(stmt.limit(listing.limit))), count
-    rows = []
+        return list(session.scalars(stmt.offset(listing.offset or None).limit(listing.limit))), count
+    rows, skip = [], listing.offset
     for row in session.scalars(stmt.execution_options(yield_per=200)):
         if len(rows) >= listing.limit:
             break
         if keep(row):
-            rows.append(row)
+            if skip:
+                skip -= 1
+            else:
+                rows.append(row)
     return rows, count
 
 

@@ -19,7 +19,7 @@ from freezeframe.common import errors
 from freezeframe.common.context import RequestContext
 from freezeframe.common.policy import Policy
 from freezeframe.common.pools import BoundedPool
-from freezeframe.common.strict import shown
+from freezeframe.common.strict import parse_uint, shown
 from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor.service import Workflows
 from freezeframe.db.session import Database
@@ -34,9 +34,10 @@ LOG = logging.getLogger(__name__)
 V, S, A = VolumeStatus, SnapshotStatus, AttachStatus
 DEFAULT_TYPE_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "freezeframe:volume-type:__DEFAULT__"))
 VOLUME_SORT_KEYS = {"id", "name", "status", "size", "created_at", "updated_at", "availability_zone", "bootable"}
-VOLUME_FILTERS = {"name", "status", "bootable", "availability_zone", "metadata", "volume_type"}
+VOLUME_FILTERS = {"name", "status", "bootable", "availability_zone", "metadata", "volume_type", "size", "user_id"}
 SNAPSHOT_SORT_KEYS = {"id", "name", "status", "created_at", "updated_at", "volume_id"}
 SNAPSHOT_FILTERS = {"name", "status", "volume_id", "metadata"}
+ATTACHMENT_SORT_KEYS = {"id", "created_at", "updated_at", "volume_id", "instance_uuid", "attach_status"}
 DELETABLE = (V.AVAILABLE, V.ERROR, V.ERROR_EXTENDING)
 
 
@@ -155,13 +156,16 @@ class VolumeService:
         self.policy.authorize(ctx, "volume:get_all", {"project_id": ctx.project_id})
         listing = queries.parse_listing(ctx, params, sort_keys=VOLUME_SORT_KEYS, filter_keys=VOLUME_FILTERS,
                                         with_count_allowed=with_count)
+        size = parse_uint("size", listing.filters["size"], maximum=2**31 - 1) if "size" in listing.filters else None
 
         def find(session: Session):
             conditions = queries.scoped(Volume, ctx, listing)
             f = listing.filters
-            for key in ("name", "status", "availability_zone"):
+            for key in ("name", "status", "availability_zone", "user_id"):
                 if key in f:
                     conditions.append(getattr(Volume, key) == f[key])
+            if size is not None:
+                conditions.append(Volume.size == size)
             if "bootable" in f:
                 conditions.append(Volume.bootable.is_(f["bootable"]))
             if "volume_type" in f and f["volume_type"] not in (self.settings.default_type, DEFAULT_TYPE_ID):
@@ -589,17 +593,23 @@ class VolumeService:
     async def list_attachments(self, ctx: RequestContext, params: dict[str, str]) -> list[VolumeAttachment]:
         self.policy.authorize(ctx, "volume:attachment_get_all", {"project_id": ctx.project_id})
 
+        listing = queries.parse_listing(ctx, params, sort_keys=ATTACHMENT_SORT_KEYS,
+                                        filter_keys={"volume_id", "instance_id", "status"}, with_count_allowed=False)
+
         def find(session: Session) -> list[VolumeAttachment]:
-            stmt = select(VolumeAttachment).join(Volume, Volume.id == VolumeAttachment.volume_id).where(
-                VolumeAttachment.attach_status != A.DETACHED)
-            if not (ctx.is_admin and queries.truthy("all_tenants", params.get("all_tenants", "false"))):
-                stmt = stmt.where(Volume.project_id == ctx.project_id)
+            conditions = [VolumeAttachment.attach_status != A.DETACHED]
+            if not listing.all_projects:
+                conditions.append(VolumeAttachment.volume_id.in_(
+                    select(Volume.id).where(Volume.project_id == ctx.project_id)))
+            elif listing.project_id:
+                conditions.append(VolumeAttachment.volume_id.in_(
+                    select(Volume.id).where(Volume.project_id == listing.project_id)))
             for key, column in (("volume_id", VolumeAttachment.volume_id),
                                 ("instance_id", VolumeAttachment.instance_uuid),
                                 ("status", VolumeAttachment.attach_status)):
-                if key in params:
-                    stmt = stmt.where(column == params[key])
-            return list(session.scalars(stmt.order_by(VolumeAttachment.created_at.desc())))
+                if key in listing.filters:
+                    conditions.append(column == listing.filters[key])
+            return queries.page(session, VolumeAttachment, conditions, listing, "Attachment")[0]
         return await self.db.run(find)
 
     def _attachment(self, session: Session, ctx: RequestContext, attachment_id: str,
