@@ -17,10 +17,13 @@ from freezeframe.common.web.errors import HANDLERS
 from freezeframe.compute.api import ComputeAPI
 from freezeframe.conductor.api import WorkflowAPI
 from freezeframe.common.web.mount import Public, PublicPaths
+from freezeframe.common.web.openapi import PUBLIC as OPENAPI_PUBLIC
+from freezeframe.common.web.openapi import OpenAPI
 from freezeframe.db.engine import redact
 from freezeframe.http.health import PATH as HEALTH_PATH
 from freezeframe.http.health import Health
 from freezeframe.http.limits import Limiter, LimitMiddleware
+from freezeframe.http.metrics import MetricsEndpoint
 from freezeframe.http.middleware import EdgeMiddleware
 from freezeframe.images.api import ImageAPI
 from freezeframe.settings import Settings
@@ -86,7 +89,10 @@ def build_app(settings: Settings) -> Starlette:
     if services.baremetal is not None:
         from freezeframe.baremetal.api import BaremetalAPI
         mounted.append(BaremetalAPI(services.baremetal).mounted())
-    routes = [Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"])]
+    openapi = OpenAPI(mounted)      # each API's OpenAPI document, read from its routes
+    routes = [Route(HEALTH_PATH, health.endpoint, methods=["GET", "HEAD"]), *openapi.routes()]
+    metrics = MetricsEndpoint(settings, services)       # GET /metrics ([metrics] settings)
+    routes += metrics.routes()
     for m in mounted:
         routes += m.routes()
     app = Starlette(
@@ -95,7 +101,8 @@ def build_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.mounted = mounted        # what `serve` announces at start (server.py: announcement)
     app.add_middleware(LimitMiddleware, limiter=limiter)       # inside the edge: refusals are logged
     app.add_middleware(EdgeMiddleware, authenticator=authenticator, max_header_bytes=settings.server.max_header_bytes,
-                       public=PublicPaths(mounted, own=ROOT_PUBLIC))
+                       public=PublicPaths(mounted, own=ROOT_PUBLIC + OPENAPI_PUBLIC + metrics.public))
     return app

@@ -125,7 +125,7 @@ def compute_app(settings: Settings) -> Starlette:
 
 
 def run_compute(settings: Settings) -> None:
-    logs.setup(settings.server.log_level)
+    logs.setup(settings.server.log_level, settings.server.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = compute_app(settings)
     uvicorn.run(app, host=settings.server.host, port=settings.server.port, loop="uvloop", http="httptools",
@@ -140,7 +140,7 @@ def api_app() -> Starlette:
 
     doc = json.loads(os.environ[SETTINGS_ENV])
     settings = settings_mod.load(doc.get("config"), flags=doc.get("flags") or {})
-    logs.setup(settings.server.log_level)
+    logs.setup(settings.server.log_level, settings.server.log_format)
     return build_app(settings)
 
 
@@ -150,7 +150,7 @@ def run_api(config: str | None, flags: dict, workers: int) -> None:
 
     flags = {**flags, "compute.enabled": False, "conductor.enabled": False}
     settings = settings_mod.load(config, flags=flags)       # checked once, before any worker starts
-    logs.setup(settings.server.log_level)
+    logs.setup(settings.server.log_level, settings.server.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     from freezeframe.db.engine import make_engine
     from freezeframe.db.migrate import upgrade
@@ -185,7 +185,7 @@ def run_conductor(settings: Settings) -> None:
     from freezeframe.assembly import (build_authenticator, build_baremetal, build_conductor, build_hosts, build_services,
                                       build_volume, service_image_client, service_volume_client)
 
-    logs.setup(settings.server.log_level)
+    logs.setup(settings.server.log_level, settings.server.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     services = build_services(settings, role="conductor")
     authenticator = build_authenticator(settings)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+from freezeframe.common.metrics import workflow_bytes
+
 
 class Parts:
     """Cuts a stream of blocks into consecutive parts of exact sizes (no copies)."""
@@ -43,6 +45,7 @@ def send_in_parts(images: Any, image_id: str, size: int, blocks: Iterator[bytes 
         final = at + n == size          # (0 bytes when everything was kept: it commits)
         images.upload_resumable(image_id, data.take(n), n, upload_id=upload_id, offset=at, final=final,
                                 progress=progress)
+        workflow_bytes(n)           # (for the kind of the workflow sending it)
         at += n
         if final:
             return

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The workflow the conductor runs on this thread (None elsewhere): the log lines name it.
+workflow_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("workflow_id", default=None)
 
 # Keystone's default implied roles: admin implies member, member implies reader.
 IMPLIED_ROLES = {"admin": ("member", "reader"), "member": ("reader",)}

@@ -45,6 +45,9 @@ S = TypeVar("S", bound=enum.StrEnum)
 # Every machine declared in this process, by name (for /healthcheck?detailed, metrics, docs).
 MACHINES: dict[str, "Machine[Any]"] = {}
 _PENDING = "freezeframe.statemachine.pending"   # Session.info key: moves waiting for the commit
+# Session.info key: a callable(machine, move) told of every committed move (the database's
+# metrics, ``common/metrics.py``, set through its sessionmaker).
+SINK = "freezeframe.statemachine.sink"
 
 
 class LostRace(errors.InvalidState):
@@ -268,9 +271,12 @@ def _after_commit(session: Session, machine: Machine[Any], move: Move) -> None:
 
 def _flush_pending(session: Session) -> None:
     pending = session.info.get(_PENDING) or []
+    sink = session.info.get(SINK)
     while pending:
         machine, move = pending.pop(0)
         machine._committed(move)
+        if sink is not None:
+            sink(machine, move)
 
 
 def _drop_pending(session: Session) -> None:

@@ -51,6 +51,7 @@ from taskflow import states as tf_states
 from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models as tf_models
 
+from freezeframe.common.context import workflow_id_var
 from freezeframe.common.timeutil import utcnow
 from freezeframe.conductor import runtime
 from freezeframe.conductor.jobboard import Board, DatabaseBoard
@@ -183,6 +184,11 @@ class Conductor:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    @property
+    def running_count(self) -> int:
+        """Workflows running here now (the metrics' gauge)."""
+        return len(self._running)
+
     def stop(self, timeout: float | None = None) -> bool:
         """Pause: take no new work, interrupt the running flows at their next interruption point
         (never reverting them), release this conductor's claims, leave the liveness group.
@@ -310,7 +316,9 @@ class Conductor:
                     self._backoff[workflow_id] = now + min(self.leases.ttl / 2, self._scan_interval)
                 continue
             claim.job = offer
+            self.db.metrics.claims.inc()
             if claim.previous_owner not in (None, self.id):
+                self.db.metrics.takeovers.inc()
                 LOG.warning("conductor %s took over workflow %s from conductor %s, whose lease ran out (state %s, "
                             "fence %d)", self.id, workflow_id, claim.previous_owner, claim.state, claim.fence)
             if self._start(claim):
@@ -336,6 +344,7 @@ class Conductor:
 
     def _run_guarded(self, claim: Claim) -> None:
         workflow_id = claim.workflow_id
+        token = workflow_id_var.set(workflow_id)       # every log line of the run names it
         try:
             with self.leases.bound(claim):
                 outcome = self._run(claim)
@@ -372,6 +381,7 @@ class Conductor:
                 with contextlib.suppress(Exception):
                     self.board.give_up(claim.job, self.id)
         finally:
+            workflow_id_var.reset(token)
             with self._idle:
                 self._running.discard(workflow_id)
                 self._woken.discard(workflow_id)
@@ -435,7 +445,8 @@ class Conductor:
         runtime.current().check_stop()
         engine = self._engine(wf, kind)
         try:
-            engine.run()        # Interrupted/Fenced go straight through: nothing reverted
+            with self.db.metrics.running_workflow(wf.kind):     # its uploads count for its kind
+                engine.run()        # Interrupted/Fenced go straight through: nothing reverted
         except Exception as exc:
             if engine.storage.get_flow_state() == tf_states.REVERTED:
                 self._finish_failed(workflow_id, exc)
@@ -443,7 +454,19 @@ class Conductor:
             self._revert_incomplete(workflow_id, exc)
             return HELD
         LOG.info("workflow %s finished", workflow_id)
+        self._observe_end(workflow_id)
         return ENDED
+
+    def _observe_end(self, workflow_id: str) -> None:
+        """Count a workflow this run ended: its kind, final state, creation-to-end seconds."""
+        try:
+            wf = self.db.run_sync(lambda s: s.get(Workflow, workflow_id))
+        except Exception as exc:         # (only for the metrics)
+            LOG.debug("workflow %s: not counted in the metrics: %s", workflow_id, exc)
+            return
+        if wf is not None and wf.state in self.registry.terminal_states():
+            self.db.metrics.workflow_finished(wf.kind, wf.state,
+                                              (wf.last_state_change_at - wf.created_at).total_seconds())
 
     def _finish_failed(self, workflow_id: str, exc: BaseException | None, *,
                        detail: str = "reverted: cleaned up") -> None:
@@ -464,6 +487,7 @@ class Conductor:
         self.leases.write(workflow_id, finish)
         self._revert_retry.pop(workflow_id, None)
         LOG.warning("workflow %s reverted: %s", workflow_id, reason)
+        self._observe_end(workflow_id)
 
     def _revert_incomplete(self, workflow_id: str, exc: BaseException) -> None:
         """A revert step failed: the workflow stays FAILED — never REVERTED — with a reason that
@@ -531,7 +555,10 @@ class Conductor:
         with self._guard:
             here = frozenset(self._running) | {c.workflow_id for c in self.leases.held()}
         scan = Scan(conductor_id=self.id, running=frozenset(here), hosts=self.hosts, workflows=self.workflows)
-        return self.registry.run_hooks(scan, should_stop=self._stopping.is_set)
+        done = self.registry.run_hooks(scan, should_stop=self._stopping.is_set)
+        for hook, items in done.items():
+            self.db.metrics.reaped(hook, {"reconciled": len(items)})
+        return done
 
     def _board_trouble(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -43,6 +43,12 @@ class Liveness:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self.on_lost = None        # called when the watchdog takes a lost lock again (metrics)
+
+    @property
+    def holding(self) -> bool:
+        """This process holds its liveness lock (started, not stopped): for the metrics."""
+        return self._own_lock is not None and not self._stopped.is_set()
 
     def start(self) -> None:
         self._reachable()
@@ -94,6 +100,8 @@ class Liveness:
                     lock = self._coord.get_lock(self._lock_name(self.member_id))
                     if lock.acquire(blocking=False):
                         self._own_lock = lock
+                        if self.on_lost is not None:
+                            self.on_lost()
                         LOG.warning("conductor %s: its liveness lock was lost (coordination backend restarted?); "
                                     "taken again", self.member_id)
                         lost = False

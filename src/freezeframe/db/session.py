@@ -53,6 +53,10 @@ class Database:
                                 max_queue_wait=QUEUE_WAIT)
         self._probe_engine: Engine | None = None
         self._probe_lock = threading.Lock()
+        # This database's metrics (its own registry: several apps may share a process); its
+        # sessions report their committed state transitions to it.
+        from freezeframe.common.metrics import Metrics
+        self.metrics = Metrics(self)
 
     def run_sync(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn(session)`` in one transaction: committed if it returns, rolled back if it raises."""
