@@ -28,17 +28,49 @@ import uvicorn
 from freezeframe.common import logs
 from freezeframe.conductor.engine import Conductor, exit_like_kill_9
 from freezeframe.app import build_app
+from freezeframe.common.web.mount import Mounted
+from freezeframe.common.web.openapi import PATH as OPENAPI_PATH
+from freezeframe.http.metrics import PATH as METRICS_PATH
+from freezeframe.http.health import PATH as HEALTH_PATH
 from freezeframe.settings import Settings
 
 LOG = logging.getLogger(__name__)
 EXIT_STARTUP_FAILED = 3
+# How the start announces each mounted API (Mounted.name): its name for people, and the
+# versioned path below its mount that clients are given (the catalog's, for the OpenStack ones).
+API_LABELS = {
+    "image": ("image API (Glance v2)", ""),
+    "compute": ("compute API (Nova v2.1)", "/v2.1"),
+    "volume": ("volume API (Cinder v3)", "/v3"),
+    "baremetal": ("bare-metal API (Ironic v1)", ""),
+    "workflows": ("workflow API", "/workflows"),
+    "identity": ("identity API (Keystone v3)", ""),
+}
+
+
+def announcement(host: str, port: int, mounted: list[Mounted], metrics: bool = False) -> list[str]:
+    """The lines the start logs: where this process serves, then every API's URL (and the
+    health check's, the OpenAPI documents', and the metrics' when served), one per line."""
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    urls = []
+    for m in mounted:
+        label, suffix = API_LABELS.get(m.name, (f"{m.name} API", ""))
+        urls.append((label, base + m.path + suffix))
+    urls.append(("health check", base + HEALTH_PATH))
+    urls.append(("OpenAPI documents", base + OPENAPI_PATH))
+    if metrics:
+        urls.append(("Prometheus metrics", base + METRICS_PATH))
+    width = max(len(label) for label, _ in urls)
+    return [f"freezeframe serving on {base}:"] + [f"  {label.ljust(width)}  {url}" for label, url in urls]
 
 
 class Server(uvicorn.Server):
     """uvicorn's server with the conductor started after the bind and paused before the stop."""
 
-    def __init__(self, config: uvicorn.Config, conductor: Conductor | None, graceful_timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, conductor: Conductor | None, graceful_timeout: float,
+                 announce: list[str] | None = None) -> None:
         super().__init__(config)
+        self.announce = announce or []
         self.conductor = conductor
         self.graceful_timeout = graceful_timeout
         self.conductor_running = False
@@ -47,7 +79,11 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)      # lifespan startup, then the port is bound
-        if self.conductor is None or self.should_exit or not self.started:
+        if self.should_exit or not self.started:
+            return
+        for line in self.announce:      # once the port is bound: every URL said here answers
+            LOG.info("%s", line)
+        if self.conductor is None:
             return
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.conductor.start)
@@ -96,7 +132,7 @@ def tune_malloc() -> None:
 
 
 def serve(settings: Settings) -> None:
-    logs.setup(settings.server.log_level)
+    logs.setup(settings.server.log_level, settings.server.log_format)
     tune_malloc()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
@@ -121,13 +157,13 @@ def serve(settings: Settings) -> None:
         h11_max_incomplete_event_size=settings.server.max_header_bytes,
         server_header=False,
     )
-    LOG.info("freezeframe serving on http://%s:%d (image API at /image)", settings.server.host,
-             settings.server.port)
     # uvicorn re-raises the signal that stopped it once the graceful shutdown is done; with
     # these (no-op) handlers in place that re-raise is harmless and a clean stop exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server = Server(config, conductor, settings.server.graceful_timeout)
+    server = Server(config, conductor, settings.server.graceful_timeout,
+                    announcement(settings.server.host, settings.server.port, app.state.mounted,
+                                 metrics=settings.metrics.enabled))
     server.run()
     if server.exit_code:
         raise SystemExit(server.exit_code)

@@ -190,16 +190,66 @@ def test_workflow_list_timeout_cancel_watch(tmp_path, capsys):
         slow = ff("workflow", "watch", doc["workflow_id"], "--timeout", "0.3")
         assert slow.code == 1 and "timed out after 0.3s" in slow.err
 
-        assert ff("workflow", "cancel", doc["workflow_id"]).code == 0
+        cancelled = ff("workflow", "cancel", doc["workflow_id"])
+        assert cancelled.code == 0, cancelled.err
+        # it says what it did, and what the workflow will undo
+        assert f"cancel requested for workflow {doc['workflow_id']} (snapshot of server {server_id}, " in cancelled.err
+        assert ("it stops at its next step and reverts (the guest thawed, the point in time released, the image "
+                "deleted), then ends CANCELLED") in cancelled.err
+        assert f"'freezeframe workflow watch {doc['workflow_id']}'" in cancelled.err
         watched = ff("workflow", "watch", doc["workflow_id"])
         assert watched.code == 1
         assert f"workflow {doc['workflow_id']} ended CANCELLED: cancelled by the user" in watched.err
         assert ff("workflow", "show", doc["workflow_id"], "-f", "json").json()["state"] == "CANCELLED"
         again = ff("workflow", "cancel", doc["workflow_id"])
         assert again.code == 1 and "already ended (CANCELLED)" in again.err and "HTTP 409" in again.err
+        assert "nothing to cancel" in again.err
         assert image_of(server, doc["image_id"]).status_code == 404
+
+        # --wait follows it to its end: exit 0 once it ended CANCELLED
+        made = ff("server", "image", "create", server_id, "--name", "cancel-me-too", "-f", "json")
+        assert made.code == 0, made.err
+        second = made.json()
+        waited = ff("workflow", "cancel", second["workflow_id"], "--wait")
+        assert waited.code == 0, waited.err
+        assert f"cancel requested for workflow {second['workflow_id']}" in waited.err
+        assert f"workflow {second['workflow_id']} ended CANCELLED: cancelled, everything it made removed" in waited.err
+        assert ff("workflow", "show", second["workflow_id"], "-f", "json").json()["state"] == "CANCELLED"
+        assert image_of(server, second["image_id"]).status_code == 404
     finally:
         server.stop()
+
+
+def test_wait_asks_again_while_the_guest_agent_does_not_answer(ff, cloud, monkeypatch):
+    """The image asks for quiesce and the guest has no agent (the fake driver's guest never
+    answers): the service's 409 is recognised, --wait retries with a backoff, saying so, and
+    gives up after --timeout; without --wait the 409 says how to wait. (The success path, an
+    agent that starts answering, is in tests/unit/test_cli_agent_wait.py.)"""
+    from freezeframe.cli import server as server_cli
+
+    image = active_image(cloud, f"quiesced-{uuid.uuid4()}")
+    with cloud.client() as images:
+        assert images.patch(f"/v2/images/{image['id']}", headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+                            json=[{"op": "add", "path": "/os_require_quiesce", "value": "yes"}]).status_code == 200
+    made = ff("server", "create", f"vm-{uuid.uuid4()}", "--image", image["id"], "--flavor", "m1.tiny", "--wait",
+              "-f", "json")
+    assert made.code == 0, made.err
+    server_id = made.json()["id"]
+
+    bare = ff("server", "image", "create", server_id, "--name", "never")
+    assert bare.code == 1
+    assert "guest agent does not answer" in bare.err and "HTTP 409" in bare.err
+    assert "add --wait to wait for its agent" in bare.err and "retrying" not in bare.err
+
+    monkeypatch.setattr(server_cli, "AGENT_RETRY_FIRST", 0.5)
+    waited = ff("server", "image", "create", server_id, "--name", "never", "--wait", "--timeout", "2")
+    assert waited.code == 1, waited.err
+    retries = [line for line in waited.err.splitlines() if "is not ready yet" in line]
+    assert len(retries) >= 2 and "retrying in 0 s" not in waited.err
+    assert f"the guest agent of server {made.json()['name']} is not ready yet" in retries[0]
+    assert f"gave up after 2s: the guest agent of server {made.json()['name']} still does not answer" in waited.err
+    assert "HTTP 409" in waited.err and REQUEST_ID.search(waited.err)
+    assert ff("workflow", "list", "--server", server_id, "-f", "json").json() == []   # nothing was started
 
 
 def test_progress_bar_only_on_a_terminal(cloud, tmp_path):

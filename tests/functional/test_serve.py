@@ -147,3 +147,34 @@ def test_serve_refuses_test_knobs_unless_testing_is_enabled(tmp_path):
         assert "FREEZEFRAME_TESTING__ENABLED=true" in str(exc)
     else:
         raise AssertionError("serve started with a test-only knob and testing disabled")
+
+
+def test_start_log_names_every_api_url(fresh_server):
+    """A new user reads where each API is in the serve log; every URL it names answers."""
+    import httpx
+
+    log = fresh_server.log()
+    lines = log[log.index("freezeframe serving on"):].splitlines()
+    assert lines[0].endswith(f"freezeframe serving on {fresh_server.url}:")
+    urls = {}
+    for line in lines[1:]:
+        found = re.search(r"\]\s{3}(\S.*?)\s{2,}(http://\S+)$", line)
+        if found is None:
+            break
+        urls[found.group(1).strip()] = found.group(2)
+    base = fresh_server.url
+    assert urls == {
+        "image API (Glance v2)": f"{base}/image",
+        "identity API (Keystone v3)": f"{base}/identity",
+        "compute API (Nova v2.1)": f"{base}/compute/v2.1",
+        "workflow API": f"{base}/v1/workflows",
+        "volume API (Cinder v3)": f"{base}/volume/v3",
+        "bare-metal API (Ironic v1)": f"{base}/baremetal",
+        "health check": f"{base}/healthcheck",
+        "OpenAPI documents": f"{base}/openapi",
+        "Prometheus metrics": f"{base}/metrics",
+    }
+    for label, url in urls.items():
+        token = fresh_server.admin_token if label == "Prometheus metrics" else fresh_server.member_token
+        resp = httpx.get(url, headers={"X-Auth-Token": token}, follow_redirects=True)
+        assert resp.status_code in (200, 300), (label, url, resp.status_code, resp.text[:200])

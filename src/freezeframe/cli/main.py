@@ -1,4 +1,4 @@
-"""``freezeframe``: the server and the client commands.
+"""freezeframe: the server and the client commands.
 
 Exit codes: 0 success; 1 the request failed (the server said no, or the operation failed);
 2 usage or configuration error; 3 could not reach the service; 130 interrupted.
@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         "auth.tokens_file": args.tokens_file,
         "database.url": args.database_url,
         "server.log_level": args.log_level,
+        "server.log_format": args.log_format,
     }
     settings = _load_settings(args.config, flags)
     if settings is None:
@@ -49,7 +50,8 @@ def _conductor(args: argparse.Namespace) -> int:
 
     flags = {"data_dir": args.data_dir, "database.url": args.database_url, "auth.mode": args.auth,
              "auth.tokens_file": args.tokens_file, "server.log_level": args.log_level,
-             "conductor.image_url": args.image_url, "conductor.coordination_url": args.coordination_url,
+             "server.log_format": args.log_format, "conductor.image_url": args.image_url,
+             "conductor.coordination_url": args.coordination_url,
              "conductor.id": args.id, "conductor.jobboard_url": args.jobboard_url, "conductor.hosts": args.hosts}
     settings = _load_settings(args.config, flags)
     if settings is None:
@@ -61,7 +63,7 @@ def _conductor(args: argparse.Namespace) -> int:
 def _common_flags(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir, "server.port": args.port, "server.host": args.host,
             "auth.mode": args.auth, "auth.tokens_file": args.tokens_file, "database.url": args.database_url,
-            "server.log_level": args.log_level}
+            "server.log_level": args.log_level, "server.log_format": args.log_format}
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -101,6 +103,8 @@ def _role_options(parser: argparse.ArgumentParser, port_help: str, *, listen: st
     parser.add_argument("--auth", choices=["tokens", "keystone", "noauth"], help="authentication mode")
     parser.add_argument("--tokens-file", help="the deployment's tokens file (the services' own token in it)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="log lines as readable text (default) or one JSON object per line")
 
 
 def _policy(_args: argparse.Namespace) -> int:
@@ -116,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"freezeframe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run every API, the reaper and (later) the conductor in one process")
+    serve = sub.add_parser("serve", help="run every API, the reaper and the conductor in one process")
     serve.add_argument("--config", help="TOML settings file (also FREEZEFRAME_CONFIG)")
     serve.add_argument("--data-dir", help="where the database, image store and tokens live")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokens-file", help="JSON file mapping tokens to {user_id, project_id, roles}")
     serve.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"],
+                       help="log lines as readable text (default) or one JSON object per line")
     serve.set_defaults(func=_serve)
 
     cond = sub.add_parser("conductor", help="run a conductor on its own (scale-out); serve with "
@@ -144,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--auth", choices=["tokens", "keystone", "noauth"], help="how to reach the image API")
     cond.add_argument("--tokens-file", help="tokens file holding a token with role 'service'")
     cond.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    cond.add_argument("--log-format", choices=["text", "json"],
+                      help="log lines as readable text (default) or one JSON object per line")
     cond.set_defaults(func=_conductor)
 
     api = sub.add_parser("api", help="run the APIs only (split deployment): stateless, several worker "

@@ -2,7 +2,9 @@
 
 ``server image create`` and ``server backup create`` print the new image's ID and the workflow
 filling it; with ``--wait`` they follow the workflow as ``freezeframe workflow watch`` does.
-Every ``--wait`` rides through a restart of the service (``cli/ride.py``).
+Every ``--wait`` rides through a restart of the service (``cli/ride.py``). A snapshot that the
+service refuses because the guest agent does not answer yet (409: the image asks for quiesce,
+and the guest is still booting) is asked again with ``--wait``, backing off, saying so.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from freezeframe.images.client import GlanceClient
 
 # Nova's power_state numbers, in openstackclient's words.
 POWER_STATES = {0: "NOSTATE", 1: "Running", 3: "Paused", 4: "Shutdown", 6: "Crashed", 7: "Suspended"}
+# A snapshot whose image asks for quiesce (os_require_quiesce) is refused with a 409 while the
+# guest agent does not answer (a guest still booting starts it a few seconds in): ``--wait``
+# asks again after AGENT_RETRY_FIRST seconds, doubling up to AGENT_RETRY_MAX, for at most
+# AGENT_WAIT seconds (and never past ``--timeout``).
+AGENT_WAIT = 300.0
+AGENT_RETRY_FIRST, AGENT_RETRY_MAX = 2.0, 15.0
 LIST_COLUMNS = [("ID", "id"), ("Name", "name"), ("Status", "status"), ("Task State", "OS-EXT-STS:task_state"),
                 ("Power State", "OS-EXT-STS:power_state"), ("Image", "image")]
 
@@ -185,8 +193,50 @@ def stop(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) ->
     return _each(client, args.servers, "stop", "stopped", client.stop_server)
 
 
+def agent_not_ready(exc: ComputeError) -> bool:
+    """Is this the compute API's refusal of a snapshot because the guest agent does not answer?"""
+    return exc.status == 409 and "guest agent" in exc.message.lower()
+
+
+def accept_when_agent_ready(accept: Callable[[], Accepted], server: str, *, timeout: float = AGENT_WAIT,
+                            sleep: Callable[[float], None] | None = None,
+                            clock: Callable[[], float] = time.monotonic) -> Accepted:
+    """``accept()`` (a snapshot request), asked again while the service answers that the guest
+    agent of ``server`` does not answer yet, backing off, saying so on stderr; the last refusal
+    (a ComputeError saying it gave up) after ``timeout`` seconds. Other failures at once."""
+    deadline = clock() + timeout
+    delay = AGENT_RETRY_FIRST
+    while True:
+        try:
+            return accept()
+        except ComputeError as exc:
+            if not agent_not_ready(exc):
+                raise
+            left = deadline - clock()
+            if left < 0.1:
+                exc.message = (f"gave up after {timeout:g}s: the guest agent of server {server} still does not "
+                               f"answer (is qemu-guest-agent running in the guest?): {exc.message}")
+                raise
+            wait = min(delay, left)
+            print(f"freezeframe: the guest agent of server {server} is not ready yet (the guest may still be "
+                  f"booting); retrying in {round(wait, 1):g} s (giving up after {timeout:g} s)...", file=sys.stderr,
+                  flush=True)
+            (sleep or time.sleep)(wait)
+            delay = min(delay * 2, AGENT_RETRY_MAX)
+
+
 def _snapshot(args: argparse.Namespace, client: ComputeClient, accept: Callable[[Server], Accepted]) -> int:
-    accepted = accept(client.find_server(args.server))
+    server = client.find_server(args.server)
+    if args.wait:
+        accepted = accept_when_agent_ready(lambda: accept(server), server.name or server.id,
+                                           timeout=min(args.timeout, AGENT_WAIT))
+    else:
+        try:
+            accepted = accept(server)
+        except ComputeError as exc:
+            if agent_not_ready(exc):
+                exc.message += " (retry once the guest has booted, or add --wait to wait for its agent)"
+            raise
     if not args.wait:
         print_accepted(accepted, args.format)
         return EXIT_OK
@@ -380,6 +430,9 @@ def register(subparsers: Any) -> None:
     actions = server.add_subparsers(dest="server_command", required=True, metavar="ACTION")
     service, fmt = workflows.parents()
 
+    SNAPSHOT_WAIT = (f"the image is active, showing the workflow's progress (first, while the guest agent "
+                     f"does not answer yet, asking again for up to {AGENT_WAIT:g} s)")
+
     def wait_options(parser: argparse.ArgumentParser, until: str, what: str) -> None:
         parser.add_argument("--wait", action="store_true", help=f"wait until {until}")
         workflows.add_timeout(parser, what)
@@ -419,7 +472,7 @@ def register(subparsers: Any) -> None:
     image = actions.add_parser("image", help="snapshot a server into an image")
     image_actions = image.add_subparsers(dest="server_image_command", required=True, metavar="ACTION")
     p = image_actions.add_parser("create", parents=[snapshot, service, fmt], help="snapshot a server into an image")
-    wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
+    wait_options(p, SNAPSHOT_WAIT, "the workflow")
     p.set_defaults(func=image_create)
 
     p = actions.add_parser("snapshot", parents=[snapshot, service, fmt],
@@ -427,7 +480,7 @@ def register(subparsers: Any) -> None:
                                 "point in time into one bootable image (Freezeframe's instance-level snapshot)")
     p.add_argument("--device", action="append", default=[], metavar="DEVICE",
                    help="a device to include, e.g. vda or /dev/vdb (repeat; default: every device)")
-    wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
+    wait_options(p, SNAPSHOT_WAIT, "the workflow")
     p.set_defaults(func=snapshot_create)
 
     backup = actions.add_parser("backup", help="back a server up into a rotated image")
@@ -437,7 +490,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--type", required=True, metavar="TYPE", help="backup type, e.g. daily or weekly")
     p.add_argument("--rotation", "--rotate", dest="rotation", type=_non_negative, required=True, metavar="N",
                    help="how many backups of this type to keep")
-    wait_options(p, "the image is active, showing the workflow's progress", "the workflow")
+    wait_options(p, SNAPSHOT_WAIT, "the workflow")
     p.set_defaults(func=backup_create)
 
     register_volume(actions, service, fmt)

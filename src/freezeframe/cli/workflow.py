@@ -3,7 +3,8 @@
 ``watch`` (and ``server image create --wait``) polls the workflow four times a second: a live
 progress bar on stderr when it is a terminal, one line per state change otherwise. It exits 0
 when the workflow reaches IMAGE_ACTIVE (COMPLETE for a volume workflow) and 1 when it ends REVERTED or CANCELLED, or stays FAILED
-(its revert stalled), printing the failure reason. Once the service has answered, a restart of
+(its revert stalled), printing the failure reason. ``cancel`` says what it asked for and what
+the workflow will undo (``--wait``: follows it until it has ended). Once the service has answered, a restart of
 it does not end the watch: the polls ride through it (``cli/ride.py``), saying so, for up to
 5 minutes.
 """
@@ -198,21 +199,68 @@ def watch(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -
     return outcome(follow(client, args.workflow, args.timeout))
 
 
+# What a cancelled workflow undoes, by kind (the others: "what it did so far").
+UNDONE = {
+    "snapshot": "the guest thawed, the point in time released, the image deleted",
+    "backup": "the guest thawed, the point in time released, the image deleted",
+    "baremetal-snapshot": "the node booted from its disk again, the streamed copy removed, the image deleted",
+}
+
+
+def describe(wf: Workflow) -> str:
+    """``workflow ID (snapshot of server S, UPLOAD_BEGIN 40%)``."""
+    what = wf.kind or "workflow"
+    resource = wf.attrs.get("resource_type") or "resource"
+    if wf.resource_id:
+        what += f" of {resource} {wf.resource_id}"
+    return f"workflow {wf.id} ({what}, {wf.state} {wf.progress}%)"
+
+
+def cancel_message(before: Workflow, *, following: bool = False) -> str:
+    """What ``cancel`` did, from the workflow as it was just before (``following``: ``--wait``
+    shows the rest, so no hint how to)."""
+    undone = UNDONE.get(before.kind or "", "what it did so far undone")
+    if before.state == FAILED:
+        return (f"cancel requested for {describe(before)}: it had failed already and is reverting "
+                f"({undone}); it ends CANCELLED once that is done")
+    again = " (asked before already)" if before.attrs.get("cancel_requested") is True else ""
+    return (f"cancel requested for {describe(before)}{again}: it stops at its next step and reverts "
+            f"({undone}), then ends CANCELLED"
+            + ("" if following else f". Follow it with 'freezeframe workflow watch {before.id}'"))
+
+
+def cancelled_outcome(wf: Workflow) -> int:
+    """Exit code of ``cancel --wait``: 0 once it ended CANCELLED or REVERTED (nothing left of
+    it), 1 when it finished before the cancel took effect or its revert is stuck."""
+    if wf.state in ("CANCELLED", "REVERTED"):
+        print(f"workflow {wf.id} ended {wf.state}: cancelled, everything it made removed", file=sys.stderr)
+        return EXIT_OK
+    if wf.succeeded:
+        made = f"; image {wf.image_id} is active" if wf.image_id else ""
+        return fail(f"workflow {wf.id} finished ({wf.state}) before the cancel took effect{made}", EXIT_FAILED)
+    return outcome(wf)
+
+
 @command
 def cancel(args: argparse.Namespace, client: ComputeClient, _: ComputeEndpoint) -> int:
+    before = client.show_workflow(args.workflow)
     try:
-        client.cancel_workflow(args.workflow)
+        client.cancel_workflow(before.id)
     except ComputeError as exc:
         if exc.status == 409:
-            exc.message = f"cannot cancel workflow {args.workflow}: {exc.message}"
+            exc.message = f"cannot cancel workflow {before.id}: {exc.message}: nothing to cancel"
         raise
-    return EXIT_OK
+    print(cancel_message(before, following=args.wait), file=sys.stderr, flush=True)
+    if not args.wait:
+        return EXIT_OK
+    return cancelled_outcome(follow(client, before.id, args.timeout, connected=True))
 
 
 # -- parser ----------------------------------------------------------------------------------
 
 
-def _seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
+    """argparse's type for a number of seconds above 0."""
     try:
         value = float(text)
     except ValueError:
@@ -223,7 +271,7 @@ def _seconds(text: str) -> float:
 
 
 def add_timeout(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--timeout", "--wait-timeout", dest="timeout", type=_seconds, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", "--wait-timeout", dest="timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
                         metavar="SECONDS", help=f"give up waiting for {what} after this long (default "
                         f"{DEFAULT_TIMEOUT:g}; the operation goes on)")
 
@@ -262,4 +310,7 @@ def register(subparsers: Any) -> None:
 
     p = actions.add_parser("cancel", parents=[service], help="stop a workflow; it reverts and ends CANCELLED")
     p.add_argument("workflow", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="wait until it has ended, showing its progress (exit 0 "
+                   "once it ended CANCELLED, 1 if it finished before the cancel took effect)")
+    add_timeout(p, "the workflow")
     p.set_defaults(func=cancel)
