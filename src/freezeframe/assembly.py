@@ -374,9 +374,10 @@ def build_catalog(settings: Settings, services: Services) -> Catalog:
     """The service catalog the identity service hands out, from the endpoint catalog."""
     local = {"identity", "image"} | ({"compute"} if services.compute is not None else set()) | \
         ({"volume"} if services.volume is not None else set()) | \
-        ({"baremetal"} if services.baremetal is not None else set())
+        ({"baremetal"} if services.baremetal is not None else set()) | \
+        ({"workflow"} if services.compute is not None else set())     # served beside compute
     configured = {name: getattr(settings.endpoints, name) for name in ("identity", "image", "compute", "volume",
-                                                                      "baremetal")}
+                                                                      "baremetal", "workflow")}
     return Catalog(configured, frozenset(local), settings.endpoints.region)
 
 

@@ -48,6 +48,9 @@ class ServerSettings:
     # at once. An eighth is kept for services finishing work already accepted.
     max_in_flight: int = 512
     log_level: str = "info"
+    # "text" (the default: one readable line per event) or "json" (one JSON object per line:
+    # time, level, logger, message, request_id, and workflow_id where there is one).
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,16 @@ class ImageSettings:
     list_limit_default: int = 25
     # How often an upload records its progress in the database (seconds).
     progress_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``GET /metrics`` (Prometheus text format; docs/operations.md, "Metrics")."""
+    enabled: bool = True
+    # False (the default): only an admin token may scrape (the counts of images, workflows and
+    # conductors are not for every user). True: no token needed — for a Prometheus that sends
+    # none; keep the port then on a network only operators reach.
+    public: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +160,9 @@ class EndpointSettings:
     volume: str = ""
     baremetal: str = ""
     identity: str = ""
+    # Freezeframe's own workflow API (catalog type ``freezeframe-workflow``, not Mistral's
+    # ``workflow``), where the openstack CLI plugin's ``openstack workflow ...`` goes.
+    workflow: str = ""
     region: str = "RegionOne"
 
 
@@ -330,6 +346,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     images: ImageSettings = field(default_factory=ImageSettings)
     reaper: ReaperSettings = field(default_factory=ReaperSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     endpoints: EndpointSettings = field(default_factory=EndpointSettings)
@@ -385,7 +402,7 @@ class Settings:
 
 # Where `serve` mounts each API (the endpoint catalog's defaults).
 LOCAL_PATHS = {"image": "/image", "compute": "/compute/v2.1", "identity": "/identity", "volume": "/volume/v3",
-               "baremetal": "/baremetal"}
+               "baremetal": "/baremetal", "workflow": "/v1"}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -493,6 +510,8 @@ def load(
 def validate(settings: Settings) -> Settings:
     import hashlib
 
+    if settings.server.log_format not in ("text", "json"):
+        raise SettingsError(f"server.log_format: must be 'text' or 'json', got {settings.server.log_format!r}")
     if settings.auth.mode not in ("tokens", "noauth", "keystone"):
         raise SettingsError(f"auth.mode: must be 'tokens', 'keystone' or 'noauth', got {settings.auth.mode!r}")
     if settings.auth.mode == "keystone":
@@ -505,7 +524,7 @@ def validate(settings: Settings) -> Settings:
         raise SettingsError("auth.keystone_cache_ttl: must be between 0 and 300 seconds")
     if settings.identity.token_expiration <= 0 or settings.identity.cache_ttl < 0:
         raise SettingsError("identity.token_expiration must be positive and identity.cache_ttl not negative")
-    for name in ("image", "compute", "volume", "baremetal", "identity"):
+    for name in ("image", "compute", "volume", "baremetal", "identity", "workflow"):
         url = getattr(settings.endpoints, name)
         if url and not url.startswith(("http://", "https://")):
             raise SettingsError(f"endpoints.{name}: {url!r} must start with http:// or https://")

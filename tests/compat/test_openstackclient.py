@@ -48,7 +48,8 @@ def test_image_and_server_list_token_issue_catalog_list(server, tmp_path):
     token = json.loads(openstack(server, "token", "issue", "-f", "json").stdout)
     assert token["project_id"] == "admin" and token["user_id"] == "admin" and token["id"].startswith("fft_")
     catalog = json.loads(openstack(server, "catalog", "list", "-f", "json").stdout)
-    assert {entry["Type"] for entry in catalog} == {"identity", "image", "compute", "block-storage", "baremetal"}
+    assert {entry["Type"] for entry in catalog} == {"identity", "image", "compute", "block-storage", "baremetal",
+                                                    "freezeframe-workflow"}
     urls = "".join(str(entry["Endpoints"]) for entry in catalog)
     assert server.url + "/compute/v2.1" in urls and server.url + "/image" in urls
     assert server.url + "/volume/v3/admin" in urls

@@ -21,6 +21,8 @@ SERVICES = [
     ("compute", "compute", "nova", "/compute/v2.1"),
     ("volume", "block-storage", "cinder", "/volume/v3/$(project_id)s"),
     ("baremetal", "baremetal", "ironic", "/baremetal"),
+    # not "workflow": that service type is Mistral's (service-types-authority)
+    ("workflow", "freezeframe-workflow", "freezeframe", "/v1"),
 ]
 INTERFACES = ("public", "internal", "admin")
 _NS = uuid.UUID("5f1e6c2a-3b7d-4e8f-9a0b-1c2d3e4f5a6b")
