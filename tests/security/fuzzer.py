@@ -91,13 +91,18 @@ IMAGE_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "sort", "member_st
                    "os_hash_value", "id", "name", "status", "disk_format", "container_format", "custom_prop")
 WORKFLOW_KEYS = ("limit", "state", "resource_id", "image_id", "kind")
 _S = "/compute/v2.1/servers/{server_id}"
+# Nova's server list and flavor list parameters (compute/listing.py, compute/catalog.py).
+_SERVER_QUERY = ("limit", "marker", "name", "status", "host", "changes-since", "changes-before", "image", "flavor",
+                 "tags", "not-tags", "all_tenants", "sort_key", "sort_dir", "deleted", "project_id", "locked")
+_FLAVOR_QUERY = ("limit", "marker", "minRam", "minDisk", "is_public", "sort_key", "sort_dir")
 _MV = ("microversion",)
 _VMV = ("volume_microversion",)
 VOLUME_LIST_KEYS = ("limit", "marker", "sort", "sort_key", "sort_dir", "name", "status", "bootable",
-                    "availability_zone", "metadata", "volume_type", "all_tenants", "project_id", "with_count")
+                    "availability_zone", "metadata", "volume_type", "all_tenants", "project_id", "with_count",
+                    "offset", "size", "user_id")
 SNAPSHOT_LIST_KEYS = ("limit", "marker", "sort", "sort_key", "sort_dir", "name", "status", "volume_id", "metadata",
-                      "all_tenants", "project_id", "with_count")
-ATTACHMENT_LIST_KEYS = ("all_tenants", "volume_id", "instance_id", "status")
+                      "all_tenants", "project_id", "with_count", "offset")
+ATTACHMENT_LIST_KEYS = ("all_tenants", "volume_id", "instance_id", "status", "limit", "marker", "sort", "offset")
 # The volume API's resources: (method, path below /v3 and below /v3/{project_id}, body, query).
 VOLUME_RESOURCES: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
     ("POST", "/volumes", "volume", ()),
@@ -142,6 +147,33 @@ VOLUME_RESOURCES: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
 )
 
 
+_MD = "/image/v2/metadefs/namespaces/{namespace}"
+_MDN = (("name", "metadef_name"),)
+METADEF_ROUTES: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
+    ("GET", "/image/v2/metadefs/resource_types", None, ()),
+    ("GET", "/image/v2/metadefs/namespaces", None, ("limit", "marker", "sort_key", "sort_dir", "visibility",
+                                                    "resource_types")),
+    ("POST", "/image/v2/metadefs/namespaces", "metadef_namespace", ()),
+    ("GET", _MD, None, ("resource_type",)), ("PUT", _MD, "metadef_namespace", ()), ("DELETE", _MD, None, ()),
+    ("GET", _MD + "/resource_types", None, ()), ("POST", _MD + "/resource_types", "metadef_rt", ()),
+    ("DELETE", _MD + "/resource_types/{name}", None, ()),
+    ("POST", _MD + "/tags", "metadef_tags", ()), ("POST", _MD + "/tags/{name}", "empty", ()),
+    *[(method, _MD + f"/{kind}" + one, body if method in ("POST", "PUT") else None, ())
+      for kind, body in (("objects", "metadef_object"), ("properties", "metadef_property"), ("tags", "metadef_tag"))
+      for method, one in (("GET", ""), ("DELETE", ""), ("POST", ""), ("GET", "/{name}"), ("PUT", "/{name}"),
+                          ("DELETE", "/{name}")) if not (kind == "tags" and method == "POST")],
+    ("GET", "/image/v2/tasks", None, ("limit", "marker", "sort_key", "sort_dir", "type", "status")),
+    ("GET", "/image/v2/tasks/{task_id}", None, ()),
+)
+
+
+def _metadef_catalogue() -> tuple[Endpoint, ...]:
+    """The image API's metadata definitions (admin writes) and tasks (admin only)."""
+    out = [Endpoint("image", method, path, body=body, query=query, kinds=_MDN)
+           for method, path, body, query in METADEF_ROUTES]
+    return (*out, Endpoint("image", "GET", "/image/v2/schemas/metadefs/{name}", kinds=(("name", "metadef_schema"),)))
+
+
 def _volume_catalogue() -> tuple[Endpoint, ...]:
     """The volume API: its version documents, and every resource in both of its routed forms."""
     out = [Endpoint("volume", "GET", path, headers=_VMV) for path in ("/volume/", "/volume/v3", "/volume/v3/")]
@@ -154,8 +186,11 @@ def _volume_catalogue() -> tuple[Endpoint, ...]:
 _BMV = ("baremetal_microversion",)
 _BN = "/baremetal/v1/nodes/{node_ident}"
 NODE_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "fields", "detail", "provision_state", "maintenance",
-                  "driver", "associated", "instance_uuid", "resource_class", "owner", "lessee", "conductor_group")
-PORT_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "fields", "node", "node_uuid", "address")
+                  "driver", "associated", "instance_uuid", "resource_class", "owner", "lessee", "conductor_group",
+                  "chassis_uuid", "retired", "fault", "conductor", "description_contains", "project", "shard",
+                  "sharded", "include_children", "parent_node", "instance_name")
+PORT_LIST_KEYS = ("limit", "marker", "sort_key", "sort_dir", "fields", "node", "node_uuid", "address", "portgroup",
+                  "detail", "shard", "description_contains", "conductor_groups")
 # The bare-metal API (Ironic v1): admin or service only (the service token mostly); lookup and
 # heartbeat need no token at all.
 BAREMETAL_ROUTES: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
@@ -218,19 +253,25 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("image", "GET", "/image/v2/schemas/{name}"),
     Endpoint("image", "GET", "/image/v2/info/import"),
     Endpoint("image", "GET", "/image/v2/info/stores"),
+    *_metadef_catalogue(),
     Endpoint("compute", "GET", "/compute/", headers=_MV),
     Endpoint("compute", "GET", "/compute/v2.1", headers=_MV),
     Endpoint("compute", "GET", "/compute/v2.1/", headers=_MV),
-    Endpoint("compute", "GET", "/compute/v2.1/servers", headers=_MV, query=("limit", "marker", "name")),
-    Endpoint("compute", "GET", "/compute/v2.1/servers/detail", headers=_MV, query=("limit", "marker", "name")),
+    Endpoint("compute", "GET", "/compute/v2.1/servers", headers=_MV, query=_SERVER_QUERY),
+    Endpoint("compute", "GET", "/compute/v2.1/servers/detail", headers=_MV, query=_SERVER_QUERY),
     Endpoint("compute", "POST", "/compute/v2.1/servers", body="server_create", headers=_MV),
     Endpoint("compute", "GET", _S, headers=_MV),
     Endpoint("compute", "DELETE", _S, headers=_MV),
     Endpoint("compute", "POST", _S + "/action", body="action", headers=_MV),
     Endpoint("compute", "GET", _S + "/os-instance-actions", headers=_MV),
     Endpoint("compute", "GET", _S + "/os-instance-actions/{request_id}", headers=_MV),
-    Endpoint("compute", "GET", "/compute/v2.1/flavors", headers=_MV),
-    Endpoint("compute", "GET", "/compute/v2.1/flavors/detail", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/flavors", headers=_MV, query=_FLAVOR_QUERY),
+    Endpoint("compute", "GET", "/compute/v2.1/flavors/detail", headers=_MV, query=_FLAVOR_QUERY),
+    Endpoint("compute", "GET", "/compute/v2.1/flavors/{flavor_id}/os-extra_specs", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/flavors/{flavor_id}/os-extra_specs/{key}", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/os-availability-zone", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/os-availability-zone/detail", headers=_MV),
+    Endpoint("compute", "GET", "/compute/v2.1/limits", headers=_MV, query=("tenant_id",)),
     Endpoint("compute", "GET", "/compute/v2.1/flavors/{flavor_id}", headers=_MV),
     Endpoint("compute", "POST", "/compute/v2.1/os-freezeframe-adopt", body="adopt", headers=_MV),
     Endpoint("compute", "GET", "/compute/v2.1/os-services", headers=_MV),
@@ -246,6 +287,10 @@ CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("workflow", "GET", "/v1/workflows/{workflow_id}"),
     Endpoint("workflow", "DELETE", "/v1/workflows/{workflow_id}"),
     Endpoint("workflow", "GET", "/healthcheck", query=("detailed",)),
+    # the OpenAPI documents (common/web/openapi.py: the app's own routes, public)
+    Endpoint("workflow", "GET", "/openapi"),
+    Endpoint("workflow", "GET", "/openapi/{name}.json", kinds=(("name", "openapi_name"),)),
+    Endpoint("workflow", "GET", "/metrics"),
     Endpoint("identity", "GET", "/identity"),
     Endpoint("identity", "GET", "/identity/"),
     Endpoint("identity", "GET", "/identity/v3"),
@@ -445,6 +490,13 @@ class Fixtures:
             "type_id": [DEFAULT_VOLUME_TYPE_ID, "__DEFAULT__", "other"],
             # the bare-metal API: a node (by uuid and by name) with a port
             "node_ident": [], "port_id": [],
+            "openapi_name": ["image", "compute", "workflows", "volume", "baremetal", "identity", "nope"],
+            # the image API's metadata definitions (the seeded catalog's, and one the fuzzer made)
+            "namespace": ["OS::Freezeframe::Workflow", "OS::Freezeframe::Quiesce", "OS::Fuzz::NS", "OS::Fuzz::NS"],
+            "metadef_name": ["os_freezeframe_workflow_state", "hw_qemu_guest_agent", "p1", "o1", "t1",
+                             "OS::Glance::Image"],
+            "metadef_schema": ["namespace", "namespaces", "object", "property", "tags", "resource_type", "x"],
+            "task_id": [],
         }
         self.named: dict[str, str] = {}
         self.volume_served = False
@@ -857,7 +909,37 @@ def body_strategies(fix: Fixtures) -> dict[str, st.SearchStrategy[Any]]:
             {"domain": st.one_of(st.sampled_from(["fuzz-domain", "instance-x"]), name)},
             optional={"guest_agent": st.booleans()})}),
         "empty": st.just({}),
+        **metadef_body_strategies(name),
         "auth": auth_bodies(),
+    }
+
+
+def metadef_body_strategies(name: st.SearchStrategy[str]) -> dict[str, st.SearchStrategy[Any]]:
+    """Valid-shaped bodies of the image API's metadata definitions."""
+    prop_schema = st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "boolean", "array", "x"]),
+                                         "title": name}, optional={"enum": st.lists(st.text(max_size=5), max_size=3),
+                                                                   "minimum": st.integers(-5, 5)})
+    props = st.dictionaries(st.text(min_size=1, max_size=10), prop_schema, max_size=2)
+    tag = st.fixed_dictionaries({"name": name})
+    return {
+        "metadef_namespace": st.fixed_dictionaries({"namespace": st.one_of(
+            st.sampled_from(["OS::Fuzz::NS", "OS::Freezeframe::Workflow"]), name)}, optional={
+            "display_name": name, "description": st.text(max_size=20),
+            "visibility": st.sampled_from(["public", "private", "shared"]), "protected": st.booleans(),
+            "resource_type_associations": st.lists(st.fixed_dictionaries(
+                {"name": st.sampled_from(["OS::Glance::Image", "OS::Nova::Flavor"])}, optional={"prefix": name}),
+                max_size=2),
+            "properties": props, "tags": st.lists(tag, max_size=3),
+            "objects": st.lists(st.fixed_dictionaries({"name": name}, optional={"properties": props}), max_size=2)}),
+        "metadef_object": st.fixed_dictionaries({"name": st.one_of(st.just("o1"), name)}, optional={
+            "description": st.text(max_size=10), "properties": props,
+            "required": st.lists(st.text(min_size=1, max_size=5), max_size=2)}),
+        "metadef_property": st.fixed_dictionaries({"name": st.one_of(st.just("p1"), name)}).flatmap(
+            lambda n: prop_schema.map(lambda p: {**n, **p})),
+        "metadef_tag": tag,
+        "metadef_tags": st.fixed_dictionaries({"tags": st.lists(tag, max_size=4)}),
+        "metadef_rt": st.fixed_dictionaries({"name": st.sampled_from(["OS::Glance::Image", "OS::Nova::Flavor"])},
+                                            optional={"prefix": name, "properties_target": name}),
     }
 
 
@@ -1119,6 +1201,26 @@ def _fill(template: str, names: list[str], values: tuple[str, ...]) -> str:
 
 # -- the properties -----------------------------------------------------------------------------
 
+def error_object(resp: httpx.Response) -> dict | None:
+    """The error inside an answer: ours (``{"error": {...}}``), or Nova's and Cinder's fault
+    (``{"<faultName>": {"code", "message", "request_id"}}``, one key whose object has a ``code``
+    and a text ``message``); None if it is neither."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if isinstance(body.get("error"), dict):
+        return body["error"]
+    if len(body) == 1:
+        (name, fault), = body.items()
+        if name[:1].islower() and isinstance(fault, dict) and "code" in fault and \
+                isinstance(fault.get("message"), str):
+            return fault
+    return None
+
+
 def violation(resp: httpx.Response) -> str | None:
     """Why this answer breaks a property, or None."""
     status = resp.status_code
@@ -1138,10 +1240,9 @@ def violation(resp: httpx.Response) -> str | None:
             except (ValueError, KeyError, TypeError):
                 ok = False
             return None if ok else f"HTTP {status}: not Ironic's error body with the request id"
-        try:
-            err = resp.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            return f"HTTP {status}: the error body is not JSON with an 'error' object"
+        err = error_object(resp)
+        if err is None:
+            return f"HTTP {status}: the error body is not JSON with an 'error' object or a Nova/Cinder fault"
         if err.get("request_id") != request_id or err.get("code") != status:
             return f"HTTP {status}: the error body does not carry the request id and code"
         return None
@@ -1244,7 +1345,7 @@ def fuzz(base_url: str, api: str, examples: int, *, seed: int = SEED, stop_at_fi
         message = ""
         if resp.status_code >= 400 and resp.headers.get("content-type", "").startswith("application/json"):
             try:
-                message = str(resp.json()["error"]["message"])[:50]
+                message = str((error_object(resp) or {})["message"])[:50]
             except (ValueError, KeyError, TypeError):
                 pass
         result.outcomes[(req.endpoint.method, req.endpoint.path, resp.status_code, message)] += 1
