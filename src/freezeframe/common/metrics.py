@@ -25,18 +25,24 @@ import contextlib
 import contextvars
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from sqlalchemy import String, func, inspect, literal, select, union_all
+from sqlalchemy import Boolean, DateTime, String, column, func, inspect, literal, select, table, union_all
 
 from freezeframe.common.statemachine import MACHINES, SINK, Machine, Move
 from freezeframe.common.timeutil import utcnow
 
-if TYPE_CHECKING:
-    from freezeframe.db.session import Database
+T = TypeVar("T")
+
+
+class Database(Protocol):
+    """What the metrics need of ``db.session.Database`` (which sits above this module)."""
+
+    def run_sync(self, fn: Callable[[Any], T]) -> T: ...
+
 
 LOG = logging.getLogger(__name__)
 # The classic text format (every Prometheus reads it; our names need none of 1.0.0's escaping).
@@ -60,7 +66,7 @@ _RUNNING: contextvars.ContextVar[tuple[str, "Metrics"] | None] = contextvars.Con
 class Metrics:
     """This database's metrics: counters the code moves, and the scrape-time gauges."""
 
-    def __init__(self, db: "Database | None" = None) -> None:
+    def __init__(self, db: Database | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.transitions = Counter(
@@ -163,6 +169,12 @@ def workflow_bytes(nbytes: int) -> None:
         metrics.workflow_bytes_sent.labels(kind).inc(nbytes)
 
 
+# The columns a scrape reads, named here rather than imported from the services' models: this
+# module sits below them (every service reports into it).
+_WORKFLOWS = table("workflows", column("kind", String), column("state", String), column("owner", String))
+_COMPUTE_HOSTS = table("compute_hosts", column("heartbeat_at", DateTime), column("disabled", Boolean))
+
+
 class DatabaseCollector:
     """The gauges read from the database at scrape time, in one transaction:
 
@@ -174,7 +186,7 @@ class DatabaseCollector:
     - ``freezeframe_compute_hosts{state}``: compute hosts up, down, disabled.
     """
 
-    def __init__(self, db: "Database") -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
         self.is_alive: Callable[[str | None], bool] | None = None
         self.host_down_after = 30.0
@@ -209,8 +221,7 @@ class DatabaseCollector:
         by_machine: dict[str, list] = {}
         workflows, hosts = [], []
         if "workflows" in tables:       # (also the workflow machine's counts: one query, not two)
-            from freezeframe.conductor.model import Workflow
-            c = Workflow.__table__.c
+            c = _WORKFLOWS.c
             workflows = session.execute(select(c.kind, c.state, c.owner, func.count())
                                         .group_by(c.kind, c.state, c.owner)).all()
         parts = []
@@ -228,11 +239,10 @@ class DatabaseCollector:
                 by_machine[name].append((value, n))
         now = None
         if "compute_hosts" in tables:       # (judged by the database's clock, as HostRegistry does)
-            from freezeframe.compute.hosts import ComputeHost
-            from freezeframe.db.clock import pg_clock
-            c = ComputeHost.__table__.c
+            c = _COMPUTE_HOSTS.c
             if session.get_bind().dialect.name == "postgresql":     # the clock in the same round trip
-                rows = session.execute(select(c.heartbeat_at, c.disabled, pg_clock())).all()
+                clock = func.timezone("UTC", func.clock_timestamp())       # (db/clock.py's)
+                rows = session.execute(select(c.heartbeat_at, c.disabled, clock)).all()
                 hosts = [(beat, disabled) for beat, disabled, _ in rows]
                 now = rows[0][2] if rows else utcnow()
             else:

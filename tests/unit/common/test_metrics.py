@@ -169,3 +169,18 @@ def test_claims_and_takeovers_are_counted(db, tmp_path):
     got = samples(db.metrics)
     assert (value(got, "freezeframe_conductor_claims_total"), value(got, "freezeframe_conductor_takeovers_total")) \
         == (2, 1)
+
+
+def test_the_columns_a_scrape_names_are_the_models_columns():
+    """common/metrics.py names the columns it reads instead of importing the services' models
+    (it sits below them): a renamed column must fail here, not in a scrape."""
+    from freezeframe.common import metrics
+    from freezeframe.compute.hosts import ComputeHost
+    from freezeframe.conductor.model import Workflow
+
+    for light, model in ((metrics._WORKFLOWS, Workflow), (metrics._COMPUTE_HOSTS, ComputeHost)):
+        real = model.__table__
+        assert light.name == real.name
+        for col in light.c:
+            assert col.name in real.c, (real.name, col.name)
+            assert type(col.type)._type_affinity is type(real.c[col.name].type)._type_affinity
