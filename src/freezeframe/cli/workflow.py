@@ -295,7 +295,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--server", metavar="SERVER", help="only this server's (ID or name)")
     p.add_argument("--image", metavar="IMAGE_ID", help="only the one filling this image")
     p.add_argument("--state", metavar="STATE", help="only workflows in this state, e.g. IMAGE_ACTIVE")
-    p.add_argument("--kind", choices=["snapshot", "backup"])
+    p.add_argument("--kind", metavar="KIND",
+                   help="only workflows of this kind: snapshot, backup, assisted-volume-snapshot, volume-create, "
+                        "volume-snapshot-create, volume-upload-image, baremetal-snapshot, ... (as the list "
+                        "shows them)")
     p.set_defaults(func=list_workflows)
 
     p = actions.add_parser("show", parents=[service, fmt], help="show one workflow and its history")
