@@ -26,6 +26,7 @@ from types import FrameType
 import uvicorn
 
 from freezeframe.common import logs
+from freezeframe.common.errors import FreezeframeError
 from freezeframe.conductor.engine import Conductor, exit_like_kill_9
 from freezeframe.app import build_app
 from freezeframe.common.web.mount import Mounted
@@ -87,6 +88,11 @@ class Server(uvicorn.Server):
             return
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.conductor.start)
+        except FreezeframeError as exc:       # a known cause: its message says what to do
+            LOG.error("the conductor could not start: %s; stopping", exc.message)
+            self.exit_code = EXIT_STARTUP_FAILED
+            self.should_exit = True
+            return
         except Exception:
             LOG.exception("the conductor could not start: stopping")
             self.exit_code = EXIT_STARTUP_FAILED

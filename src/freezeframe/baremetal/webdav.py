@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from freezeframe.baremetal.model import Transfer
+from freezeframe.common import errors
 from freezeframe.db.session import Database
 
 LOG = logging.getLogger(__name__)
@@ -209,7 +210,14 @@ class WebDavServer:
 
         app = build_app(self.root, self._lookup, boot_dir=self.boot_dir)
         server = wsgi.Server(self._addr, app, numthreads=self._threads, server_name="freezeframe-webdav")
-        server.prepare()            # bound and listening from here on
+        try:
+            server.prepare()        # bound and listening from here on
+        except OSError as exc:
+            raise errors.BackendUnavailable(
+                f"the bare-metal transfer area (WebDAV) cannot listen on {self._addr[0]}:{self._addr[1]}: "
+                f"{exc}. Another freezeframe (or something else) holds that port: set [baremetal] "
+                "webdav_bind (FREEZEFRAME_BAREMETAL__WEBDAV_BIND) to a free host:port, or to '' on a "
+                "host that is not the transfer host") from exc
         self._server = server
         self._thread = threading.Thread(target=server.serve, name="ff-webdav", daemon=True)
         self._thread.start()

@@ -122,3 +122,17 @@ def test_a_bind_on_port_0_gives_the_bmcs_boot_url_its_port(db, tmp_path):
             assert m.interfaces.boot_url == expected.format(port=server.port)
         finally:
             server.stop()
+
+
+def test_a_port_already_taken_is_a_clear_error_naming_the_setting(db, dav, tmp_path):
+    """A second serve on the same host finds the transfer area's port taken: its start fails
+    with what to change, not a bare socket traceback."""
+    from freezeframe.common import errors
+
+    first, _node, _area = dav
+    second = WebDavServer(tmp_path / "other", f"127.0.0.1:{first.port}", transfer_lookup(db))
+    with pytest.raises(errors.BackendUnavailable) as caught:
+        second.start()
+    assert f"127.0.0.1:{first.port}" in caught.value.message
+    assert "webdav_bind" in caught.value.message and "FREEZEFRAME_BAREMETAL__WEBDAV_BIND" in caught.value.message
+    second.stop()       # nothing started: a no-op
