@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
@@ -21,7 +20,7 @@ from freezeframe.baremetal import queries, views
 from freezeframe.baremetal.service import BaremetalService
 from freezeframe.common import errors
 from freezeframe.common.context import request_id_var
-from freezeframe.common.web.errors import LOG, TITLES, error_headers, status_of
+from freezeframe.common.web.errors import handlers_for
 from freezeframe.common.web.microversion import IRONIC_RANGE_HEADERS, Microversions
 from freezeframe.common.web.mount import Mounted, Public
 from freezeframe.common.web.request import ctx_of, json_body
@@ -39,26 +38,7 @@ def ironic_error_response(status: int, message: str, headers: dict[str, str] | N
                         headers=headers)
 
 
-async def ironic_domain_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, errors.FreezeframeError)
-    status = status_of(exc)
-    if status >= 500 and isinstance(exc, errors.HostFault):
-        LOG.error("host error: %s: %s", type(exc).__name__, exc)
-        return ironic_error_response(status, "The host failed the operation; the request id identifies the error "
-                                             "in the server log")
-    if status >= 500 and not isinstance(exc, errors.Busy):
-        LOG.error("%s: %s", type(exc).__name__, exc.message)
-    return ironic_error_response(status, exc.message, error_headers(exc, status))
-
-
-async def ironic_http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    message = "The resource could not be found." if exc.status_code == 404 else \
-        exc.detail or TITLES.get(exc.status_code, "Error")
-    return ironic_error_response(exc.status_code, message, exc.headers)
-
-
-IRONIC_HANDLERS = {errors.FreezeframeError: ironic_domain_error, HTTPException: ironic_http_error}
+IRONIC_HANDLERS = handlers_for(ironic_error_response, host="host", not_found="The resource could not be found.")
 
 
 class BaremetalAPI:

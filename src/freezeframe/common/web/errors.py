@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+from typing import Any, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -66,29 +66,38 @@ def error_headers(exc: errors.FreezeframeError, status: int) -> dict[str, str] |
     return None
 
 
-async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, errors.FreezeframeError)
-    status = status_of(exc)
-    if isinstance(exc, errors.Busy):
-        LOG.warning("busy: %s", exc.message)   # load shedding, not a fault
-    elif status >= 500 and isinstance(exc, errors.HostFault):
-        LOG.error("hypervisor error: %s: %s", type(exc).__name__, exc)
-        return error_response(status, "The hypervisor failed the operation; the request id identifies the error "
-                                      "in the server log")
-    elif status >= 500:
-        LOG.error("%s: %s", type(exc).__name__, exc.message)
-    return error_response(status, exc.message, error_headers(exc, status))
+Respond = Callable[[int, str, "dict[str, str] | None"], JSONResponse]
+HIDDEN = "The {what} failed the operation; the request id identifies the error in the server log"
 
 
-async def http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, exc.detail or TITLES.get(exc.status_code, "Error"), exc.headers)
+def handlers_for(respond: Respond, *, host: str = "hypervisor", not_found: str | None = None) -> dict[Any, Any]:
+    """An API's error map: domain errors and the router's own (404, 405) answered by ``respond``
+    (the body shape that API's clients read), logged the same way for every API. ``host``: what
+    a ``HostFault``'s hidden text blames; ``not_found``: the router's 404 text (else its own)."""
+
+    async def on_domain_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, errors.FreezeframeError)
+        status = status_of(exc)
+        if isinstance(exc, errors.Busy):
+            LOG.warning("busy: %s", exc.message)   # load shedding, not a fault
+        elif status >= 500 and isinstance(exc, errors.HostFault):
+            LOG.error("%s error: %s: %s", host, type(exc).__name__, exc)
+            return respond(status, HIDDEN.format(what=host), None)
+        elif status >= 500:
+            LOG.error("%s: %s", type(exc).__name__, exc.message)
+        return respond(status, exc.message, error_headers(exc, status))
+
+    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        message = not_found if exc.status_code == 404 and not_found else \
+            exc.detail or TITLES.get(exc.status_code, "Error")
+        return respond(exc.status_code, message, exc.headers)
+
+    return {errors.FreezeframeError: on_domain_error, HTTPException: on_http_error}
 
 
-HANDLERS = {
-    errors.FreezeframeError: domain_error,
-    HTTPException: http_error,
-}
+HANDLERS = handlers_for(error_response)
+domain_error = HANDLERS[errors.FreezeframeError]
 
 
 # -- Nova's and Cinder's fault bodies ----------------------------------------------------------
@@ -109,18 +118,5 @@ def fault_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def fault_domain_error(request: Request, exc: Exception) -> JSONResponse:
-    answer = await domain_error(request, exc)       # logs as every service does; the text it chose
-    message = json.loads(answer.body)["error"]["message"]
-    return fault_response(answer.status_code, message, error_headers(exc, answer.status_code))  # type: ignore[arg-type]
-
-
-async def fault_http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    message = "The resource could not be found." if exc.status_code == 404 else \
-        exc.detail or TITLES.get(exc.status_code, "Error")
-    return fault_response(exc.status_code, message, exc.headers)
-
-
 # The error map of the Nova- and Cinder-compatible APIs (``Microversions.wrap(handlers=...)``).
-FAULT_HANDLERS = {errors.FreezeframeError: fault_domain_error, HTTPException: fault_http_error}
+FAULT_HANDLERS = handlers_for(fault_response, not_found="The resource could not be found.")
