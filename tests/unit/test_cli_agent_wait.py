@@ -12,6 +12,7 @@ import pytest
 from freezeframe.cli import server as server_cli
 from freezeframe.cli.main import build_parser
 from freezeframe.compute.client import WORKFLOW_HEADER, Accepted, ComputeClient, ComputeError
+from tests.fakeclock import Clock
 
 SERVER_ID = "6f1c1f9e-8a55-4d6c-9b1f-2a7a1b0c0d11"
 IMAGE_ID = "0b6b0d3e-3a0e-4f3a-9b52-6d0b7b0e8a21"
@@ -19,19 +20,6 @@ WORKFLOW_ID = "c7a3f0b1-6a1d-4c5e-8f0e-5b2d9e1c4a30"
 AGENT_409 = (f"Instance {SERVER_ID} requires quiesce (os_require_quiesce) but its guest agent does not answer; "
              "no snapshot was taken")
 BUSY_409 = f"Cannot 'createImage' instance {SERVER_ID} while it is in vm_state active and task_state image_pending"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-        self.slept = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def fault(message: str) -> httpx.Response:

@@ -8,19 +8,7 @@ import pytest
 from freezeframe.cli.ride import Ride, away
 from freezeframe.compute.client import ComputeError, Unreachable, WaitTimeout
 from freezeframe.images.client import Unreachable as ImageUnreachable
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-        self.slept = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.fakeclock import Clock
 
 
 def lost_connection():
