@@ -14,7 +14,7 @@ import pytest
 
 from tests.functional.test_compute_snapshot import compute, wait_server, wait_workflow
 from tests.libvirt.test_libvirt_snapshot import libvirt_unavailable, ticks
-from tests.libvirt.test_server_snapshot_e2e import (cloud_dir, delete_servers, fetch_raw, register_guest,
+from tests.libvirt.test_server_snapshot_e2e import (cloud_dir, delete_servers, end_qemus, fetch_raw, register_guest,
                                                     snapshot_when_agent_answers, start_cloud)
 
 pytestmark = [pytest.mark.libvirt]
@@ -77,4 +77,5 @@ def test_kill_9_mid_snapshot_resumes_on_libvirt(tmp_path, state):
                 delete_servers(s)
                 s.stop()
         subprocess.run(["pkill", "-9", "-f", str(data_dir)])   # QEMU outlives a killed server
+        end_qemus(data_dir)     # (QEMU's own command line names no path of it: by the pid files)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -3,7 +3,9 @@ through the compute API (libvirt, TCG), snapshotted live with quiesce through th
 downloaded and checked, and booted again from its snapshot with the data written before it."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -35,10 +37,28 @@ def start_cloud(data_dir: Path, env: dict | None = None):
                                        "FREEZEFRAME_CONDUCTOR__SCAN_INTERVAL": "0.5", **(env or {})})
 
 
-def delete_servers(server) -> None:
+def delete_servers(server, timeout: float = 60.0) -> None:
+    """Every project's servers deleted (an admin lists only its own project without
+    ``all_tenants``, as Nova), waited for until gone."""
     with compute(server, server.admin_token) as nova:
-        for s in nova.get("/servers").json()["servers"]:
+        every = {"all_tenants": "1"}
+        for s in nova.get("/servers", params=every).json()["servers"]:
             nova.delete(f"/servers/{s['id']}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and nova.get("/servers", params=every).json()["servers"]:
+            time.sleep(0.5)
+
+
+def end_qemus(data_dir: Path) -> None:
+    """QEMUs a `serve` on ``data_dir`` started and left running (a failed test, a killed serve),
+    ended by their pid: they outlive the data dir otherwise and slow every later test."""
+    for pidfile in (data_dir / "libvirt").rglob("*.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 @pytest.fixture
@@ -51,9 +71,12 @@ def cloud():
     try:
         yield server
     finally:
-        delete_servers(server)
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            delete_servers(server)
+            server.stop()
+        finally:
+            end_qemus(data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def register_guest(server, padding: bytes = b"") -> str:

@@ -47,7 +47,7 @@ from tests.functional.test_compute_snapshot import compute, wait_server, wait_wo
 from tests.functional.test_volume_attach import cinder, nova, wait, wait_server_gone
 from tests.libvirt.agent_relay import RelayError, relay, relay_env
 from tests.libvirt.test_libvirt_snapshot import libvirt_unavailable
-from tests.libvirt.test_server_snapshot_e2e import cloud_dir, register_guest, start_cloud
+from tests.libvirt.test_server_snapshot_e2e import cloud_dir, end_qemus, register_guest, start_cloud
 from tests.libvirt.test_volume_ops_libvirt import Guest, chain, qemu_img
 
 pytestmark = [pytest.mark.libvirt]
@@ -183,24 +183,13 @@ def cloud():
                         time.sleep(0.5)
                 c.server.stop()
         finally:
-            _end_qemus(c.data_dir)
+            end_qemus(c.data_dir)
             keep = os.environ.get("FF_E2E_LOG_DIR")     # the serve logs, for a failure's post-mortem
             if keep:
                 Path(keep).mkdir(parents=True, exist_ok=True)
                 for log in c.data_dir.glob("server-*.log"):
                     shutil.copy2(log, Path(keep) / log.name)
             shutil.rmtree(c.data_dir, ignore_errors=True)
-
-
-def _end_qemus(data_dir: Path) -> None:
-    """QEMUs this module's `serve` started and left running (a failed test), ended by their pid."""
-    for pidfile in (data_dir / "libvirt").rglob("*.pid"):
-        try:
-            pid = int(pidfile.read_text().strip())
-            if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
 
 
 @pytest.fixture(scope="module")
