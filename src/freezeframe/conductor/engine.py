@@ -48,7 +48,6 @@ from typing import Any, Callable, Iterable
 import taskflow.engines
 from sqlalchemy import update
 from taskflow import states as tf_states
-from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models as tf_models
 
 from freezeframe.common.context import workflow_id_var
@@ -58,6 +57,7 @@ from freezeframe.conductor.jobboard import Board, DatabaseBoard
 from freezeframe.conductor.lease import Claim, Fenced, Leases
 from freezeframe.conductor.liveness import Liveness
 from freezeframe.conductor.model import Workflow
+from freezeframe.conductor.persistence import persistence_backend
 from freezeframe.conductor.registry import Registry, Scan, UnknownKind, WorkflowKind
 from freezeframe.conductor.interrupts import HostAway, Waiting
 from freezeframe.conductor.runtime import Interrupted
@@ -122,7 +122,7 @@ class Conductor:
         # afresh at every claim (the hosts it can reach now: never work for one it cannot).
         self._hosts = hosts
         self.workflows = workflows or Workflows(db, registry, self.board, liveness.is_alive, leases.ttl)
-        self.backend = tf_backends.fetch({"connection": normalize_url(database_url)})
+        self.backend = persistence_backend(normalize_url(database_url))
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="ff-flow")
         self._running: set[str] = set()
         self._guard = threading.Lock()
