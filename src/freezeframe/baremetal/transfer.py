@@ -10,7 +10,12 @@ secret) and its own path under the area. What the agent leaves there (contract: 
     manifest.json                        {"version": 1, "size", "chunk_size", "chunks": [{index, offset,
                                           length, sha256}...], "sha256": sha256 of "<offset> <length> <sha256>\\n"...}
 
-``verify`` checks the manifest's own hash, every chunk's place, size and sha256. ``ChunkReader``
+The WebDAV server sums each file as it receives it (``Summing``: its sha256 and the 64 KiB
+clusters holding data) and keeps the sums beside the area (``.sums/<transfer path>/``, out of
+every agent's reach), keyed by the file's inode, size and mtime: a chunk renamed ``.part`` ->
+``.bin`` keeps them, a file changed since does not match them. ``verify`` checks the manifest's
+own hash, every chunk's place and size, and its sha256 — from the sums when they match the file
+(no second read of the data), else read and hashed again. ``ChunkReader``
 then reads the disk back from the chunk files (``pread_many``, the ``RangeReader`` of
 ``blockdata.qcow2stream``): a qcow2 is streamed straight into the image upload — nothing
 assembled on disk, the holes neither read nor sent; ``raw_stream`` gives the whole disk, the
@@ -43,6 +48,7 @@ HASH_READ = 4 << 20
 CLUSTER = 64 << 10              # the qcow2 image's cluster: the grain of the data extents
 _ZERO_CLUSTER = bytes(CLUSTER)
 EXTENTS = "extents.json"
+SUMS = ".sums"
 _NAME_OK = re.compile(r"^[0-9a-f-]{36}$")
 
 
@@ -146,7 +152,34 @@ class TransferArea:
         return where
 
     def remove(self, path: str) -> None:
+        shutil.rmtree(self.sums_directory(path), ignore_errors=True)
         shutil.rmtree(self.directory(path), ignore_errors=True)
+
+    def sums_directory(self, path: str) -> Path:
+        """Where the sums of a transfer's files are kept (beside its collection, never in it)."""
+        self.directory(path)        # (checks the name)
+        return self.root / SUMS / path
+
+    def summing(self, file_path: Path, fileobj) -> Summing | None:
+        """``fileobj`` (being written at ``file_path``) wrapped so that its sums are kept when it is
+        closed; None when ``file_path`` is not a file directly in a transfer's collection."""
+        collection = Path(file_path).parent
+        if not _NAME_OK.match(collection.name) or collection.parent.resolve() != self.root.resolve():
+            return None
+        return Summing(fileobj, self.sums_directory(collection.name))
+
+    def recorded_sums(self, path: str, fd: int) -> tuple[str, list[int]] | None:
+        """(sha256, data cluster offsets) the server kept for the open file ``fd`` of transfer
+        ``path``, if they are the file's as it is now; else None."""
+        st = os.fstat(fd)
+        try:
+            doc = json.loads((self.sums_directory(path) / _sums_name(st)).read_text())
+            sha, data = doc["sha256"], doc["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not _hex64(sha) or not isinstance(data, list) or not all(_uint(o) and o < st.st_size for o in data):
+            return None
+        return sha, data
 
     def exists(self, path: str) -> bool:
         return self.directory(path).is_dir()
@@ -207,6 +240,12 @@ class TransferArea:
             try:
                 if os.fstat(fd).st_size != chunk.length:
                     return f"chunk {chunk.index} has {os.fstat(fd).st_size} bytes, not {chunk.length}"
+                recorded = self.recorded_sums(path, fd)
+                if recorded is not None:        # summed as it was received: not read again
+                    if recorded[0] != chunk.sha256:
+                        return f"chunk {chunk.index} does not match its sha256"
+                    found[chunk.index] = [chunk.offset + c for c in recorded[1]]
+                    return None
                 h = hashlib.sha256()
                 data: list[int] = []
                 at = 0
@@ -331,7 +370,7 @@ class ChunkReader:
             for fut in pending:
                 yield fut.result()
 
-    def raw_stream(self, offset: int = 0, block: int = 4 << 20) -> Iterator[bytes | memoryview]:
+    def raw_stream(self, offset: int = 0, block: int = 4 << 20, depth: int = 4) -> Iterator[bytes | memoryview]:
         """The whole disk from ``offset``: data read from the chunks, holes as zeros (never read)."""
         data = self.manifest.extents()
         pieces: list[tuple[int, int, bool]] = []
@@ -346,7 +385,7 @@ class ChunkReader:
             at = o + n
         if at < self.size:
             pieces += _split(at, self.size - at, True, block)
-        reads = self.pread_many((o, n) for o, n, hole in pieces if not hole)
+        reads = self.pread_many(((o, n) for o, n, hole in pieces if not hole), depth=depth)
         for _o, n, hole in pieces:
             yield memoryview(_ZEROS)[:n] if hole else next(reads)
 
@@ -361,6 +400,66 @@ class ChunkReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sums_name(st: os.stat_result) -> str:
+    return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}.json"
+
+
+class Summing:
+    """A file being written, summed as it goes: its sha256 and the offsets of its CLUSTER-sized
+    pieces holding a non-zero byte. On ``close`` the sums are kept under the file's inode, size
+    and mtime (a failure to keep them costs only a second read at verify)."""
+
+    def __init__(self, fileobj, sums_dir: Path) -> None:
+        self._f = fileobj
+        self._dir = sums_dir
+        self._sha = hashlib.sha256()
+        self._pos = 0
+        self._data: list[int] = []
+        self._current = -1          # the last cluster found to hold data
+
+    def write(self, block) -> int:
+        n = self._f.write(block)
+        self._sum(block)
+        return n
+
+    def writelines(self, blocks) -> None:
+        for block in blocks:
+            self.write(block)
+
+    def _sum(self, block) -> None:
+        self._sha.update(block)
+        size = len(block)
+        at = 0
+        while at < size:
+            pos = self._pos + at
+            cluster = pos - pos % CLUSTER
+            take = min(size - at, cluster + CLUSTER - pos)
+            if cluster != self._current and (block[at] or bytes(block[at:at + take]) != _ZERO_CLUSTER[:take]):
+                self._data.append(cluster)
+                self._current = cluster
+            at += take
+        self._pos += size
+
+    def close(self) -> None:
+        fd = self._f.fileno()
+        self._f.flush()
+        st = os.fstat(fd)
+        self._f.close()
+        if st.st_size != self._pos:
+            return              # (written around us: no sums, verify reads it)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            target = self._dir / _sums_name(st)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+            partial.write_text(json.dumps({"sha256": self._sha.hexdigest(), "data": self._data}))
+            os.replace(partial, target)
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 def data_clusters(buf: bytes) -> Iterator[int]:

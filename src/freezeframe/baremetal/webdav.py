@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import posixpath
 import threading
 from pathlib import Path
@@ -27,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from freezeframe.baremetal.model import Transfer
+from freezeframe.baremetal.transfer import TransferArea
 from freezeframe.common import errors
 from freezeframe.db.session import Database
 
@@ -142,6 +144,46 @@ def _forbidden(start_response, why: str):
     return [body]
 
 
+def _provider_class(area: TransferArea):
+    from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
+
+    class AreaFile(FileResource):
+        """A file of the area, written as the agent PUTs it — without truncating the empty file
+        wsgidav has just created for a new name. wsgidav creates the file, closes it and opens it
+        again with "wb" (O_TRUNC): on ext4 a truncation to 0 marks the file for a flush when it is
+        closed (auto_da_alloc, for programs that rewrite a file in place), so every chunk went to
+        the disk at once, at the disk's speed, and the stream ran no faster than the disk could
+        write (measured here: 2 GiB of chunks at ~300 MB/s, the page cache kept nothing). The
+        chunks are the intermediate copy, checked against the manifest's sha256s before use: the
+        page cache may write them when it likes (and need not, when they are removed first).
+        Each file is summed as it is received (``TransferArea.summing``): verify need not read
+        the chunks again."""
+
+        def begin_write(self, *, content_type=None):
+            if self.provider.readonly:
+                from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
+                raise DAVError(HTTP_FORBIDDEN)
+            flags = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(self._file_path, flags)
+            try:
+                if os.fstat(fd).st_size:        # an existing file written again: truncated as before
+                    os.ftruncate(fd, 0)
+                fileobj = os.fdopen(fd, "wb", 64 << 10)   # (the 1 MiB blocks go straight through)
+            except BaseException:
+                os.close(fd)
+                raise
+            return area.summing(Path(self._file_path), fileobj) or fileobj
+
+    class AreaProvider(FilesystemProvider):
+        def get_resource_inst(self, path, environ):
+            res = super().get_resource_inst(path, environ)
+            if isinstance(res, FileResource) and not isinstance(res, FolderResource):
+                return AreaFile(path, environ, res._file_path)
+            return res
+
+    return AreaProvider
+
+
 def build_app(root: Path, lookup: Lookup, *, boot_dir: Path | None = None):
     """The WSGI application: the area at ``/`` (per-transfer collections), ``/_boot`` read-only."""
     from wsgidav.error_printer import ErrorPrinter
@@ -151,7 +193,8 @@ def build_app(root: Path, lookup: Lookup, *, boot_dir: Path | None = None):
     from wsgidav.wsgidav_app import WsgiDAVApp
 
     Path(root).mkdir(parents=True, exist_ok=True, mode=0o700)
-    mapping = {"/": FilesystemProvider(str(root), readonly=False, fs_opts={"follow_symlinks": False})}
+    mapping = {"/": _provider_class(TransferArea(Path(root)))(str(root), readonly=False,
+                                                              fs_opts={"follow_symlinks": False})}
     if boot_dir is not None:
         Path(boot_dir).mkdir(parents=True, exist_ok=True)
         mapping[BOOT] = FilesystemProvider(str(boot_dir), readonly=True, fs_opts={"follow_symlinks": False})

@@ -218,3 +218,76 @@ def test_chunk_reader_refuses_ranges_outside_the_disk(area, tmp_path):
     with pytest.raises(ValueError):
         reader.pread(reader.size - 1, 2)
     reader.close()
+
+
+def _through_webdav(area, disk, chunk=CHUNK):
+    """The disk streamed as the agent does it, through the real WebDAV server: every chunk PUT
+    as .part and MOVEd to .bin, the manifest last."""
+    import httpx
+
+    from freezeframe.baremetal.webdav import WebDavServer
+    path = str(uuid.uuid4())
+    area.create(path)
+    local = area.directory(path) / "local"
+    local.mkdir()
+    manifest = write_stream(local, read_file(disk), os.path.getsize(disk), chunk)
+    server = WebDavServer(area.root, "127.0.0.1:0", lambda user: (hash_password("pw"), path))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, auth=("agent", "pw"), timeout=10) as c:
+            for ch in manifest.chunks:
+                name = f"c-{ch.index:08d}"
+                assert c.put(f"/{path}/{name}.part", content=(local / f"{name}.bin").read_bytes()).status_code in (201, 204)
+                moved = c.request("MOVE", f"/{path}/{name}.part",
+                                  headers={"Destination": f"{server.url}/{path}/{name}.bin", "Overwrite": "T"})
+                assert moved.status_code in (201, 204)
+            assert c.put(f"/{path}/manifest.json", content=(local / "manifest.json").read_bytes()).status_code \
+                in (201, 204)
+    finally:
+        server.stop()
+    for f in local.iterdir():
+        f.unlink()
+    local.rmdir()
+    return path
+
+
+def test_chunks_summed_as_they_were_received_are_verified_without_reading_them_again(area, tmp_path, monkeypatch):
+    disk = tmp_path / "disk.raw"
+    make_disk(disk)
+    path = _through_webdav(area, disk)
+    manifest = area.manifest(path)
+    assert area.sums_directory(path).is_dir()
+    real_pread = os.pread
+    reads: list[int] = []
+
+    def counting(fd, n, offset):
+        reads.append(n)
+        return real_pread(fd, n, offset)
+    monkeypatch.setattr(os, "pread", counting)
+    summed = area.verify(path, manifest)
+    assert reads == []                          # nothing read back: the sums were kept on receipt
+    monkeypatch.setattr(os, "pread", real_pread)
+    import shutil
+    shutil.rmtree(area.sums_directory(path))    # no sums: read and hashed, the same result
+    assert summed and area.verify(path, manifest) == summed
+    area.remove(path)
+    assert not area.sums_directory(path).exists() and not area.exists(path)
+
+
+def test_a_chunk_changed_after_it_was_received_is_read_again_and_refused(area, tmp_path):
+    disk = tmp_path / "disk.raw"
+    make_disk(disk)
+    path = _through_webdav(area, disk)
+    manifest = area.manifest(path)
+    victim = area.directory(path) / f"c-{manifest.chunks[0].index:08d}.bin"
+    before = os.stat(victim)
+    with open(victim, "r+b") as f:             # same size, other bytes, a later mtime
+        f.seek(200)
+        f.write(b"corrupted")
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    with pytest.raises(BadStream, match="does not match its sha256"):
+        area.verify(path, manifest)
+    forged = area.sums_directory(path) / "x"    # sums under another name count for nothing
+    forged.write_text("{}")
+    with pytest.raises(BadStream):
+        area.verify(path, manifest)

@@ -136,3 +136,28 @@ def test_a_port_already_taken_is_a_clear_error_naming_the_setting(db, dav, tmp_p
     assert f"127.0.0.1:{first.port}" in caught.value.message
     assert "webdav_bind" in caught.value.message and "FREEZEFRAME_BAREMETAL__WEBDAV_BIND" in caught.value.message
     second.stop()       # nothing started: a no-op
+
+
+def test_a_new_chunk_is_written_without_truncating_and_a_rewrite_replaces_it(db, dav, monkeypatch):
+    """A new name is written into the empty file wsgidav made, never opened with O_TRUNC (on
+    ext4 a truncation to 0 flushes the file to disk when it is closed: every chunk then went to
+    the disk at once); a name written again is replaced whole, no old byte left behind."""
+    import os
+    server, node_id, area = dav
+    mine, me = add_transfer(db, node_id, "secret-1")
+    (area / mine).mkdir()
+    opened: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def spy(path, flags, *args, **kwargs):
+        opened.append((str(path), flags))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", spy)
+    data = bytes(range(256)) * 8192          # 2 MiB: more than one of wsgidav's blocks
+    with httpx.Client(base_url=server.url, auth=(me, "secret-1"), timeout=10) as c:
+        assert c.put(f"/{mine}/c-00000003.part", content=data).status_code in (201, 204)
+        assert (area / mine / "c-00000003.part").read_bytes() == data
+        writes = [flags for path, flags in opened if path.endswith("c-00000003.part") and flags & os.O_WRONLY]
+        assert writes and not any(flags & os.O_TRUNC for flags in writes)
+        assert c.put(f"/{mine}/c-00000003.part", content=b"short").status_code in (201, 204)
+    assert (area / mine / "c-00000003.part").read_bytes() == b"short"
