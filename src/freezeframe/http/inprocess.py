@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import httpx
 from starlette.types import ASGIApp, Message
 
-_QUEUE = 4          # messages in flight each way
+_QUEUE = 2          # messages in flight each way (each up to a 4 MiB block: memory held per call)
 _TIMEOUT = 300.0    # one body chunk or response message, at most
 
 

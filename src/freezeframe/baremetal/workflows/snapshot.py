@@ -59,6 +59,9 @@ from freezeframe.images.client import GlanceError
 
 LOG = logging.getLogger(__name__)
 RECHECK = 2.0           # seconds: a waiting workflow is looked at this often without a wake-up
+# 4 MiB reads of the chunk files ahead of the upload: the chunks were just written (page cache),
+# so one read ahead keeps the upload fed; each one more is 4 MiB more of serve's RSS.
+READ_AHEAD = 2
 
 
 class AgentTimeout(StepFailed):
@@ -431,7 +434,8 @@ class Upload(task.Task):
                 checkpoint(workflow_id)
 
         with mgr.area.reader(transfer.path, manifest) as reader:
-            blocks = stream(layout, reader, offset) if layout is not None else reader.raw_stream(offset)
+            blocks = stream(layout, reader, offset, depth=READ_AHEAD) if layout is not None \
+                else reader.raw_stream(offset, depth=READ_AHEAD)
             send_in_parts(images, image_id, size, blocks, upload_id=upload_id, offset=offset,
                           part_size=rt.upload_chunk, progress=progress,
                           after_part=lambda: rt.crash_point("UPLOAD_PART_KEPT"))
