@@ -84,8 +84,8 @@ class InProcessTransport(httpx.BaseTransport):
             return asyncio.run_coroutine_threadsafe(coro, loop)
 
         async def make_queues():
-            return asyncio.Queue(_QUEUE), asyncio.Queue(_QUEUE), asyncio.Event()
-        inbox, outbox, closed = on_loop(make_queues()).result(_TIMEOUT)
+            return asyncio.Queue(_QUEUE), asyncio.Queue(_QUEUE), asyncio.Event(), asyncio.Event()
+        inbox, outbox, closed, answered = on_loop(make_queues()).result(_TIMEOUT)
 
         async def receive() -> Message:
             message = await inbox.get()
@@ -95,6 +95,8 @@ class InProcessTransport(httpx.BaseTransport):
             return message
 
         async def send(message: Message) -> None:
+            if message.get("type") == "http.response.start":
+                answered.set()
             await outbox.put(message)
 
         async def run() -> None:
@@ -103,11 +105,14 @@ class InProcessTransport(httpx.BaseTransport):
             finally:
                 await outbox.put(None)
         call = on_loop(run())
+        # The app may answer before it read the whole body (a refusal): the rest is not sent —
+        # waiting to hand it over would wait on an app that waits for its answer to be read.
+        early = on_loop(answered.wait())
 
         def put(message) -> bool:
             """Hand one request message to the app; False when the app answered without it."""
             fut = on_loop(inbox.put(message))
-            done, _ = concurrent.futures.wait([fut, call], timeout=_TIMEOUT,
+            done, _ = concurrent.futures.wait([fut, call, early], timeout=_TIMEOUT,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             if fut in done:
                 return True
@@ -125,6 +130,7 @@ class InProcessTransport(httpx.BaseTransport):
 
         def finish() -> None:
             loop.call_soon_threadsafe(closed.set)
+            early.cancel()
             if not call.done():
                 call.cancel()
 
