@@ -88,7 +88,7 @@ def build_services(settings: Settings, *, role: str | None = None) -> Services:
     engine = make_engine(settings.database_url)
     upgrade(engine, compute_host=settings.compute.host)
     db = Database(engine, make_sessionmaker(engine))
-    store = FileStore(settings.store_path, fsync=settings.store.fsync)
+    store = FileStore(settings.store_path, fsync=settings.store.fsync, direct_io=settings.store.direct_io)
     policy = Policy(settings.policy_path)
     role = role or ("conductor" if settings.compute.enabled and settings.conductor.enabled else "api")
     registry = Registry()

@@ -65,6 +65,10 @@ class StoreSettings:
     path: str = ""
     # fsync image data before an image becomes active (durability over speed).
     fsync: bool = True
+    # Write image data with O_DIRECT where the filesystem takes it (not tmpfs): new data does not
+    # go through the page cache, whose fresh pages cost ~2 CPU-seconds per GiB on this kind of
+    # VM (a buffered 1 GiB write + fdatasync: 3.0 s; direct: 0.5 s).
+    direct_io: bool = True
 
 
 @dataclass(frozen=True)
