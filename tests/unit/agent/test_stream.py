@@ -134,16 +134,46 @@ def test_collection_created_when_missing(dav, tmp_path):
 def test_memory_is_bounded_by_two_chunks(dav, tmp_path, monkeypatch):
     """However big the disk, at most two chunk buffers exist."""
     created = []
-    real = bytearray
+    real = stream._Reader.buffer
 
-    class Counting(real):
-        def __init__(self, *a):
-            super().__init__(*a)
-            if a and isinstance(a[0], int) and a[0] >= CS:
-                created.append(a[0])
+    def counting(size):
+        created.append(size)
+        return real(size)
 
-    monkeypatch.setattr(stream, "bytearray", Counting, raising=False)
+    monkeypatch.setattr(stream._Reader, "buffer", staticmethod(counting))
     disk = make_disk(tmp_path / "disk.img", 64 * MiB, {i * MiB: pattern(i, 4096) for i in range(0, 64, 2)})
     result = stream.stream_image(disk, params(dav), backoff=0.01)
     assert len(result["chunks"]) == 32
     assert created == [CS, CS]
+
+
+def test_the_disk_is_read_with_o_direct_where_it_takes_it(dav, tmp_path, monkeypatch):
+    """A disk is read once: with O_DIRECT (no page cache to fill) where the filesystem takes it,
+    the chunks the same as a buffered read's; a disk that refuses it is read buffered."""
+    import os
+    disk = make_disk(tmp_path / "disk.img", 8 * MiB + 512, {0: pattern(1, 4096), 3 * MiB + 100: pattern(2, 9000),
+                                                            8 * MiB: pattern(3, 512)})
+    probe = stream._open_direct(disk)
+    if probe is None:
+        pytest.skip("this filesystem takes no O_DIRECT (tmpfs?): nothing to compare")
+    os.close(probe)
+    direct_reads = []
+    real_preadv = os.preadv
+
+    def spy(fd, buffers, offset, *args):
+        if fcntl_flags(fd) & os.O_DIRECT:
+            direct_reads.append(offset)
+        return real_preadv(fd, buffers, offset, *args)
+    monkeypatch.setattr(os, "preadv", spy)
+    direct = stream.stream_image(disk, params(dav), backoff=0.01)
+    assert direct_reads, "nothing was read with O_DIRECT"
+    monkeypatch.setattr(stream, "_open_direct", lambda path: None)
+    chunks = {c["index"]: c["sha256"] for c in direct["chunks"]}
+    buffered = stream.stream_image(disk, params(dav), backoff=0.01)
+    assert {c["index"]: c["sha256"] for c in buffered["chunks"]} == chunks
+    assert direct["sha256"] == buffered["sha256"]
+
+
+def fcntl_flags(fd):
+    import fcntl
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
