@@ -159,5 +159,20 @@ def test_a_new_chunk_is_written_without_truncating_and_a_rewrite_replaces_it(db,
         assert (area / mine / "c-00000003.part").read_bytes() == data
         writes = [flags for path, flags in opened if path.endswith("c-00000003.part") and flags & os.O_WRONLY]
         assert writes and not any(flags & os.O_TRUNC for flags in writes)
+        # the data went past the page cache where the filesystem takes O_DIRECT (not tmpfs)
+        assert any(flags & os.O_DIRECT for flags in writes) == _takes_direct(area)
         assert c.put(f"/{mine}/c-00000003.part", content=b"short").status_code in (201, 204)
     assert (area / mine / "c-00000003.part").read_bytes() == b"short"
+
+
+def _takes_direct(directory) -> bool:
+    import os
+    probe = directory / ".probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
