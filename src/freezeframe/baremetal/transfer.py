@@ -24,6 +24,7 @@ holes as zeros (raw has no other way to say them) but never read.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -318,7 +319,6 @@ class ChunkReader:
         # index -> (descriptor, the same file with O_DIRECT or None)
         self._fds: OrderedDict[int, tuple[int, int | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._buffers = threading.local()       # each reading thread's page-aligned buffer
         self.bytes_read = 0
 
     def _fd(self, index: int) -> tuple[int, int | None]:
@@ -335,22 +335,17 @@ class ChunkReader:
                 _close_all(old)
             return fds
 
-    def _read(self, index: int, at: int, length: int) -> bytes:
+    def _read(self, index: int, at: int, length: int) -> bytes | memoryview:
         """``length`` bytes of chunk file ``index`` from ``at``: with O_DIRECT where it takes it
         (the chunks were written past the page cache; a buffered read would fill it again)."""
         fd, direct = self._fd(index)
         if direct is not None and at % DIRECT_ALIGN == 0:
-            want = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN
-            buf = getattr(self._buffers, "buf", None)
-            if buf is None or len(buf) < want:
-                buf = self._buffers.buf = mmap.mmap(-1, max(want, DIRECT_BUFFER))
-            with memoryview(buf) as view:
-                n = os.preadv(direct, [view[:want]], at)
-            if n >= length:
-                return buf[:length]
+            view = aligned_buffer(-(-length // DIRECT_ALIGN) * DIRECT_ALIGN)
+            if os.preadv(direct, [view], at) >= length:
+                return view[:length]        # (read in place: no copy)
         return os.pread(fd, length, at)
 
-    def pread(self, offset: int, length: int) -> bytes:
+    def pread(self, offset: int, length: int) -> bytes | memoryview:
         """The disk's bytes [offset, offset+length) (must lie within the disk)."""
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(f"range {offset}+{length} is outside the {self.size}-byte disk")
@@ -433,6 +428,14 @@ def _open_direct(path: Path, mode: int) -> int | None:
         return os.open(path, mode | flag | os.O_NOFOLLOW)
     except OSError:
         return None
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """``size`` writable bytes starting on a DIRECT_ALIGN boundary (O_DIRECT reads need one),
+    carved out of a bytearray (from the heap: freed and reused like any buffer, no mapping)."""
+    raw = bytearray(size + DIRECT_ALIGN)
+    shift = -ctypes.addressof(ctypes.c_char.from_buffer(raw)) % DIRECT_ALIGN
+    return memoryview(raw)[shift:shift + size]
 
 
 def _close_all(fds: tuple[int, int | None]) -> None:
