@@ -117,10 +117,10 @@ def test_direct_writes_keep_every_byte_at_any_offset(any_store, tmp_path):
     """Runs that start and end off the 4 KiB grid, pieces larger than the direct buffer, a
     resumed writer, holes: the file holds exactly what was written (the aligned middle went
     with O_DIRECT where the filesystem takes it, the rest through the page cache)."""
-    from freezeframe.images.drivers.file import DIRECT_ALIGN, DIRECT_BUFFER, _open_direct
+    from freezeframe.common.directio import ALIGN as DIRECT_ALIGN, BUFFER as DIRECT_BUFFER, open_direct
     probe = tmp_path / "probe"
     probe.write_bytes(b"")
-    fd = _open_direct(probe)
+    fd = open_direct(probe, os.O_WRONLY)
     direct_here = fd is not None
     if fd is not None:
         os.close(fd)

@@ -10,7 +10,6 @@ wall and 2.4 CPU-seconds; direct 0.5 s and 0.1). Durability is unchanged: fsync 
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import re
 import threading
@@ -19,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from freezeframe.common import errors
+from freezeframe.common.directio import DirectWriter, open_direct, pwrite_all
 from freezeframe.common.pools import BoundedPool
 from freezeframe.images.drivers.base import Reader, Store, StoredObject, Writer
 
@@ -26,8 +26,6 @@ from freezeframe.images.drivers.base import Reader, Store, StoredObject, Writer
 HOLE_BLOCK = 64 << 10
 _ZEROS = bytes(HOLE_BLOCK)
 SYNC_EVERY = 64 << 20
-DIRECT_ALIGN = 4096             # O_DIRECT offsets and lengths: a multiple of every logical block size
-DIRECT_BUFFER = 4 << 20
 IO_WORKERS, IO_QUEUE = 8, 128
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)?$")
 
@@ -36,64 +34,6 @@ def _storage_error(exc: OSError, what: str) -> errors.FreezeframeError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return errors.StorageFull("Image storage media is full: there is not enough disk space for this image")
     return errors.BackendUnavailable(f"The image store failed while {what}: {exc.strerror}")
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """pwrite may write less than asked (a disk filling up): finish the job or raise."""
-    while data:
-        written = os.pwrite(fd, data, offset)
-        if written == 0:
-            raise OSError(errno.ENOSPC, "no progress writing image data")
-        data, offset = data[written:], offset + written
-
-
-def _open_direct(path: Path) -> int | None:
-    """A second descriptor of ``path`` for O_DIRECT writes; None where there is no O_DIRECT
-    (tmpfs refuses it with EINVAL)."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        return os.open(path, os.O_WRONLY | flag)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            return None
-        raise
-
-
-class DirectWrites:
-    """Writes into a file with O_DIRECT: the 4 KiB-aligned middle of each piece through a
-    page-aligned buffer, the unaligned head and tail through the buffered descriptor."""
-
-    def __init__(self, direct_fd: int) -> None:
-        self.fd = direct_fd
-        self._buf = mmap.mmap(-1, DIRECT_BUFFER)
-
-    def write(self, buffered_fd: int, data: memoryview, offset: int) -> None:
-        end = offset + len(data)
-        middle = min(end, -(-offset // DIRECT_ALIGN) * DIRECT_ALIGN)     # first aligned offset
-        last = end - end % DIRECT_ALIGN                                  # last aligned end
-        if last - middle < DIRECT_ALIGN:
-            _pwrite_all(buffered_fd, data, offset)
-            return
-        if middle > offset:
-            _pwrite_all(buffered_fd, data[:middle - offset], offset)
-        at = middle
-        with memoryview(self._buf) as buf:
-            while at < last:
-                n = min(DIRECT_BUFFER, last - at)
-                buf[:n] = data[at - offset:at - offset + n]
-                written = os.pwrite(self.fd, buf[:n], at)
-                if written != n:            # (a disk filling up) the rest through the page cache
-                    _pwrite_all(buffered_fd, data[at - offset + written:last - offset], at + written)
-                    break
-                at += n
-        if end > last:
-            _pwrite_all(buffered_fd, data[last - offset:], last)
-
-    def close(self) -> None:
-        os.close(self.fd)
-        self._buf.close()
 
 
 class FileWriter(Writer):
@@ -111,12 +51,12 @@ class FileWriter(Writer):
                     os.close(self._fd)
                     raise ValueError(f"only {kept} bytes were kept; cannot resume at {resume_at}")
                 os.ftruncate(self._fd, resume_at)
-            direct = _open_direct(self._partial) if store.direct_io else None
+            direct = open_direct(self._partial, os.O_WRONLY) if store.direct_io else None
         except OSError as exc:
             if self._fd is not None:
                 os.close(self._fd)
             raise _storage_error(exc, "opening a new image file") from exc
-        self._direct = DirectWrites(direct) if direct is not None else None
+        self._direct = DirectWriter(direct, self._fd) if direct is not None else None
         # With fsync on, dirty data is flushed in the background every SYNC_EVERY bytes, so the
         # final fsync before "active" has little left to do instead of the whole image.
         self._unsynced = 0
@@ -148,9 +88,9 @@ class FileWriter(Writer):
 
     def _put(self, data: memoryview, offset: int) -> None:
         if self._direct is not None:
-            self._direct.write(self._fd, data, offset)
+            self._direct.write(data, offset)
         else:
-            _pwrite_all(self._fd, data, offset)
+            pwrite_all(self._fd, data, offset)
 
     def _close_direct(self) -> None:
         if self._direct is not None:
