@@ -78,11 +78,8 @@ class TransferReaper:
         for path in mgr.area.collections():
             if path in live:
                 continue
-            try:
-                age = time.time() - mgr.area.directory(path).stat().st_mtime
-            except OSError:
-                continue
-            if age > grace:
+            changed = mgr.area.last_change(path)
+            if changed is not None and time.time() - changed > grace:
                 mgr.area.remove(path)
                 removed.append(f"orphan {path}")
         return removed

@@ -24,6 +24,7 @@ holes as zeros (raw has no other way to say them) but never read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -154,6 +155,8 @@ class TransferArea:
 
     def remove(self, path: str) -> None:
         shutil.rmtree(self.sums_directory(path), ignore_errors=True)
+        with contextlib.suppress(OSError):      # the last one out: nothing of the sums is left
+            os.rmdir(self.root / SUMS)
         shutil.rmtree(self.directory(path), ignore_errors=True)
 
     def sums_directory(self, path: str) -> Path:
@@ -186,10 +189,22 @@ class TransferArea:
         return self.directory(path).is_dir()
 
     def collections(self) -> list[str]:
-        """The collections on disk (for the reaper: those without a live row go)."""
-        if not self.root.is_dir():
-            return []
-        return [p.name for p in self.root.iterdir() if p.is_dir() and _NAME_OK.match(p.name)]
+        """The transfer paths with anything on disk — a collection, or sums left without one (a
+        PUT finishing after its transfer was removed) — for the reaper: those without a live row
+        go."""
+        names: set[str] = set()
+        for where in (self.root, self.root / SUMS):
+            if where.is_dir():
+                names.update(p.name for p in where.iterdir() if p.is_dir() and _NAME_OK.match(p.name))
+        return sorted(names)
+
+    def last_change(self, path: str) -> float | None:
+        """When anything of transfer ``path`` on disk last changed (epoch seconds; None: nothing)."""
+        times = []
+        for where in (self.directory(path), self.sums_directory(path)):
+            with contextlib.suppress(OSError):
+                times.append(where.stat().st_mtime)
+        return max(times) if times else None
 
     def has_manifest(self, path: str) -> bool:
         return (self.directory(path) / MANIFEST).is_file()

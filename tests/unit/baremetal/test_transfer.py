@@ -272,6 +272,7 @@ def test_chunks_summed_as_they_were_received_are_verified_without_reading_them_a
     assert summed and area.verify(path, manifest) == summed
     area.remove(path)
     assert not area.sums_directory(path).exists() and not area.exists(path)
+    assert list(area.root.iterdir()) == []      # nothing left of the sums either
 
 
 def test_a_chunk_changed_after_it_was_received_is_read_again_and_refused(area, tmp_path):
@@ -291,3 +292,18 @@ def test_a_chunk_changed_after_it_was_received_is_read_again_and_refused(area, t
     forged.write_text("{}")
     with pytest.raises(BadStream):
         area.verify(path, manifest)
+
+
+def test_sums_left_without_their_collection_are_found_for_the_reaper(area, tmp_path):
+    """A PUT finishing after its transfer was removed leaves sums without a collection: the
+    reaper's list has that path, with the time it last changed, and removing it leaves nothing."""
+    disk = tmp_path / "disk.raw"
+    make_disk(disk)
+    path = _through_webdav(area, disk)
+    import shutil
+    shutil.rmtree(area.directory(path))         # the collection gone, its sums left
+    assert area.collections() == [path]
+    assert area.last_change(path) is not None
+    area.remove(path)
+    assert area.collections() == [] and area.last_change(path) is None
+    assert list(area.root.iterdir()) == []
